@@ -1,0 +1,49 @@
+# Everything a fresh Debian 12 machine (as root) needs; each step is skipped once done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVING_IMAGE ?= tfserving-deploy/serving:2.21.0
+BASE_IMAGE ?= tfserving-deploy/debian:bookworm
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/plugins
+export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
+
+.PHONY: demo test venv services images base-image serving-image airflow-db clean
+
+demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
+	$(PY) scripts/demo.py --serving-base-image $(SERVING_IMAGE)
+
+test: venv services images airflow-db  ## the whole test suite, integration tests included
+	$(PY) -m pytest -q tests
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+services:  ## dockerd + a registry on 127.0.0.1:5000 (installs Debian packages when missing)
+	bash scripts/host-services.sh
+
+images: base-image serving-image
+base-image: services
+	bash scripts/build-base-image.sh $(BASE_IMAGE)
+serving-image: base-image
+	BASE=$(BASE_IMAGE) bash scripts/build-serving-image.sh $(SERVING_IMAGE)
+
+airflow-db: $(AIRFLOW_HOME)/.migrated
+$(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
+	mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate >/dev/null
+	touch $@
+
+clean:  ## remove the demo's replicas and local state (not the images)
+	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f
+	rm -rf $(AIRFLOW_HOME) .cache build
