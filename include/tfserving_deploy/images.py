@@ -1,0 +1,162 @@
+"""Bake a model into a serving image and publish it, the tutorial's way (through a Docker engine).
+
+The tutorial runs the base image, ``docker cp``s the model to ``/models/<name>/<version>``,
+``docker commit``s with ``ENV MODEL_NAME`` and pushes. ``DockerCommitBuilder`` does the same
+through the Docker SDK, but idempotently: the tag is derived from the inputs (base image id,
+model sha256, model name), so a re-run finds the image already built and the push is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import ImageBuildError, RegistryError
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFIX = "io.tfserving-deploy"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What goes into the image: a SavedModel version directory and its identity."""
+
+    name: str
+    version: int
+    sha256: str
+    path: str
+
+
+class ImageBuilder(Protocol):
+    """Builds an image holding the model on top of a serving base, and publishes it."""
+
+    def build(self, model: ModelFiles, *, base_image: str, repository: str) -> str:
+        """Returns a local reference (``repository:tag``)."""
+
+    def push(self, reference: str) -> str:
+        """Publishes ``reference``; returns ``repository@sha256:...``."""
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """``host:5000/repo:tag`` -> (``host:5000/repo``, ``tag``); a port is not a tag."""
+    name, sep, tag = reference.rpartition(":")
+    if not sep or "/" in tag:
+        return reference, "latest"
+    return name, tag
+
+
+def registry_host(repository: str) -> str | None:
+    """The registry part of an image repository, or None for Docker Hub (``library/x``)."""
+    first, sep, _ = repository.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+class DockerCommitBuilder:
+    """run/cp/commit/push through a Docker engine (``docker.DockerClient``)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def build(self, model: ModelFiles, *, base_image: str, repository: str) -> str:
+        import docker.errors
+
+        base = self._base_image(base_image)
+        key = hashlib.sha256(f"{base.id}\n{model.sha256}\n{model.name}".encode()).hexdigest()
+        reference = f"{repository}:{model.version}-{key[:12]}"
+        try:
+            existing = self.client.images.get(reference)
+            if existing.labels.get(f"{LABEL_PREFIX}.build-key") == key:
+                log.info("image %s already built from these inputs; nothing to do", reference)
+                return reference
+        except docker.errors.ImageNotFound:
+            pass
+        labels = {
+            f"{LABEL_PREFIX}.build-key": key,
+            f"{LABEL_PREFIX}.model.name": model.name,
+            f"{LABEL_PREFIX}.model.version": str(model.version),
+            f"{LABEL_PREFIX}.model.sha256": model.sha256,
+            "org.opencontainers.image.base.name": base_image,
+        }
+        container = self.client.containers.create(base.id)
+        try:
+            with tempfile.TemporaryFile() as layer:
+                _write_model_tar(layer, model)
+                layer.seek(0)
+                container.put_archive("/", layer)
+            repo, tag = split_reference(reference)
+            changes = [f"ENV MODEL_NAME={model.name}"] + [f"LABEL {k}={v}" for k, v in labels.items()]
+            container.commit(repository=repo, tag=tag, changes=changes)
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"docker engine failed to bake model into {reference}: {exc.explanation or exc}") from exc
+        finally:
+            container.remove(force=True)
+        log.info("built %s (%s version %d on %s)", reference, model.name, model.version, base_image)
+        return reference
+
+    def _base_image(self, base_image: str):
+        import docker.errors
+
+        try:
+            return self.client.images.get(base_image)
+        except docker.errors.ImageNotFound:
+            pass
+        log.info("base image %s not present locally; pulling", base_image)
+        repo, tag = split_reference(base_image)
+        try:
+            return self.client.images.pull(repo, tag=tag)
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(
+                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled: "
+                f"{exc.explanation or exc}; pin a tag your engine can pull, or build the local serving "
+                "image with `make serving-image`"
+            ) from exc
+
+    def push(self, reference: str) -> str:
+        import docker.errors
+        import requests
+
+        repo, tag = split_reference(reference)
+        digest = None
+        try:
+            for event in self.client.images.push(repo, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise RegistryError(
+                        f"registry refused push of {reference}: {event['error']}; check the registry "
+                        "address in image_repository and the docker connection's credentials"
+                    )
+                digest = event.get("aux", {}).get("Digest", digest)
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            raise RegistryError(f"push of {reference} failed: {exc}") from exc
+        if not digest:
+            raise RegistryError(f"push of {reference} finished without a digest from the registry")
+        pushed = f"{repo}@{digest}"
+        log.info("pushed %s", pushed)
+        return pushed
+
+
+def _write_model_tar(fileobj, model: ModelFiles) -> None:
+    """A tar of the model at ``models/<name>/<version>/``, readable by the server's user."""
+    root = Path(model.path)
+    if not (root / "saved_model.pb").is_file() and not (root / "saved_model.pbtxt").is_file():
+        raise ImageBuildError(f"{root} holds no saved_model.pb; run fetch_model first")
+
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        for directory in ("models", f"models/{model.name}"):
+            info = normalise(tarfile.TarInfo(directory))
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        tar.add(root, arcname=f"models/{model.name}/{model.version}", filter=normalise)

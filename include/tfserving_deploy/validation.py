@@ -1,0 +1,274 @@
+"""Validate a deployed model against the artifact it was built from.
+
+Like TFX InfraValidator this sends real requests to every replica, but it also checks the
+answers: outputs match the signature's dtypes and shapes, probabilities sum to one, the served
+version is the deployed one, and predictions equal those the same SavedModel computes offline.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ValidationError
+from .signature import Signature, TensorInfo
+
+log = logging.getLogger(__name__)
+
+_NUMPY_DTYPES = {
+    "DT_STRING": object,
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_HALF": np.float16,
+    "DT_INT64": np.int64,
+    "DT_INT32": np.int32,
+    "DT_UINT8": np.uint8,
+}
+DEFAULT_IMAGE_SIZE = 224
+
+
+# ---- request building -------------------------------------------------------------------------
+
+
+def build_inputs(signature: Signature, jpeg: bytes) -> dict[str, np.ndarray]:
+    """The request for one image, shaped by the model's own signature (no hard-coded names).
+
+    A string input gets the raw JPEG bytes (the tutorial model); an image tensor input gets the
+    decoded pixels resized to the signature's height and width.
+    """
+    if len(signature.inputs) != 1:
+        raise ValidationError(
+            f"signature {signature.name!r} takes {len(signature.inputs)} inputs "
+            f"({', '.join(signature.inputs)}); the image validator needs exactly one image input"
+        )
+    (alias, info), = signature.inputs.items()
+    if info.dtype == "DT_STRING":
+        return {alias: np.array([jpeg], dtype=object)}
+    if info.dtype in ("DT_FLOAT", "DT_HALF", "DT_DOUBLE", "DT_UINT8") and _is_image_shape(info):
+        return {alias: _decode_image(jpeg, info)}
+    raise ValidationError(
+        f"input {alias!r} of signature {signature.name!r} is {info.dtype} with shape {info.shape}; "
+        "supported image inputs are a DT_STRING of JPEG bytes or a [batch, height, width, 3] tensor"
+    )
+
+
+def _is_image_shape(info: TensorInfo) -> bool:
+    return info.shape is not None and len(info.shape) == 4 and info.shape[-1] in (3, -1)
+
+
+def _decode_image(jpeg: bytes, info: TensorInfo) -> np.ndarray:
+    from PIL import Image
+
+    height = info.shape[1] if info.shape[1] > 0 else DEFAULT_IMAGE_SIZE
+    width = info.shape[2] if info.shape[2] > 0 else DEFAULT_IMAGE_SIZE
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB").resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=_NUMPY_DTYPES[info.dtype])[np.newaxis, ...]
+
+
+def to_tensor_protos(inputs: dict[str, np.ndarray]) -> dict:
+    import tensorflow as tf
+
+    return {alias: tf.make_tensor_proto(value, shape=list(value.shape)) for alias, value in inputs.items()}
+
+
+def offline_predictions(model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the SavedModel itself answers, computed in this process: the reference answer."""
+    import tensorflow as tf
+
+    function = tf.saved_model.load(str(model_dir)).signatures[signature_name]
+    outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+    return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaReport:
+    address: str
+    served_version: int | None = None
+    top_class: int | None = None
+    top_probability: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    requests: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class ValidationReport:
+    model_name: str
+    version: int
+    replicas: list[ReplicaReport]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.replicas) and all(r.ok for r in self.replicas)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+    def summary(self) -> str:
+        lines = [f"validation of {self.model_name!r} version {self.version} on {len(self.replicas)} replica(s):"]
+        for r in self.replicas:
+            verdict = "OK" if r.ok else "FAILED: " + "; ".join(r.failures)
+            lines.append(
+                f"  {r.address}: version={r.served_version} class={r.top_class} "
+                f"p={_fmt(r.top_probability, '.3f')} latency p50={_fmt(r.latency_ms_p50, '.1f')}ms "
+                f"p99={_fmt(r.latency_ms_p99, '.1f')}ms over {r.requests} requests -> {verdict}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def check_response(
+    outputs: dict[str, np.ndarray],
+    served_version: int,
+    *,
+    signature: Signature,
+    version: int,
+    expected: dict[str, np.ndarray],
+    expected_class: int | None = None,
+    atol: float = 1e-4,
+) -> list[str]:
+    """Every way the served answer differs from what it should be; empty when it is right."""
+    failures = []
+    if served_version != version:
+        failures.append(f"model_spec.version is {served_version}, deployed version is {version}")
+    for name, info in signature.outputs.items():
+        if name not in outputs:
+            failures.append(f"output {name!r} missing (got {sorted(outputs)})")
+            continue
+        value = outputs[name]
+        want_dtype = np.dtype(_NUMPY_DTYPES.get(info.dtype, object))
+        if value.dtype != want_dtype and not (want_dtype == object and value.dtype.kind in "SO"):
+            failures.append(f"output {name!r} has dtype {value.dtype}, signature says {info.dtype}")
+        if not _shape_matches(value.shape, info.shape):
+            failures.append(f"output {name!r} has shape {list(value.shape)}, signature says {info.shape}")
+        reference = expected.get(name)
+        if reference is not None and value.shape == reference.shape:
+            if value.dtype.kind == "f":
+                diff = float(np.max(np.abs(value - reference))) if value.size else 0.0
+                if diff > atol:
+                    failures.append(f"output {name!r} differs from the offline prediction by {diff:.2e} (> {atol:g})")
+            elif not np.array_equal(value, reference):
+                failures.append(f"output {name!r} is {value.tolist()}, offline prediction is {reference.tolist()}")
+        elif reference is not None:
+            failures.append(f"output {name!r} shape {list(value.shape)} != offline {list(reference.shape)}")
+    probabilities = outputs.get("probabilities")
+    if probabilities is not None and probabilities.dtype.kind == "f" and probabilities.ndim == 2:
+        sums = probabilities.sum(axis=1)
+        if not np.allclose(sums, 1.0, atol=1e-3):
+            failures.append(f"probabilities sum to {sums.tolist()}, not 1")
+    if expected_class is not None:
+        got = top_class(outputs)
+        if got != expected_class:
+            failures.append(f"predicted class {got}, expected {expected_class}")
+    return failures
+
+
+def _shape_matches(actual: tuple, declared: list[int] | None) -> bool:
+    if declared is None:
+        return True
+    return len(actual) == len(declared) and all(d < 0 or d == a for a, d in zip(actual, declared))
+
+
+def top_class(outputs: dict[str, np.ndarray]) -> int | None:
+    """The predicted class: the ``classes`` output if there is one, else argmax of probabilities."""
+    if "classes" in outputs and outputs["classes"].size:
+        return int(outputs["classes"].reshape(-1)[0])
+    for name in ("probabilities", "predictions", "scores"):
+        if name in outputs and outputs[name].size:
+            return int(np.argmax(outputs[name].reshape(outputs[name].shape[0], -1)[0]))
+    return None
+
+
+# ---- driving the replicas ---------------------------------------------------------------------
+
+
+def validate_replicas(
+    addresses: list[str],
+    *,
+    model_name: str,
+    version: int,
+    signature: Signature,
+    model_dir: str | Path,
+    jpeg: bytes,
+    expected_class: int | None = None,
+    requests_per_replica: int = 20,
+    time_budget_s: float = 60.0,
+    atol: float = 1e-4,
+) -> ValidationReport:
+    """Query every replica with the same image and check each answer. Never raises on a
+    wrong answer: the report says what differed; ``raise_for_report`` turns it into an error."""
+    import grpc
+    import tensorflow as tf
+
+    from .serving_client import ServingClient
+
+    inputs = build_inputs(signature, jpeg)
+    expected = offline_predictions(model_dir, signature.name, inputs)
+    request_inputs = to_tensor_protos(inputs)
+    reports = []
+    per_replica_budget = time_budget_s / max(len(addresses), 1)
+    for address in addresses:
+        report = ReplicaReport(address=address)
+        reports.append(report)
+        latencies = []
+        deadline = time.monotonic() + per_replica_budget
+        with ServingClient(address) as client:
+            for i in range(requests_per_replica):
+                started = time.perf_counter()
+                try:
+                    response = client.predict(model_name, request_inputs, signature_name=signature.name)
+                except grpc.RpcError as exc:
+                    report.failures.append(f"Predict failed: {exc.code().name}: {exc.details()}")
+                    break
+                latencies.append((time.perf_counter() - started) * 1000)
+                if i == 0:  # the answer is deterministic: check it once, time the rest
+                    outputs = {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
+                    report.served_version = response.model_spec.version.value
+                    report.top_class = top_class(outputs)
+                    if "probabilities" in outputs and report.top_class is not None:
+                        report.top_probability = float(outputs["probabilities"].reshape(-1)[report.top_class])
+                    report.failures += check_response(
+                        outputs,
+                        report.served_version,
+                        signature=signature,
+                        version=version,
+                        expected=expected,
+                        expected_class=expected_class,
+                        atol=atol,
+                    )
+                if time.monotonic() > deadline:
+                    break
+        report.requests = len(latencies)
+        if latencies:
+            report.latency_ms_p50 = float(np.percentile(latencies, 50))
+            report.latency_ms_p99 = float(np.percentile(latencies, 99))
+    result = ValidationReport(model_name=model_name, version=version, replicas=reports)
+    log.info("%s", result.summary())
+    return result
+
+
+def raise_for_report(report: ValidationReport) -> None:
+    if not report.replicas:
+        raise ValidationError(f"no replicas to validate for model {report.model_name!r}")
+    if not report.ok:
+        raise ValidationError(
+            "validation failed; the deployed model does not answer like its artifact.\n" + report.summary()
+        )

@@ -1,0 +1,78 @@
+"""DAG integrity: it imports, wires the tutorial's steps in order, retries, and validates params."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DAG_FILE = ROOT / "dags" / "tfserving_resnet.py"
+ORDER = ["fetch_model", "build_image", "push_image", "ensure_cluster", "deploy", "wait_for_endpoint", "validate"]
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from airflow.models.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag("tfserving_resnet")
+
+
+def test_tasks_run_in_the_tutorial_order(dag):
+    assert [t.task_id for t in dag.topological_sort()] == ORDER
+    for upstream, downstream in zip(ORDER, ORDER[1:]):
+        assert dag.get_task(downstream).upstream_task_ids >= {upstream}
+
+
+def test_every_task_retries_with_backoff_and_has_a_timeout(dag):
+    for task in dag.tasks:
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.execution_timeout is not None, task.task_id
+
+
+def test_params_have_descriptions_and_defaults_validate(dag):
+    params = dag.params
+    assert set(params.keys()) == {
+        "model_url", "model_sha256", "model_name", "image_repository",
+        "serving_base_image", "replicas", "target", "expected_class",
+    }
+    for name in params.keys():
+        assert params.get_param(name).description, name
+    params.validate()
+    assert params["replicas"] == 3
+    assert params["model_name"] == "resnet"
+    assert params["serving_base_image"].startswith("tensorflow/serving:")
+    assert params["model_url"].endswith("resnet_v2_fp32_savedmodel_NHWC_jpg.tar.gz")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("replicas", 0), ("target", "mars"), ("model_sha256", "abc"), ("model_name", "Bad Name"), ("expected_class", -1)],
+)
+def test_bad_params_are_rejected(dag, name, value):
+    from airflow.sdk import Param
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = dag.params.get_param(name)
+    with pytest.raises(ParamValidationError):
+        Param(value, **param.schema).resolve()
+
+
+def test_dag_file_keeps_heavy_imports_out_of_parsing():
+    """Parsing must not import tensorflow, docker, grpc or kubernetes (seconds each)."""
+    probe = (
+        "import sys, runpy; runpy.run_path(sys.argv[1]);"
+        "import json; print(json.dumps(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('tensorflow', 'docker', 'grpc', 'kubernetes', 'tensorflow_serving'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(DAG_FILE)], capture_output=True, text=True, check=True,
+        env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT / 'plugins'}"},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
