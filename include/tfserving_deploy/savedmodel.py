@@ -1,0 +1,87 @@
+"""Read a SavedModel's serving signature straight from its protobuf, without loading the graph.
+
+Parsing ``saved_model.pb`` is fast and needs no ops to be registered; it is what TF Serving
+itself reads to answer GetModelMetadata. TensorFlow is imported lazily (it costs seconds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InvalidModelError
+from .signature import Signature, TensorInfo
+
+SERVE_TAG = "serve"
+
+
+def read_signature(version_dir: str | Path, signature_name: str = "serving_default") -> Signature:
+    """The named signature of the first ``serve`` meta graph, as plain data."""
+    version_dir = Path(version_dir)
+    saved_model = _load_saved_model(version_dir)
+
+    meta_graph = next((mg for mg in saved_model.meta_graphs if SERVE_TAG in mg.meta_info_def.tags), None)
+    if meta_graph is None:
+        tag_sets = [sorted(mg.meta_info_def.tags) for mg in saved_model.meta_graphs]
+        raise InvalidModelError(
+            f"SavedModel {version_dir} has no meta graph tagged {SERVE_TAG!r} (tag sets: {tag_sets}); "
+            "export it with tf.saved_model.save or tags=['serve']"
+        )
+    if signature_name not in meta_graph.signature_def:
+        # "__saved_model_init_op" and the like are internal, not something to serve
+        existing = sorted(k for k in meta_graph.signature_def if not k.startswith("__")) or ["(none)"]
+        raise InvalidModelError(
+            f"SavedModel {version_dir} has no signature {signature_name!r}; it has: "
+            f"{', '.join(existing)}; pass one of those as signature_name or re-export the model"
+        )
+    _check_variables(version_dir, meta_graph)
+
+    sig = meta_graph.signature_def[signature_name]
+    return Signature(
+        name=signature_name,
+        method=sig.method_name,
+        inputs={k: _tensor_info(v) for k, v in sorted(sig.inputs.items())},
+        outputs={k: _tensor_info(v) for k, v in sorted(sig.outputs.items())},
+    )
+
+
+def _load_saved_model(version_dir: Path):
+    from google.protobuf import message, text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    pb, pbtxt = version_dir / "saved_model.pb", version_dir / "saved_model.pbtxt"
+    try:
+        if pb.is_file():
+            saved_model.ParseFromString(pb.read_bytes())
+        elif pbtxt.is_file():
+            text_format.Parse(pbtxt.read_text(), saved_model)
+        else:
+            raise InvalidModelError(
+                f"{version_dir} holds no saved_model.pb or saved_model.pbtxt; "
+                "point at the <version>/ directory of a SavedModel"
+            )
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
+        raise InvalidModelError(
+            f"{version_dir}: saved_model file is not a valid SavedModel protobuf ({e}); "
+            "re-export the model or re-check the artifact"
+        ) from None
+    return saved_model
+
+
+def _check_variables(version_dir: Path, meta_graph) -> None:
+    """A graph with variables is unservable without variables/variables.index next to it."""
+    has_variables = bool(meta_graph.saver_def.filename_tensor_name) or any(
+        node.WhichOneof("kind") == "variable" for node in meta_graph.object_graph_def.nodes
+    )
+    if has_variables and not (version_dir / "variables" / "variables.index").is_file():
+        raise InvalidModelError(
+            f"SavedModel {version_dir} has variables but no variables/variables.index; "
+            "the tarball is incomplete, re-pack it with the variables/ directory"
+        )
+
+
+def _tensor_info(info) -> TensorInfo:
+    from tensorflow.core.framework import types_pb2
+
+    shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+    return TensorInfo(dtype=types_pb2.DataType.Name(info.dtype), shape=shape)
