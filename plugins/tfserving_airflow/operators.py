@@ -27,7 +27,11 @@ from tfserving_deploy.errors import (
 from .hooks import docker_client, get_target
 
 PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, RolloutError, ValidationError)
-DEFAULT_CACHE_DIR = os.environ.get("TFSERVING_DEPLOY_CACHE", str(Path.home() / ".cache" / "tfserving-deploy"))
+
+
+def resolve_cache_dir(configured: str | None = None) -> str:
+    """Where fetched models live, keyed by content: the operator's value, else $TFSERVING_DEPLOY_CACHE."""
+    return configured or os.environ.get("TFSERVING_DEPLOY_CACHE") or str(Path.home() / ".cache" / "tfserving-deploy")
 
 
 @contextmanager
@@ -44,7 +48,7 @@ class FetchModelOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("model_url", "model_sha256", "cache_dir")
 
-    def __init__(self, *, model_url: str, model_sha256: str | None = None, cache_dir: str = DEFAULT_CACHE_DIR, **kwargs):
+    def __init__(self, *, model_url: str, model_sha256: str | None = None, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model_url = model_url
         self.model_sha256 = model_sha256
@@ -54,18 +58,18 @@ class FetchModelOperator(BaseOperator):
         from tfserving_deploy.artifact import fetch_model
 
         with explained_failures():
-            model = fetch_model(self.model_url, sha256=self.model_sha256 or None, cache_dir=self.cache_dir, log=self.log)
+            model = fetch_model(self.model_url, sha256=self.model_sha256 or None, cache_dir=resolve_cache_dir(self.cache_dir), log=self.log)
         return model.to_dict()
 
 
-def local_model(model: dict, cache_dir: str):
+def local_model(model: dict, configured_cache_dir: str | None):
     """The fetched model on *this* worker: a cache hit normally, a verified re-fetch otherwise."""
     from tfserving_deploy.artifact import FetchedModel, fetch_model
 
     fetched = FetchedModel.from_dict(model)
     if Path(fetched.model_dir, "saved_model.pb").is_file():
         return fetched
-    return fetch_model(fetched.url, sha256=fetched.sha256, cache_dir=cache_dir)
+    return fetch_model(fetched.url, sha256=fetched.sha256, cache_dir=resolve_cache_dir(configured_cache_dir))
 
 
 class _DockerMixin:
@@ -84,7 +88,7 @@ class BuildImageOperator(_DockerMixin, BaseOperator):
 
     def __init__(self, *, model, model_name: str, base_image: str, image_repository: str,
                  docker_conn_id: str | None = None, docker_url: str | None = None,
-                 cache_dir: str = DEFAULT_CACHE_DIR, **kwargs):
+                 cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model, self.model_name, self.base_image = model, model_name, base_image
         self.image_repository, self.cache_dir = image_repository, cache_dir
@@ -200,7 +204,7 @@ class ValidateModelOperator(BaseOperator):
     template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path")
 
     def __init__(self, *, endpoints, model, model_name: str, expected_class: int | None = None,
-                 image_path: str, requests_per_replica: int = 20, cache_dir: str = DEFAULT_CACHE_DIR, **kwargs):
+                 image_path: str, requests_per_replica: int = 20, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.endpoints, self.model, self.model_name = endpoints, model, model_name
         self.expected_class, self.image_path = expected_class, image_path
