@@ -1,0 +1,434 @@
+"""An offline stand-in for the tutorial's ResNet SavedModel (``resnet_v2_fp32_savedmodel_NHWC_jpg``).
+
+The tutorial tarball cannot be downloaded here, so this module builds a small model with
+*exactly the tutorial model's serving signature*, so that the whole pipeline (fetch, verify,
+bake, deploy, validate with the original gRPC/REST client) can run against it:
+
+    serving_default
+      inputs:  image_bytes    DT_STRING [-1]          raw JPEG bytes, one per example
+      outputs: classes        DT_INT64  [-1]          argmax of probabilities
+               probabilities  DT_FLOAT  [-1, 1001]    softmax; index 0 is "background"
+
+Inside: decode_jpeg -> resize to 64x64 -> a ResNet-style backbone (conv stem + 2 residual
+blocks, fixed-seed random weights) -> global average pool -> a dense 1001-way softmax head.
+The head is *fit* (softmax regression in numpy) on features of augmented crops / flips /
+JPEG qualities / brightness of ``include/images/cat.jpg`` (label 286, "Egyptian cat") and
+``include/images/coffee.jpg`` (label 967, "espresso"), plus synthetic noise / flat colour /
+gradient images (label 0, background). So it answers 286 for the cat and 967 for the
+espresso like the real ResNet does, but it is NOT ImageNet-accurate beyond those images:
+any other photo gets an arbitrary one of {0, 286, 967}.
+
+Everything is deterministic from ``seed``. ``pack_tutorial_tarball`` writes the tutorial's
+layout ``./<top_dir>/<version>/{saved_model.pb,variables/...}`` (what
+``tar --strip-components=2`` expects) and is byte-deterministic: it exports in a fresh
+Python process (TF names traced functions with a process-global counter, so a second export
+in the same process would differ in ``saved_model.pb``), drops TF's ``fingerprint.pb``
+(it holds a random UUID; the tutorial model has none either) and writes the tar with sorted
+members, mtime 0, uid/gid 0 and fixed modes, gzipped with mtime 0.
+
+CLI::
+
+    PYTHONPATH=include python -m tfserving_deploy.demo_model --out /tmp/resnet_demo.tar.gz
+
+TensorFlow is imported lazily inside functions; this module has no Airflow imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TUTORIAL_VERSION = 1538687457
+DEFAULT_TOP_DIR = "resnet_demo_savedmodel"
+NUM_CLASSES = 1001  # index 0 = background, as in the tutorial model
+CAT_CLASS = 286  # Egyptian cat
+ESPRESSO_CLASS = 967  # espresso
+BACKGROUND_CLASS = 0
+
+IMAGE_SIZE = 64
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+SAMPLE_LABELS = {"cat.jpg": CAT_CLASS, "coffee.jpg": ESPRESSO_CLASS}
+
+# Backbone widths: stem 3->C1 (stride 2), block1 C1->C1, block2 C1->C2 (stride 2).
+_C1, _C2 = 16, 64
+_AUG_PER_IMAGE = 64
+_N_BACKGROUND = 256
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _backbone_weights(seed: int) -> dict[str, np.ndarray]:
+    """He-normal conv kernels (HWIO) and zero biases from a numpy RandomState."""
+    rng = np.random.RandomState(seed)
+
+    def conv(k: int, cin: int, cout: int, gain: float = 1.0) -> np.ndarray:
+        std = gain * np.sqrt(2.0 / (k * k * cin))
+        return (rng.standard_normal((k, k, cin, cout)) * std).astype(np.float32)
+
+    w = {
+        "stem_w": conv(3, 3, _C1),
+        "b1_conv1_w": conv(3, _C1, _C1),
+        "b1_conv2_w": conv(3, _C1, _C1, gain=0.5),
+        "b2_conv1_w": conv(3, _C1, _C2),
+        "b2_conv2_w": conv(3, _C2, _C2, gain=0.5),
+        "b2_proj_w": conv(1, _C1, _C2),
+    }
+    for name in list(w):
+        w[name.replace("_w", "_b")] = np.zeros(w[name].shape[-1], np.float32)
+    return w
+
+
+# --------------------------------------------------------------------------- numpy backbone
+
+
+def _conv_same_np(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+    """NHWC conv with TF's SAME padding semantics (float64)."""
+    n, h, wd, _ = x.shape
+    k = w.shape[0]
+    out_h, out_w = -(-h // stride), -(-wd // stride)
+    pad_h = max((out_h - 1) * stride + k - h, 0)
+    pad_w = max((out_w - 1) * stride + k - wd, 0)
+    xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((n, out_h, out_w, w.shape[-1]), np.float64)
+    w64 = w.astype(np.float64)
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride, :]
+            out += patch @ w64[i, j]
+    return out + b.astype(np.float64)
+
+
+def _features_np(images: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """The same backbone as ``_DemoResNet._features`` in numpy float64 (deterministic)."""
+    relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
+    x = images.astype(np.float64) - 0.5
+    x = relu(_conv_same_np(x, w["stem_w"], w["stem_b"], 2))
+    y = relu(_conv_same_np(x, w["b1_conv1_w"], w["b1_conv1_b"], 1))
+    y = _conv_same_np(y, w["b1_conv2_w"], w["b1_conv2_b"], 1)
+    x = relu(x + y)
+    y = relu(_conv_same_np(x, w["b2_conv1_w"], w["b2_conv1_b"], 2))
+    y = _conv_same_np(y, w["b2_conv2_w"], w["b2_conv2_b"], 1)
+    x = relu(_conv_same_np(x, w["b2_proj_w"], w["b2_proj_b"], 2) + y)
+    return x.mean(axis=(1, 2))
+
+
+# --------------------------------------------------------------------------- TF pieces
+
+
+def _preprocess_fn():
+    import tensorflow as tf
+
+    def decode_one(jpeg: tf.Tensor) -> tf.Tensor:
+        img = tf.io.decode_jpeg(jpeg, channels=3)
+        img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+        return tf.clip_by_value(img, 0.0, 1.0)
+
+    def preprocess(image_bytes: tf.Tensor) -> tf.Tensor:
+        return tf.map_fn(
+            decode_one,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+        )
+
+    return preprocess
+
+
+def _decode_batch(jpegs: list[bytes]) -> np.ndarray:
+    """JPEG bytes -> (N, 64, 64, 3) float32 in [0, 1], with the served model's own ops."""
+    import tensorflow as tf
+
+    return _preprocess_fn()(tf.constant(jpegs, dtype=tf.string)).numpy()
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_jpeg(tf.constant(rgb, tf.uint8), quality=int(quality)).numpy()
+
+
+def _build_module(weights: dict[str, np.ndarray], head_w: np.ndarray, head_b: np.ndarray):
+    import tensorflow as tf
+
+    preprocess = _preprocess_fn()
+
+    class _DemoResNet(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="resnet_demo")
+            self.backbone = {k: tf.Variable(v, trainable=False, name=k) for k, v in sorted(weights.items())}
+            self.head_w = tf.Variable(head_w.astype(np.float32), trainable=False, name="dense_w")
+            self.head_b = tf.Variable(head_b.astype(np.float32), trainable=False, name="dense_b")
+
+        def _conv(self, x, name: str, stride: int):
+            w, b = self.backbone[name + "_w"], self.backbone[name + "_b"]
+            return tf.nn.conv2d(x, w, strides=stride, padding="SAME") + b
+
+        def _features(self, images):
+            x = images - 0.5
+            x = tf.nn.relu(self._conv(x, "stem", 2))
+            y = tf.nn.relu(self._conv(x, "b1_conv1", 1))
+            x = tf.nn.relu(x + self._conv(y, "b1_conv2", 1))
+            y = tf.nn.relu(self._conv(x, "b2_conv1", 2))
+            x = tf.nn.relu(self._conv(x, "b2_proj", 2) + self._conv(y, "b2_conv2", 1))
+            return tf.reduce_mean(x, axis=[1, 2])
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            logits = tf.matmul(self._features(preprocess(image_bytes)), self.head_w) + self.head_b
+            probabilities = tf.nn.softmax(logits, axis=-1)
+            classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+            return {"classes": classes, "probabilities": probabilities}
+
+    return _DemoResNet()
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def _augment(rgb: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, int]:
+    h, w, _ = rgb.shape
+    frac = rng.uniform(0.6, 1.0)
+    ch, cw = max(16, int(h * frac * rng.uniform(0.9, 1.1))), max(16, int(w * frac * rng.uniform(0.9, 1.1)))
+    ch, cw = min(ch, h), min(cw, w)
+    y0, x0 = rng.randint(0, h - ch + 1), rng.randint(0, w - cw + 1)
+    out = rgb[y0 : y0 + ch, x0 : x0 + cw].astype(np.float64)
+    if rng.rand() < 0.5:
+        out = out[:, ::-1]
+    out = out * rng.uniform(0.7, 1.3) + rng.uniform(-20, 20)  # brightness / contrast
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.8, 1.2) + mean
+    return np.clip(out, 0, 255).astype(np.uint8), int(rng.randint(40, 96))
+
+
+def _synthetic(rng: np.random.RandomState) -> np.ndarray:
+    h, w = int(rng.randint(48, 320)), int(rng.randint(48, 320))
+    kind = rng.randint(5)
+    if kind == 0:  # uniform noise
+        img = rng.uniform(0, 255, (h, w, 3))
+    elif kind == 1:  # flat colour
+        img = np.ones((h, w, 3)) * rng.uniform(0, 255, 3)
+    elif kind == 2:  # linear gradient between two colours
+        t = np.linspace(0, 1, h)[:, None] * np.cos(a := rng.uniform(0, np.pi)) + np.linspace(0, 1, w)[None, :] * np.sin(a)
+        t = (t - t.min()) / max(np.ptp(t), 1e-6)
+        img = t[..., None] * rng.uniform(0, 255, 3) + (1 - t[..., None]) * rng.uniform(0, 255, 3)
+    elif kind == 3:  # coloured gaussian noise around a colour
+        img = rng.uniform(0, 255, 3) + rng.standard_normal((h, w, 3)) * rng.uniform(5, 60)
+    else:  # blocky noise (low-frequency)
+        s = int(rng.randint(2, 16))
+        img = np.kron(rng.uniform(0, 255, (-(-h // s), -(-w // s), 3)), np.ones((s, s, 1)))[:h, :w]
+    if rng.rand() < 0.3:  # greys too
+        img = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _training_set(seed: int, images_dir: Path) -> tuple[list[bytes], np.ndarray]:
+    import tensorflow as tf
+
+    rng = np.random.RandomState(seed + 1)
+    jpegs: list[bytes] = []
+    labels: list[int] = []
+    for name, label in sorted(SAMPLE_LABELS.items()):
+        raw = (images_dir / name).read_bytes()
+        rgb = tf.io.decode_jpeg(raw, channels=3).numpy()
+        jpegs += [raw] * 4  # the exact served bytes, weighted a little
+        labels += [label] * 4
+        for _ in range(_AUG_PER_IMAGE):
+            img, quality = _augment(rgb, rng)
+            jpegs.append(_encode_jpeg(img, quality))
+            labels.append(label)
+    for _ in range(_N_BACKGROUND):
+        jpegs.append(_encode_jpeg(_synthetic(rng), int(rng.randint(40, 96))))
+        labels.append(BACKGROUND_CLASS)
+    return jpegs, np.asarray(labels)
+
+
+# --------------------------------------------------------------------------- head fit
+
+
+def _fit_head(feats: np.ndarray, labels: np.ndarray, *, steps: int = 400, l2: float = 1e-3, lr: float = 0.05):
+    """Full-batch softmax regression (Adam, L2) over all 1001 classes on standardised features;
+    the standardisation is folded into the returned (W [d,1001], b [1001]) so the graph keeps a
+    plain dense layer.
+
+    Classes with no training example start equal and get identical gradients at every step, so
+    they stay tied: they are fit as one column that enters the softmax with multiplicity
+    ``1001 - len(seen)`` (log-multiplicity added to its logit). Exactly the full 1001-way fit,
+    about 250x cheaper."""
+    mu = feats.mean(axis=0)
+    sd = feats.std(axis=0) + 1e-6
+    x = (feats - mu) / sd
+    n, d = x.shape
+    seen = sorted(set(int(c) for c in labels))
+    n_tied = NUM_CLASSES - len(seen)
+    k = len(seen) + 1  # last column = every unseen class (tied)
+    y = np.zeros((n, k))
+    y[np.arange(n), np.searchsorted(seen, labels)] = 1.0
+    mult = np.zeros(k)
+    mult[-1] = np.log(n_tied)
+    params = [np.zeros((d, k)), np.zeros(k)]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    b1, b2 = 0.9, 0.999
+    for t in range(1, steps + 1):
+        logits = x @ params[0] + params[1] + mult
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        p[:, -1] /= n_tied  # probability of ONE unseen class
+        g = (p - y) / n
+        grads = [x.T @ g + l2 * params[0], g.sum(axis=0)]
+        for i in range(2):
+            m[i] = b1 * m[i] + (1 - b1) * grads[i]
+            v[i] = b2 * v[i] + (1 - b2) * grads[i] ** 2
+            params[i] -= lr * (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + 1e-8)
+    w_k = params[0] / sd[:, None]
+    b_k = params[1] - (mu / sd) @ params[0]
+    w = np.repeat(w_k[:, -1:], NUM_CLASSES, axis=1)
+    b = np.repeat(b_k[-1:], NUM_CLASSES)
+    w[:, seen] = w_k[:, :-1]
+    b[seen] = b_k[:-1]
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def export_demo_model(export_dir: str | Path, *, seed: int = 0, images_dir: str | Path | None = None) -> Path:
+    """Build, fit and save the stand-in model: ``export_dir/{saved_model.pb,variables/}``.
+
+    Deterministic for a given seed across fresh processes (see the module docstring for why a
+    second export in the same process gets a different ``saved_model.pb``).
+    """
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    images_dir = Path(images_dir) if images_dir else IMAGES_DIR
+    weights = _backbone_weights(seed)
+    jpegs, labels = _training_set(seed, images_dir)
+    feats = _features_np(_decode_batch(jpegs), weights)
+    head_w, head_b = _fit_head(feats, labels)
+
+    module = _build_module(weights, head_w, head_b)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
+    # TF >= 2.15 writes fingerprint.pb with a random UUID; the tutorial model has none.
+    (export_dir / "fingerprint.pb").unlink(missing_ok=True)
+    assets = export_dir / "assets"
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()  # empty; the tutorial model has none
+    return export_dir
+
+
+def _export_in_fresh_process(export_dir: Path, seed: int) -> None:
+    include_dir = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = include_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfserving_deploy.demo_model", "--export-dir", str(export_dir), "--seed", str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"demo model export to {export_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def _deterministic_tar_gz(src_root: Path, top_dir: str, version: int, out_path: Path) -> None:
+    model_dir = src_root / top_dir / str(version)
+    entries: list[tuple[str, Path | None]] = [("./", None), (f"./{top_dir}/", None), (f"./{top_dir}/{version}/", None)]
+    for path in sorted(model_dir.rglob("*"), key=lambda p: p.relative_to(model_dir).as_posix()):
+        arc = f"./{top_dir}/{version}/{path.relative_to(model_dir).as_posix()}"
+        entries.append((arc + "/", None) if path.is_dir() else (arc, path))
+    raw = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for arcname, path in entries:
+                info = tarfile.TarInfo(arcname.rstrip("/") if arcname != "./" else ".")
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                if path is None:
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    tar.addfile(info)
+                else:
+                    data = path.read_bytes()
+                    info.size = len(data)
+                    info.mode = 0o644
+                    tar.addfile(info, io.BytesIO(data))
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(raw.getvalue())
+    os.replace(tmp, out_path)
+
+
+def pack_tutorial_tarball(
+    out_path: str | Path,
+    *,
+    version: int = TUTORIAL_VERSION,
+    top_dir: str = DEFAULT_TOP_DIR,
+    seed: int = 0,
+) -> Path:
+    """Export the stand-in model and pack it like the tutorial tarball:
+    ``./<top_dir>/<version>/{saved_model.pb,variables/...}``, byte-deterministic for the same
+    arguments (same machine, same TF version). Exports in a fresh Python process, so the
+    caller never imports TensorFlow."""
+    out_path = Path(out_path)
+    if not top_dir or "/" in top_dir or top_dir in (".", ".."):
+        raise ValueError(f"top_dir must be a single path component, got {top_dir!r}")
+    version = int(version)
+    if version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="demo_model_") as tmp:
+        root = Path(tmp)
+        _export_in_fresh_process(root / top_dir / str(version), seed)
+        _deterministic_tar_gz(root, top_dir, version, out_path)
+    return out_path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfserving_deploy.demo_model",
+        description="Write a tutorial-layout tarball of the offline ResNet stand-in model.",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="tarball to write (.tar.gz)")
+    target.add_argument("--export-dir", type=Path, help="write a bare SavedModel directory instead")
+    parser.add_argument("--version", type=int, default=TUTORIAL_VERSION)
+    parser.add_argument("--top-dir", default=DEFAULT_TOP_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="regenerate even if --out exists")
+    args = parser.parse_args(argv)
+
+    if args.export_dir is not None:
+        print(export_demo_model(args.export_dir, seed=args.seed))
+        return 0
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists (use --force to regenerate)", file=sys.stderr)
+    else:
+        pack_tutorial_tarball(args.out, version=args.version, top_dir=args.top_dir, seed=args.seed)
+    print(f"{args.out}  sha256={sha256_file(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The docker image builder and the local target against the real Docker engine, local registry
+and the project's serving image (``make test`` sets those up; nothing here is mocked)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+
+import docker
+import pytest
+
+from savedmodels import make_string_model, string_model_class
+from tfserving_deploy.errors import ImageBuildError, RegistryError, RolloutError, TargetError
+from tfserving_deploy.images import DockerCommitBuilder, ModelFiles
+from tfserving_deploy.serving_client import ServingClient
+from tfserving_deploy.signature import Signature, TensorInfo
+from tfserving_deploy.targets.local import LABEL_MODEL, LocalDockerTarget, check_registry
+from tfserving_deploy.validation import validate_replicas
+
+pytestmark = pytest.mark.integration
+
+SERVING_IMAGE = "tfserving-deploy/serving:2.21.0"
+REPOSITORY = "127.0.0.1:5000/tfserving-deploy-tests"
+MODEL = "itest"
+SIGNATURE = Signature(
+    name="serving_default",
+    inputs={"image_bytes": TensorInfo("DT_STRING", [-1])},
+    outputs={"classes": TensorInfo("DT_INT64", [-1]), "probabilities": TensorInfo("DT_FLOAT", [-1, 1001])},
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_files(path: Path, version: int) -> ModelFiles:
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
+    return ModelFiles(name=MODEL, version=version, sha256=digest, path=str(path))
+
+
+@pytest.fixture(scope="module")
+def client():
+    client = docker.from_env()
+    yield client
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
+        c.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def target(client):
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
+        c.remove(force=True)
+    return LocalDockerTarget(client)
+
+
+@pytest.fixture(scope="module")
+def builder(client):
+    return DockerCommitBuilder(client)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    v1 = make_string_model(root / "v1" / "1")
+    v2 = make_string_model(root / "v2" / "2")
+    broken = make_string_model(root / "broken" / "3")
+    for data in (broken / "variables").glob("variables.data-*"):
+        data.write_bytes(b"not a checkpoint")  # parses as a SavedModel, never loads
+    return {"v1": _model_files(v1, 1), "v2": _model_files(v2, 2), "broken": _model_files(broken, 3)}
+
+
+@pytest.fixture(scope="module")
+def images(builder, models):
+    return {k: builder.push(builder.build(m, base_image=SERVING_IMAGE, repository=REPOSITORY)) for k, m in models.items()}
+
+
+def _running(client) -> list:
+    return client.containers.list(filters={"label": f"{LABEL_MODEL}={MODEL}", "status": "running"})
+
+
+def test_build_is_idempotent_and_push_returns_a_digest(builder, client, models, images):
+    first = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=REPOSITORY)
+    image_id = client.images.get(first).id
+    again = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=REPOSITORY)
+    assert again == first and client.images.get(again).id == image_id
+    assert images["v1"].startswith(f"{REPOSITORY}@sha256:")
+    assert builder.push(first) == images["v1"]
+    env = client.images.get(first).attrs["Config"]["Env"]
+    assert f"MODEL_NAME={MODEL}" in env
+
+
+def test_missing_base_image_is_explained(builder, models):
+    with pytest.raises(ImageBuildError, match="serving_base_image 'tfserving-deploy/no-such-image:1'.*could not be pulled"):
+        builder.build(models["v1"], base_image="tfserving-deploy/no-such-image:1", repository=REPOSITORY)
+
+
+def test_first_deploy_then_identical_redeploy_is_a_no_op(target, client, images):
+    result = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
+    assert result["started"] == 2
+    ids = sorted(c.id for c in _running(client))
+    again = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
+    assert again == {**result, "started": 0, "kept": 2}
+    assert sorted(c.id for c in _running(client)) == ids
+    addresses = target.endpoints(MODEL, images["v1"])
+    assert len(addresses) == 2
+    for address in addresses:
+        with ServingClient(address) as serving:
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, "AVAILABLE")]
+
+
+def test_validation_passes_on_every_replica_and_reports_what_differs(target, images, models):
+    addresses = target.endpoints(MODEL, images["v1"])
+    jpeg = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
+    kwargs = dict(model_name=MODEL, signature=SIGNATURE, model_dir=models["v1"].path, jpeg=jpeg, requests_per_replica=5)
+    report = validate_replicas(addresses, version=1, expected_class=string_model_class(jpeg), **kwargs)
+    assert report.ok, report.summary()
+    assert [r.requests for r in report.replicas] == [5, 5]
+    assert all(r.latency_ms_p50 > 0 and r.latency_ms_p99 >= r.latency_ms_p50 for r in report.replicas)
+    wrong = validate_replicas(addresses, version=7, expected_class=string_model_class(jpeg) + 1, **kwargs)
+    assert not wrong.ok
+    for replica in wrong.replicas:
+        assert "model_spec.version is 1, deployed version is 7" in replica.failures
+        assert f"predicted class {string_model_class(jpeg)}, expected {string_model_class(jpeg) + 1}" in replica.failures
+
+
+def test_a_model_that_never_loads_is_rolled_back_and_the_old_one_keeps_serving(target, client, images):
+    before = sorted(c.id for c in _running(client))
+    with pytest.raises(RolloutError) as failure:
+        target.deploy(images["broken"], model_name=MODEL, version=3, replicas=2, ready_timeout=120)
+    message = str(failure.value)
+    assert "state END" in message and images["v1"] in message and "last log lines" in message
+    assert sorted(c.id for c in _running(client)) == before
+    for address in target.endpoints(MODEL, images["v1"]):
+        with ServingClient(address) as serving:
+            assert serving.model_status(MODEL)[0].state == "AVAILABLE"
+
+
+def test_new_version_replaces_the_old_revision_only_when_ready(target, client, images):
+    result = target.deploy(images["v2"], model_name=MODEL, version=2, replicas=3, ready_timeout=120)
+    assert (result["started"], result["removed"]) == (3, 2)
+    running = _running(client)
+    assert len(running) == 3 and {c.labels["io.tfserving-deploy.image"] for c in running} == {images["v2"]}
+    for address in target.endpoints(MODEL, images["v2"]):
+        with ServingClient(address) as serving:
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(2, "AVAILABLE")]
+
+
+def test_engine_down_is_explained():
+    """Through the Airflow glue (the docker provider's DockerHook), as the operators get their client."""
+    from tfserving_airflow.hooks import get_target
+
+    with pytest.raises(TargetError, match="Docker engine at unix:///nonexistent/docker.sock is not reachable"):
+        get_target("local", docker_url="unix:///nonexistent/docker.sock")
+    dead = LocalDockerTarget(docker.DockerClient(version="1.41", base_url="unix:///nonexistent/docker.sock"))
+    with pytest.raises(TargetError, match="Docker engine is not reachable"):
+        dead.ensure_ready(REPOSITORY)
+
+
+def test_registry_down_is_explained(builder, models):
+    with pytest.raises(RegistryError, match=r"registry 127\.0\.0\.1:\d+ is not reachable"):
+        check_registry(f"127.0.0.1:{_free_port()}")
+    dead_repo = f"127.0.0.1:{_free_port()}/nowhere"
+    reference = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=dead_repo)
+    with pytest.raises(RegistryError, match="push of|refused push"):
+        builder.push(reference)
