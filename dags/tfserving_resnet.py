@@ -32,7 +32,6 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    render_template_as_native_obj=True,
     default_args={
         "retries": 2,
         "retry_delay": timedelta(seconds=10),

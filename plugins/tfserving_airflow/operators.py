@@ -34,6 +34,11 @@ def resolve_cache_dir(configured: str | None = None) -> str:
     return configured or os.environ.get("TFSERVING_DEPLOY_CACHE") or str(Path.home() / ".cache" / "tfserving-deploy")
 
 
+def optional(value):
+    """Templated params render to strings: an unset one renders as "" or "None"."""
+    return None if value in (None, "", "None") else value
+
+
 @contextmanager
 def explained_failures():
     """Permanent faults fail without retry; every fault keeps the library's explanation."""
@@ -58,7 +63,7 @@ class FetchModelOperator(BaseOperator):
         from tfserving_deploy.artifact import fetch_model
 
         with explained_failures():
-            model = fetch_model(self.model_url, sha256=self.model_sha256 or None, cache_dir=resolve_cache_dir(self.cache_dir), log=self.log)
+            model = fetch_model(self.model_url, sha256=optional(self.model_sha256), cache_dir=resolve_cache_dir(self.cache_dir), log=self.log)
         return model.to_dict()
 
 
@@ -215,11 +220,12 @@ class ValidateModelOperator(BaseOperator):
 
         with explained_failures():
             fetched = local_model(self.model, self.cache_dir)
-            expected = None if self.expected_class in (None, "") else int(self.expected_class)
+            expected = optional(self.expected_class)
             report = validate_replicas(
                 list(self.endpoints), model_name=self.model_name, version=fetched.version,
                 signature=fetched.signature, model_dir=fetched.model_dir,
-                jpeg=Path(self.image_path).read_bytes(), expected_class=expected,
+                jpeg=Path(self.image_path).read_bytes(),
+                expected_class=None if expected is None else int(expected),
                 requests_per_replica=self.requests_per_replica,
             )
             self.log.info("%s", report.summary())

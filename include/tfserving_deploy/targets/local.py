@@ -133,8 +133,11 @@ class LocalDockerTarget:
         for c in containers:
             c.reload()
             bindings = (c.attrs["NetworkSettings"]["Ports"] or {}).get(GRPC_PORT) or []
-            if not bindings:
-                raise TargetError(f"container {c.name} publishes no gRPC port ({c.status}); see `docker logs {c.name}`")
+            if c.status != "running" or not bindings:
+                raise RolloutError(
+                    f"replica {c.name} is {c.status} instead of running: its server exits at start "
+                    f"(crash loop); see `docker logs {c.name}`"
+                )
             addresses.append(f"{self.bind_host}:{bindings[0]['HostPort']}")
         return addresses
 

@@ -1,0 +1,117 @@
+"""The whole DAG with ``dag.test()`` on the local target: real Docker, registry and serving image.
+
+Runs it twice with the same inputs: the second run must converge (same containers, no
+duplicates, no "already exists") and validate again.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import docker
+import pytest
+
+from tfserving_deploy.demo_model import pack_tutorial_tarball
+from tfserving_deploy.targets.local import LABEL_MODEL
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "dagtest"
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def model_url(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("models")
+    tarball = pack_tutorial_tarball(directory / "resnet_demo.tar.gz")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/{tarball.name}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def containers():
+    client = docker.from_env()
+
+    def running():
+        return client.containers.list(filters={"label": f"{LABEL_MODEL}={MODEL}", "status": "running"})
+
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
+        c.remove(force=True)
+    yield running
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
+        c.remove(force=True)
+
+
+def _task_states(run) -> dict[str, str]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
+
+
+def test_dag_deploys_validates_and_converges_on_rerun(airflow_db, model_url, containers, tmp_path, monkeypatch):
+    from airflow.models.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+    conf = {
+        "model_url": model_url,
+        "model_name": MODEL,
+        "serving_base_image": "tfserving-deploy/serving:2.21.0",
+        "image_repository": "127.0.0.1:5000/tfserving-deploy-dagtest",
+        "replicas": 3,
+        "expected_class": 286,
+    }
+
+    first = dag.test(run_conf=conf)
+    assert str(first.state).endswith("success"), _task_states(first)
+    assert set(_task_states(first).values()) == {"success"}
+    serving = sorted(c.id for c in containers())
+    assert len(serving) == 3
+
+    second = dag.test(run_conf=conf)
+    assert str(second.state).endswith("success"), _task_states(second)
+    assert sorted(c.id for c in containers()) == serving  # same replicas: nothing restarted or duplicated
+
+    # The tutorial's own client request, unchanged, against a deployed replica.
+    address = _published_grpc_address(containers()[0])
+    assert tutorial_client_request(address, MODEL) == (286, 1538687457)
+
+    # A bad input fails fast (no retries) and leaves the serving replicas alone.
+    bad = dag.test(run_conf={**conf, "model_sha256": "0" * 64})
+    states = _task_states(bad)
+    assert str(bad.state).endswith("failed") and states["fetch_model"] == "failed", states
+    assert sorted(c.id for c in containers()) == serving
+
+
+def _published_grpc_address(container) -> str:
+    container.reload()
+    return f"127.0.0.1:{container.attrs['NetworkSettings']['Ports']['8500/tcp'][0]['HostPort']}"
+
+
+def tutorial_client_request(server: str, model_name: str) -> tuple[int, int]:
+    """resnet_client_grpc.py from the tutorial, minus the flags: JPEG bytes in, class out."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    data = (ROOT / "include" / "images" / "cat.jpg").read_bytes()
+    channel = grpc.insecure_channel(server)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(data, shape=[1]))
+    result = stub.Predict(request, 10.0)
+    channel.close()
+    return int(result.outputs["classes"].int64_val[0]), result.model_spec.version.value
