@@ -140,7 +140,7 @@ def test_a_model_that_never_loads_is_rolled_back_and_the_old_one_keeps_serving(t
 
 def test_new_version_replaces_the_old_revision_only_when_ready(target, client, images):
     result = target.deploy(images["v2"], model_name=MODEL, version=2, replicas=3, ready_timeout=120)
-    assert (result["started"], result["removed"]) == (3, 2)
+    assert (result["started"], result["retired"]) == (3, 2)
     running = _running(client)
     assert len(running) == 3 and {c.labels["io.tfserving-deploy.image"] for c in running} == {images["v2"]}
     for address in target.endpoints(MODEL, images["v2"]):
@@ -166,3 +166,32 @@ def test_registry_down_is_explained(builder, models):
     reference = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=dead_repo)
     with pytest.raises(RegistryError, match="push of|refused push"):
         builder.push(reference)
+
+
+def test_rollback_restores_the_previous_revision(target, client, images):
+    """After v2 replaced v1 (previous test), a rollback brings v1 back and removes v2."""
+    assert target.serving_state(MODEL)["image"] == images["v2"]
+    message = target.rollback(MODEL, ready_timeout=120)
+    assert message == f"restored {images['v1']} (2 replica(s) serving)"
+    state = target.serving_state(MODEL)
+    assert (state["image"], state["replicas"], state["metadata"]["model-version"]) == (images["v1"], 2, "1")
+    for address in state["addresses"]:
+        with ServingClient(address) as serving:
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, "AVAILABLE")]
+    assert not client.containers.list(all=True, filters={"label": f"io.tfserving-deploy.image={images['v2']}"})
+
+
+def test_candidate_runs_outside_the_serving_set_and_is_torn_down(target, client, images):
+    serving_before = target.serving_state(MODEL)
+    addresses = target.start_candidate(images["v2"], model_name=MODEL, version=2, ready_timeout=120)
+    assert len(addresses) == 1 and addresses[0] not in serving_before["addresses"]
+    assert target.start_candidate(images["v2"], model_name=MODEL, version=2, ready_timeout=120) == addresses
+    assert target.serving_state(MODEL) == serving_before
+    assert target.stop_candidate(MODEL) == 1
+    assert target.stop_candidate(MODEL) == 0
+
+
+def test_a_candidate_that_never_loads_fails_and_is_removed(target, client, images):
+    with pytest.raises(RolloutError, match="candidate .* failed: .*state END"):
+        target.start_candidate(images["broken"], model_name=MODEL, version=3, ready_timeout=120)
+    assert target.stop_candidate(MODEL) == 0

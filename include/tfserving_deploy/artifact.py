@@ -126,6 +126,50 @@ def fetch_model(
 # ----------------------------------------------------------------------------- URLs
 
 
+def probe_sha256(url: str, *, cache_dir: str | Path, sha256: str | None = None, timeout: float = 10.0,
+                 log: logging.Logger | None = None) -> str | None:
+    """The sha256 ``url`` would download to, found without downloading; None when unknown.
+
+    A pin answers at once; a local file is hashed; an http(s) URL fetched before is revalidated
+    with a conditional HEAD (ETag / Last-Modified). Used by scheduled refreshes to say "no
+    change" in seconds.
+    """
+    log = log or logger
+    if sha256 is not None:
+        return _normalise_sha256(sha256)
+    local = _local_path(url)
+    if local is not None:
+        if not local.is_file():
+            return None
+        digest = hashlib.sha256()
+        with local.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    import requests
+
+    cache = Path(cache_dir)
+    remembered = _UrlIndex(cache / "urls.json", log).get(_url_key(url))
+    if not remembered or not _blob_path(cache, remembered["sha256"]).is_file():
+        return None
+    headers = {"Accept-Encoding": "identity"}
+    if remembered.get("etag"):
+        headers["If-None-Match"] = remembered["etag"]
+    if remembered.get("last_modified"):
+        headers["If-Modified-Since"] = remembered["last_modified"]
+    try:
+        response = requests.head(url, headers=headers, timeout=timeout, allow_redirects=True)
+    except requests.exceptions.RequestException as e:
+        log.info("could not revalidate %s (%s); assuming it changed", redact_url(url), type(e).__name__)
+        return None
+    unchanged = response.status_code == 304 or (
+        response.status_code == 200
+        and remembered.get("etag") is not None
+        and response.headers.get("ETag") == remembered["etag"]
+    )
+    return remembered["sha256"] if unchanged else None
+
+
 def redact_url(url: str) -> str:
     """The URL without user:password and with credential-looking query values masked."""
     parts = urlsplit(url)

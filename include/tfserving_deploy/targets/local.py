@@ -1,7 +1,7 @@
 """The ``local`` target: replicas as containers on this machine's Docker engine.
 
 A revision is the image digest. ``deploy`` starts the new revision beside the old one, waits
-until every new replica serves the model, and only then removes the old revision: a failed
+until every new replica serves the model, and only then retires the old revision: a failed
 rollout removes what it started and leaves the previous model serving.
 """
 
@@ -16,8 +16,10 @@ from ..serving_client import wait_until_available
 log = logging.getLogger(__name__)
 
 LABEL_MODEL = "io.tfserving-deploy.serving-model"
+LABEL_CANDIDATE = "io.tfserving-deploy.candidate-model"
 LABEL_IMAGE = "io.tfserving-deploy.image"
 LABEL_REPLICA = "io.tfserving-deploy.replica"
+LABEL_META = "io.tfserving-deploy.meta."
 GRPC_PORT, REST_PORT = "8500/tcp", "8501/tcp"
 
 
@@ -29,6 +31,9 @@ def revision_of(image: str) -> str:
 
 
 class LocalDockerTarget:
+    """Serving replicas are running containers labelled with the model; the previous revision
+    is kept *stopped* so that ``rollback`` can bring it back in seconds."""
+
     def __init__(self, client, *, bind_host: str = "127.0.0.1"):
         self.client = client
         self.bind_host = bind_host
@@ -48,9 +53,37 @@ class LocalDockerTarget:
             check_registry(registry)
         return {"docker_version": version.get("Version"), "registry": registry or "docker.io"}
 
-    # -- deploy ----------------------------------------------------------------------------------
+    # -- candidate (validate before promote) ---------------------------------------------------
 
-    def deploy(self, image: str, *, model_name: str, version: int, replicas: int, ready_timeout: float = 300.0) -> dict:
+    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0) -> list[str]:
+        """One replica of ``image`` outside the serving set, for validation before promotion."""
+        name = f"tfs-{model_name}-candidate-{revision_of(image)}"
+        self._pull(image)
+        existing = self.client.containers.list(all=True, filters={"name": f"^{name}$"})
+        for c in existing:
+            if c.status != "running":
+                c.remove(force=True)
+        running = [c for c in existing if c.status == "running"]
+        container = running[0] if running else self._run(image, name, model_name, {LABEL_CANDIDATE: model_name, LABEL_IMAGE: image})
+        try:
+            addresses = self._addresses([container])
+            wait_until_available(addresses, model_name, version, timeout=ready_timeout)
+        except (RolloutError, TargetError) as exc:
+            logs = _tail(container)
+            container.remove(force=True)
+            raise RolloutError(f"candidate {name} of {image} failed: {exc}{logs}") from exc
+        return addresses
+
+    def stop_candidate(self, model_name: str) -> int:
+        candidates = self.client.containers.list(all=True, filters={"label": f"{LABEL_CANDIDATE}={model_name}"})
+        for c in candidates:
+            c.remove(force=True)
+        return len(candidates)
+
+    # -- deploy / rollback ---------------------------------------------------------------------
+
+    def deploy(self, image: str, *, model_name: str, version: int, replicas: int,
+               ready_timeout: float = 300.0, metadata: dict | None = None) -> dict:
         revision = revision_of(image)
         self._pull(image)
         mine = self._containers(model_name)
@@ -66,10 +99,13 @@ class LocalDockerTarget:
                 log.info("removing stale container %s (%s)", c.name, c.status)
                 c.remove(force=True)
         kept_indexes = {int(c.labels[LABEL_REPLICA]) for c in keep}
+        labels = {LABEL_MODEL: model_name, LABEL_IMAGE: image}
+        labels.update({LABEL_META + k: str(v) for k, v in {"model-version": version, **(metadata or {})}.items()})
         try:
             for index in range(replicas):
                 if index not in kept_indexes:
-                    started.append(self._run_replica(image, model_name, revision, index))
+                    name = f"tfs-{model_name}-{revision}-{index}"
+                    started.append(self._run(image, name, model_name, {**labels, LABEL_REPLICA: str(index)}))
             ready = keep + started
             wait_until_available(self._addresses(ready), model_name, version, timeout=ready_timeout)
         except (RolloutError, TargetError) as exc:
@@ -82,14 +118,47 @@ class LocalDockerTarget:
                 f"still serving: {', '.join(serving) or 'nothing (first deployment)'}{logs}"
             ) from exc
 
-        for c in others:
-            log.info("removing previous revision container %s (%s)", c.name, c.labels.get(LABEL_IMAGE))
-            c.remove(force=True)
+        retired = [c for c in others if c.status == "running"]
+        if retired:  # the serving revision becomes the one rollback restores; older ones go
+            for c in others:
+                if c.status != "running":
+                    c.remove(force=True)
+            for c in retired:
+                log.info("stopping previous revision container %s (kept for rollback)", c.name)
+                c.stop(timeout=5)
         log.info(
-            "revision %s: %d replica(s) serving (%d started, %d kept, %d old removed)",
-            revision, len(ready), len(started), len(keep), len(others),
+            "revision %s: %d replica(s) serving (%d started, %d kept, %d previous stopped)",
+            revision, len(ready), len(started), len(keep), len(retired),
         )
-        return {"image": image, "revision": revision, "started": len(started), "kept": len(keep), "removed": len(others)}
+        return {"image": image, "revision": revision, "started": len(started), "kept": len(keep), "retired": len(retired)}
+
+    def rollback(self, model_name: str, *, ready_timeout: float = 300.0) -> str:
+        """Bring the stopped previous revision back and remove the current one."""
+        mine = self._containers(model_name)
+        current = [c for c in mine if c.status == "running"]
+        previous = [c for c in mine if c.status != "running"]
+        if not previous:
+            for c in current:
+                c.remove(force=True)
+            return f"no previous revision of {model_name!r}: removed the {len(current)} failed replica(s)"
+        image = previous[0].labels.get(LABEL_IMAGE, "?")
+        for c in previous:
+            c.start()
+        addresses = self._addresses(previous)
+        version = int(previous[0].labels.get(LABEL_META + "model-version", "0"))
+        wait_until_available(addresses, model_name, version, timeout=ready_timeout)
+        for c in current:
+            c.remove(force=True)
+        return f"restored {image} ({len(previous)} replica(s) serving)"
+
+    def serving_state(self, model_name: str) -> dict | None:
+        """What serves ``model_name`` now: image, running replicas and the deploy metadata."""
+        running = [c for c in self._containers(model_name) if c.status == "running"]
+        images = {c.labels.get(LABEL_IMAGE) for c in running}
+        if len(images) != 1:
+            return None  # nothing, or a rollout caught half-way
+        meta = {k[len(LABEL_META):]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
+        return {"image": images.pop(), "replicas": len(running), "addresses": self._addresses(running), "metadata": meta}
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         running = [c for c in self._containers(model_name) if c.labels.get(LABEL_IMAGE) == image and c.status == "running"]
@@ -112,21 +181,20 @@ class LocalDockerTarget:
                 f"could not pull {image}: {exc.explanation or exc}; is the registry up and the digest pushed?"
             ) from exc
 
-    def _run_replica(self, image: str, model_name: str, revision: str, index: int):
-        name = f"tfs-{model_name}-{revision}-{index}"
-        log.info("starting replica %s", name)
+    def _run(self, image: str, name: str, model_name: str, labels: dict):
+        log.info("starting container %s", name)
         try:
             return self.client.containers.run(
                 image,
                 name=name,
                 detach=True,
-                labels={LABEL_MODEL: model_name, LABEL_IMAGE: image, LABEL_REPLICA: str(index)},
+                labels=labels,
                 environment={"MODEL_NAME": model_name},
                 ports={GRPC_PORT: (self.bind_host, None), REST_PORT: (self.bind_host, None)},
                 restart_policy={"Name": "unless-stopped"},
             )
         except Exception as exc:
-            raise TargetError(f"docker could not start replica {name} from {image}: {exc}") from exc
+            raise TargetError(f"docker could not start {name} from {image}: {exc}") from exc
 
     def _addresses(self, containers: list) -> list[str]:
         addresses = []
