@@ -20,8 +20,7 @@ from ..errors import TargetError
 
 logger = logging.getLogger(__name__)
 
-WAIT_STATES = ("PROVISIONING", "RECONCILING", "STATUS_UNSPECIFIED")
-BROKEN_STATES = ("ERROR", "DEGRADED", "STOPPING")
+BROKEN_STATES = ("ERROR", "DEGRADED", "STOPPING")  # anything else but RUNNING is waited for
 ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")  # us-central1-a; a region is us-central1
 
 
