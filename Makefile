@@ -10,10 +10,9 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/plugins
 export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 
-.PHONY: demo test venv services images base-image serving-image airflow-db clean
+.PHONY: demo test venv services images base-image serving-image airflow-db clean bench
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
 	$(PY) scripts/demo.py --serving-base-image $(SERVING_IMAGE)
@@ -27,6 +26,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	@# The venv imports the project's library (include/) and Airflow glue (plugins/) in place,
+	@# as an editable install would, for the DAG processor, workers, tests and scripts alike.
+	printf '%s\n' $(CURDIR)/include $(CURDIR)/plugins > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tfserving-deploy.pth
 	touch $@
 
 services:  ## dockerd + a registry on 127.0.0.1:5000 (installs Debian packages when missing)
@@ -47,3 +49,6 @@ $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
 clean:  ## remove the demo's replicas and local state (not the images)
 	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f
 	rm -rf $(AIRFLOW_HOME) .cache build
+
+bench: venv services images  ## publish timings: docker commit/push vs the daemonless OCI builder (about 2-3 min)
+	$(PY) scripts/bench_publish.py

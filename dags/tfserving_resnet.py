@@ -1,20 +1,28 @@
-"""Ship the TensorFlow Serving ResNet model: fetch -> build -> push -> cluster -> deploy -> wait -> validate.
+"""Ship the TensorFlow Serving ResNet model: the "TF Serving on Kubernetes" tutorial as a DAG.
 
-The "TensorFlow Serving on Kubernetes" tutorial as a repeatable, auditable DAG. This file only
-wires tasks and params; the work lives in ``include/tfserving_deploy`` (plain Python) and the
-thin operators in ``plugins/tfserving_airflow``.
+check_for_change -> fetch_model -> build_image -> push_image -> ensure_cluster
+  -> start_candidate (setup) -> validate_candidate -> stop_candidate (teardown)
+  -> deploy (promote) -> wait_for_endpoint -> validate
+
+This file only wires tasks and params; the work lives in ``include/tfserving_deploy`` (plain
+Python) and the thin operators in ``plugins/tfserving_airflow``. Runs three ways: from the UI
+form, on a schedule / upstream Asset (model refresh), and by backfill (see README).
 """
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, Param
 from tfserving_airflow.operators import (
     BuildImageOperator,
+    CheckForChangeOperator,
     DeployModelOperator,
     EnsureClusterOperator,
     FetchModelOperator,
     PushImageOperator,
+    StartCandidateOperator,
+    StopCandidateOperator,
     ValidateModelOperator,
     WaitForEndpointSensor,
 )
@@ -24,11 +32,26 @@ TUTORIAL_MODEL_URL = (
     "resnet_v2_fp32_savedmodel_NHWC_jpg.tar.gz"
 )
 CAT_JPEG = str(Path(__file__).parents[1] / "include" / "images" / "cat.jpg")
+REFRESH = AssetOrTimeSchedule(
+    timetable=CronTriggerTimetable(os.environ.get("TFSERVING_RESNET_REFRESH_CRON", "0 3 * * *"), timezone="UTC"),
+    # A training DAG announces a new model with this Asset (extra: model_url, model_sha256).
+    # By name, not URI: a URI scheme makes Airflow load every provider's URI handlers (~1 s parse).
+    assets=Asset(name=os.environ.get("TFSERVING_RESNET_UPSTREAM_ASSET", "resnet_model_published")),
+)
+
+
+def P(name: str) -> str:
+    """A param, as a template rendered at run time."""
+    return "{{ params.%s }}" % name
+
+
+TARGET = {"target_name": P("target")}
+MODEL = {"model_name": P("model_name")}
 
 with DAG(
     dag_id="tfserving_resnet",
-    description="Bake a SavedModel into a TF Serving image, roll it out and validate every replica",
-    schedule=None,
+    description="Bake a SavedModel into a TF Serving image, validate it, roll it out, validate every replica",
+    schedule=REFRESH,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -40,8 +63,9 @@ with DAG(
         "execution_timeout": timedelta(minutes=15),
     },
     params={
-        "model_url": Param(TUTORIAL_MODEL_URL, type="string", minLength=1,
-                           description="SavedModel tarball (http(s):// or file://), tutorial layout <top>/<version>/ or <version>/."),
+        "model_url": Param(TUTORIAL_MODEL_URL, type="string", minLength=1, description=(
+            "SavedModel tarball (http(s):// or file://) in the tutorial layout <top>/<version>/ or <version>/. "
+            "May use the run's date for backfills, e.g. https://models.example.com/{{ ds_nodash }}/resnet.tar.gz")),
         "model_sha256": Param(None, type=["null", "string"], pattern="^[0-9a-fA-F]{64}$",
                               description="Optional sha256 of the tarball; the run fails if the download differs."),
         "model_name": Param("resnet", type="string", pattern="^[a-z0-9][a-z0-9_-]{0,62}$",
@@ -50,28 +74,39 @@ with DAG(
                                   description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet."),
         "serving_base_image": Param("tensorflow/serving:2.18.0", type="string", minLength=1,
                                     description="TF Serving image the model is baked into (pin a tag or digest)."),
+        "image_builder": Param("docker", type="string", enum=["docker"],
+                               description="'docker': the tutorial's run/cp/commit/push through a Docker engine."),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
         "target": Param("local", type="string", enum=["local"],
                         description="Where to deploy: 'local' runs replicas on this machine's Docker engine."),
         "expected_class": Param(None, type=["null", "integer"], minimum=0,
                                 description="Optional class the validation cat photo must get (286 for the tutorial model)."),
+        "force": Param(False, type="boolean",
+                       description="Rebuild and redeploy even when this exact model already serves, healthy."),
     },
     tags=["tfserving", "deploy"],
 ) as dag:
-    fetch = FetchModelOperator(task_id="fetch_model", model_url="{{ params.model_url }}",
-                               model_sha256="{{ params.model_sha256 }}", execution_timeout=timedelta(minutes=30))
-    build = BuildImageOperator(task_id="build_image", model=fetch.output, model_name="{{ params.model_name }}",
-                               base_image="{{ params.serving_base_image }}", image_repository="{{ params.image_repository }}")
-    push = PushImageOperator(task_id="push_image", image=build.output, execution_timeout=timedelta(minutes=30))
-    cluster = EnsureClusterOperator(task_id="ensure_cluster", target_name="{{ params.target }}",
-                                    image_repository="{{ params.image_repository }}")
-    deploy = DeployModelOperator(task_id="deploy", target_name="{{ params.target }}", image=push.output, model=fetch.output,
-                                 model_name="{{ params.model_name }}", replicas="{{ params.replicas }}")
-    wait = WaitForEndpointSensor(task_id="wait_for_endpoint", target_name="{{ params.target }}", image=push.output,
-                                 model=fetch.output, model_name="{{ params.model_name }}", replicas="{{ params.replicas }}",
-                                 timeout=600, poke_interval=2)
-    validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output,
-                                     model_name="{{ params.model_name }}", expected_class="{{ params.expected_class }}",
-                                     image_path=CAT_JPEG)
+    check = CheckForChangeOperator(task_id="check_for_change", model_url=P("model_url"), model_sha256=P("model_sha256"),
+                                   replicas=P("replicas"), force=P("force"), **TARGET, **MODEL)
+    fetch = FetchModelOperator(task_id="fetch_model", model_url=P("model_url"), model_sha256=P("model_sha256"),
+                               outlets=[AssetAlias("tfserving_model_artifact")], execution_timeout=timedelta(minutes=30))
+    build = BuildImageOperator(task_id="build_image", model=fetch.output, base_image=P("serving_base_image"),
+                               image_repository=P("image_repository"), builder_name=P("image_builder"), **MODEL)
+    push = PushImageOperator(task_id="push_image", image=build.output, model=fetch.output, builder_name=P("image_builder"),
+                             outlets=[AssetAlias("tfserving_image")], execution_timeout=timedelta(minutes=30))
+    cluster = EnsureClusterOperator(task_id="ensure_cluster", image_repository=P("image_repository"), **TARGET)
+    candidate = StartCandidateOperator(task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL)
+    check_candidate = ValidateModelOperator(task_id="validate_candidate", endpoints=candidate.output, model=fetch.output,
+                                            image=push.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
+                                            **TARGET, **MODEL)
+    stop_candidate = StopCandidateOperator(task_id="stop_candidate", **TARGET, **MODEL)
+    deploy = DeployModelOperator(task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"),
+                                 **TARGET, **MODEL)
+    wait = WaitForEndpointSensor(task_id="wait_for_endpoint", image=push.output, model=fetch.output,
+                                 replicas=P("replicas"), timeout=600, **TARGET, **MODEL)
+    validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output, image=push.output,
+                                     image_path=CAT_JPEG, expected_class=P("expected_class"), rollback_on_failure=True,
+                                     outlets=[AssetAlias("tfserving_endpoint")], **TARGET, **MODEL)
 
-    fetch >> build >> push >> cluster >> deploy >> wait >> validate
+    check >> fetch >> build >> push >> cluster >> candidate >> check_candidate >> stop_candidate.as_teardown(setups=candidate)
+    check_candidate >> deploy >> wait >> validate

@@ -11,7 +11,7 @@ os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-for path in (ROOT / "include", ROOT / "plugins", ROOT / "tests"):
+for path in (ROOT / "include", ROOT / "plugins"):  # also on the venv's path (Makefile); for bare pytest
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -11,7 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "tfserving_resnet.py"
-ORDER = ["fetch_model", "build_image", "push_image", "ensure_cluster", "deploy", "wait_for_endpoint", "validate"]
+ORDER = [
+    "check_for_change", "fetch_model", "build_image", "push_image", "ensure_cluster",
+    "start_candidate", "validate_candidate", "deploy", "wait_for_endpoint", "validate",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +27,21 @@ def dag(airflow_db):
 
 
 def test_tasks_run_in_the_tutorial_order(dag):
-    assert [t.task_id for t in dag.topological_sort()] == ORDER
+    assert [t.task_id for t in dag.topological_sort() if t.task_id != "stop_candidate"] == ORDER
     for upstream, downstream in zip(ORDER, ORDER[1:]):
-        assert dag.get_task(downstream).upstream_task_ids >= {upstream}
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+
+
+def test_the_candidate_is_torn_down_whatever_happens(dag):
+    candidate, stop = dag.get_task("start_candidate"), dag.get_task("stop_candidate")
+    assert candidate.is_setup and stop.is_teardown
+    assert stop.upstream_task_ids == {"start_candidate", "validate_candidate"}
+    assert "deploy" not in stop.downstream_task_ids  # promotion does not wait for the clean-up
+
+
+def test_promotions_never_run_concurrently(dag):
+    assert dag.get_task("deploy").max_active_tis_per_dag == 1
+    assert dag.max_active_runs == 1
 
 
 def test_every_task_retries_with_backoff_and_has_a_timeout(dag):
@@ -40,7 +55,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
     params = dag.params
     assert set(params.keys()) == {
         "model_url", "model_sha256", "model_name", "image_repository",
-        "serving_base_image", "replicas", "target", "expected_class",
+        "serving_base_image", "image_builder", "replicas", "target", "expected_class", "force",
     }
     for name in params.keys():
         assert params.get_param(name).description, name

@@ -71,6 +71,7 @@ def test_dag_deploys_validates_and_converges_on_rerun(airflow_db, model_url, con
         "image_repository": "127.0.0.1:5000/tfserving-deploy-dagtest",
         "replicas": 3,
         "expected_class": 286,
+        "force": False,  # spelled out: dag.test() keeps the previous run's conf in dag.params
     }
 
     first = dag.test(run_conf=conf)
@@ -79,9 +80,16 @@ def test_dag_deploys_validates_and_converges_on_rerun(airflow_db, model_url, con
     serving = sorted(c.id for c in containers())
     assert len(serving) == 3
 
-    second = dag.test(run_conf=conf)
-    assert str(second.state).endswith("success"), _task_states(second)
-    assert sorted(c.id for c in containers()) == serving  # same replicas: nothing restarted or duplicated
+    # Same inputs, forced through every task: converges on the same replicas, nothing duplicated.
+    second = dag.test(run_conf={**conf, "force": True})
+    assert set(_task_states(second).values()) == {"success"}, _task_states(second)
+    assert sorted(c.id for c in containers()) == serving
+
+    # Not forced: the refresh sees the same model already serving, healthy, and skips the rest.
+    third = dag.test(run_conf=conf)
+    states = _task_states(third)
+    assert str(third.state).endswith("success") and set(states.values()) == {"skipped"}, states
+    assert sorted(c.id for c in containers()) == serving
 
     # The tutorial's own client request, unchanged, against a deployed replica.
     address = _published_grpc_address(containers()[0])

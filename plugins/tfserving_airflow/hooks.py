@@ -5,9 +5,10 @@ from __future__ import annotations
 from tfserving_deploy.errors import TargetError
 
 TARGETS = ("local",)
+IMAGE_BUILDERS = ("docker",)
 
 
-def docker_client(docker_conn_id: str | None = None, base_url: str | None = None):
+def docker_client(docker_conn_id: str | None = None, docker_url: str | None = None):
     """A high-level ``docker.DockerClient`` on the provider's (logged-in) API client.
 
     With ``docker_conn_id`` the provider logs in to that connection's registry, so pushes and
@@ -16,23 +17,32 @@ def docker_client(docker_conn_id: str | None = None, base_url: str | None = None
     import docker
     from airflow.providers.docker.hooks.docker import DockerHook
 
-    hook = DockerHook(docker_conn_id=docker_conn_id, base_url=base_url or "unix://var/run/docker.sock")
+    url = docker_url or "unix://var/run/docker.sock"
     try:
-        api = hook.api_client
+        api = DockerHook(docker_conn_id=docker_conn_id, base_url=url).api_client
     except Exception as exc:  # the provider wraps "engine down" in AirflowException
         raise TargetError(
-            f"Docker engine at {base_url or 'unix://var/run/docker.sock'} is not reachable ({exc}); "
-            "start dockerd (`make services`) or set docker_url to a running engine"
+            f"Docker engine at {url} is not reachable ({exc}); start dockerd (`make services`) "
+            "or set docker_url to a running engine"
         ) from exc
     client = docker.DockerClient.__new__(docker.DockerClient)
     client.api = api
     return client
 
 
-def get_target(name: str, docker_conn_id: str | None = None, docker_url: str | None = None):
+def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None):
     """The deployment target named by the DAG's ``target`` param."""
     if name == "local":
         from tfserving_deploy.targets.local import LocalDockerTarget
 
         return LocalDockerTarget(docker_client(docker_conn_id, docker_url))
     raise TargetError(f"target {name!r} is not supported; choose one of {', '.join(TARGETS)}")
+
+
+def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None):
+    """The image builder named by the DAG's ``image_builder`` param."""
+    if name == "docker":
+        from tfserving_deploy.images import DockerCommitBuilder
+
+        return DockerCommitBuilder(docker_client(docker_conn_id, docker_url))
+    raise TargetError(f"image_builder {name!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}")

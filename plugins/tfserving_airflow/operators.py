@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfserving_deploy.errors import (
     ChecksumMismatch,
@@ -24,7 +24,8 @@ from tfserving_deploy.errors import (
     ValidationError,
 )
 
-from .hooks import docker_client, get_target
+from . import lineage
+from .hooks import get_image_builder, get_target
 
 PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, RolloutError, ValidationError)
 
@@ -48,23 +49,115 @@ def explained_failures():
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
-class FetchModelOperator(BaseOperator):
+class _TargetMixin:
+    """Operators that talk to the deployment target get it (and its clients) once, lazily."""
+
+    target_name: str
+    target_options: dict
+
+    @cached_property
+    def target(self):
+        return get_target(self.target_name, **(self.target_options or {}))
+
+
+class _ModelSourceMixin:
+    """``model_url`` may itself hold a template (``.../{{ ds_nodash }}/model.tar.gz``, for
+    backfills), and an upstream Asset event may name the model (``extra.model_url``)."""
+
+    model_url: str
+    model_sha256: str | None
+
+    def model_source(self, context) -> tuple[str, str | None]:
+        url, sha256 = self.model_url, optional(self.model_sha256)
+        for events in (context.get("triggering_asset_events") or {}).values():
+            for event in events:
+                if event.extra.get("model_url"):
+                    url, sha256 = event.extra["model_url"], event.extra.get("model_sha256") or sha256
+        if "{{" in url:
+            url = self.render_template(url, context)
+        return url, sha256
+
+
+class CheckForChangeOperator(_TargetMixin, _ModelSourceMixin, BaseOperator):
+    """Skip the whole run when the model is unchanged and already serving, healthy.
+
+    "Unchanged" is decided without downloading: a pinned sha256, a hashed local file, or a
+    conditional HEAD against what the cache remembers of the URL.
+    """
+
+    template_fields: Sequence[str] = ("model_url", "model_sha256", "model_name", "target_name", "replicas", "force")
+
+    def __init__(self, *, model_url: str, model_sha256: str | None, model_name: str, target_name: str,
+                 replicas: int, force: bool | str = False, target_options: dict | None = None,
+                 cache_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.model_url, self.model_sha256, self.model_name = model_url, model_sha256, model_name
+        self.target_name, self.replicas, self.force = target_name, replicas, force
+        self.target_options, self.cache_dir = target_options or {}, cache_dir
+
+    def execute(self, context) -> dict:
+        decision = self._decide(context)
+        self.log.info("change check: %s", decision)
+        return decision
+
+    def _decide(self, context) -> dict:
+        from tfserving_deploy.artifact import probe_sha256
+        from tfserving_deploy.serving_client import replica_state
+
+        if str(self.force).lower() == "true":
+            return {"changed": True, "reason": "force=true"}
+        url, pinned = self.model_source(context)
+        sha256 = probe_sha256(url, cache_dir=resolve_cache_dir(self.cache_dir), sha256=pinned, log=self.log)
+        serving = self.target.serving_state(self.model_name)
+        if sha256 is None or serving is None:
+            reason = "model not fetched before, or it changed" if sha256 is None else "nothing serving"
+            return {"changed": True, "reason": reason, "sha256": sha256}
+        meta = serving["metadata"]
+        if meta.get("model-sha256") != sha256 or serving["replicas"] != int(self.replicas):
+            reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
+            return {"changed": True, "reason": reason, "sha256": sha256}
+        version = int(meta["model-version"])
+        unhealthy = [a for a in serving["addresses"] if _state_or_error(replica_state, a, self.model_name, version) != "AVAILABLE"]
+        if unhealthy:
+            return {"changed": True, "reason": f"replicas not AVAILABLE: {unhealthy}", "sha256": sha256}
+        raise AirflowSkipException(
+            f"no change: model sha256={sha256} (version {version}) already serves on {serving['replicas']} "
+            f"healthy replica(s) as {serving['image']}; skipping the run (set force=true to redeploy)"
+        )
+
+
+def _state_or_error(probe, *args) -> str:
+    try:
+        return probe(*args)
+    except RolloutError as exc:
+        return str(exc)
+
+
+class FetchModelOperator(_ModelSourceMixin, BaseOperator):
     """Download (or reuse from the content cache), unpack safely and verify a SavedModel tarball."""
 
     template_fields: Sequence[str] = ("model_url", "model_sha256", "cache_dir")
 
     def __init__(self, *, model_url: str, model_sha256: str | None = None, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.model_url = model_url
-        self.model_sha256 = model_sha256
-        self.cache_dir = cache_dir
+        self.model_url, self.model_sha256, self.cache_dir = model_url, model_sha256, cache_dir
+        self._fetched: dict | None = None
 
     def execute(self, context) -> dict:
         from tfserving_deploy.artifact import fetch_model
 
+        url, sha256 = self.model_source(context)
         with explained_failures():
-            model = fetch_model(self.model_url, sha256=optional(self.model_sha256), cache_dir=resolve_cache_dir(self.cache_dir), log=self.log)
-        return model.to_dict()
+            model = fetch_model(url, sha256=sha256, cache_dir=resolve_cache_dir(self.cache_dir), log=self.log)
+        self._fetched = model.to_dict()
+        lineage.emit_assets(self, context, lineage.model_uri(model.url),
+                            {"sha256": model.sha256, "version": model.version, "url": model.url})
+        return self._fetched
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(outputs=[lineage.openlineage_dataset(lineage.model_uri(self._fetched["url"]))])
 
 
 def local_model(model: dict, configured_cache_dir: str | None):
@@ -77,61 +170,72 @@ def local_model(model: dict, configured_cache_dir: str | None):
     return fetch_model(fetched.url, sha256=fetched.sha256, cache_dir=resolve_cache_dir(configured_cache_dir))
 
 
-class _DockerMixin:
-    docker_conn_id: str | None
-    docker_url: str | None
+class _BuilderMixin:
+    builder_name: str
+    builder_options: dict
 
     @cached_property
-    def docker(self):
-        return docker_client(self.docker_conn_id, self.docker_url)
+    def builder(self):
+        return get_image_builder(self.builder_name, **(self.builder_options or {}))
 
 
-class BuildImageOperator(_DockerMixin, BaseOperator):
-    """Bake the model into ``serving_base_image`` as ``/models/<model_name>/<version>``."""
+class BuildImageOperator(_BuilderMixin, BaseOperator):
+    """Bake the model into ``base_image`` as ``/models/<model_name>/<version>``."""
 
-    template_fields: Sequence[str] = ("model", "model_name", "base_image", "image_repository")
+    template_fields: Sequence[str] = ("model", "model_name", "base_image", "image_repository", "builder_name")
 
-    def __init__(self, *, model, model_name: str, base_image: str, image_repository: str,
-                 docker_conn_id: str | None = None, docker_url: str | None = None,
-                 cache_dir: str | None = None, **kwargs):
+    def __init__(self, *, model, model_name: str, base_image: str, image_repository: str, builder_name: str = "docker",
+                 builder_options: dict | None = None, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model, self.model_name, self.base_image = model, model_name, base_image
-        self.image_repository, self.cache_dir = image_repository, cache_dir
-        self.docker_conn_id, self.docker_url = docker_conn_id, docker_url
+        self.image_repository, self.builder_name = image_repository, builder_name
+        self.builder_options, self.cache_dir = builder_options or {}, cache_dir
+        self._image: str | None = None
 
     def execute(self, context) -> str:
-        from tfserving_deploy.images import DockerCommitBuilder, ModelFiles
+        from tfserving_deploy.images import ModelFiles
 
         with explained_failures():
             fetched = local_model(self.model, self.cache_dir)
             files = ModelFiles(name=self.model_name, version=fetched.version, sha256=fetched.sha256, path=fetched.model_dir)
-            return DockerCommitBuilder(self.docker).build(files, base_image=self.base_image, repository=self.image_repository)
+            self._image = self.builder.build(files, base_image=self.base_image, repository=self.image_repository)
+        return self._image
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.model_uri(self.model["url"]))],
+            outputs=[lineage.openlineage_dataset(lineage.image_uri(self._image))],
+        )
 
 
-class PushImageOperator(_DockerMixin, BaseOperator):
+class PushImageOperator(_BuilderMixin, BaseOperator):
     """Push the built image; returns ``repo@sha256:...`` so everything after deploys by digest."""
 
-    template_fields: Sequence[str] = ("image",)
+    template_fields: Sequence[str] = ("image", "model", "builder_name")
 
-    def __init__(self, *, image: str, docker_conn_id: str | None = None, docker_url: str | None = None, **kwargs):
+    def __init__(self, *, image: str, model, builder_name: str = "docker", builder_options: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.image, self.docker_conn_id, self.docker_url = image, docker_conn_id, docker_url
+        self.image, self.model, self.builder_name, self.builder_options = image, model, builder_name, builder_options or {}
+        self._pushed: str | None = None
 
     def execute(self, context) -> str:
-        from tfserving_deploy.images import DockerCommitBuilder
-
         with explained_failures():
-            return DockerCommitBuilder(self.docker).push(self.image)
+            self._pushed = self.builder.push(self.image)
+        lineage.emit_assets(self, context, lineage.image_uri(self._pushed), {
+            "digest": self._pushed.rpartition("@")[2], "model_sha256": self.model["sha256"],
+            "model_version": self.model["version"], "model_url": self.model["url"],
+        })
+        return self._pushed
 
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
 
-class _TargetMixin:
-    target_name: str
-    docker_conn_id: str | None
-    docker_url: str | None
-
-    @cached_property
-    def target(self):
-        return get_target(self.target_name, self.docker_conn_id, self.docker_url)
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
+            outputs=[lineage.openlineage_dataset(lineage.image_uri(self._pushed))],
+        )
 
 
 class EnsureClusterOperator(_TargetMixin, BaseOperator):
@@ -139,11 +243,9 @@ class EnsureClusterOperator(_TargetMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("target_name", "image_repository")
 
-    def __init__(self, *, target_name: str, image_repository: str,
-                 docker_conn_id: str | None = None, docker_url: str | None = None, **kwargs):
+    def __init__(self, *, target_name: str, image_repository: str, target_options: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.target_name, self.image_repository = target_name, image_repository
-        self.docker_conn_id, self.docker_url = docker_conn_id, docker_url
+        self.target_name, self.image_repository, self.target_options = target_name, image_repository, target_options or {}
 
     def execute(self, context) -> dict:
         with explained_failures():
@@ -152,24 +254,117 @@ class EnsureClusterOperator(_TargetMixin, BaseOperator):
         return facts
 
 
+class StartCandidateOperator(_TargetMixin, BaseOperator):
+    """Start the image as one isolated replica (outside the serving set) for validation."""
+
+    template_fields: Sequence[str] = ("target_name", "image", "model", "model_name")
+
+    def __init__(self, *, target_name: str, image: str, model, model_name: str, ready_timeout: float = 300.0,
+                 target_options: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
+        self.ready_timeout, self.target_options = ready_timeout, target_options or {}
+
+    def execute(self, context) -> list[str]:
+        with explained_failures():
+            return self.target.start_candidate(
+                self.image, model_name=self.model_name, version=int(self.model["version"]), ready_timeout=self.ready_timeout
+            )
+
+
+class StopCandidateOperator(_TargetMixin, BaseOperator):
+    """Tear the candidate down, whatever happened to it."""
+
+    template_fields: Sequence[str] = ("target_name", "model_name")
+
+    def __init__(self, *, target_name: str, model_name: str, target_options: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.target_name, self.model_name, self.target_options = target_name, model_name, target_options or {}
+
+    def execute(self, context) -> int:
+        removed = self.target.stop_candidate(self.model_name)
+        self.log.info("removed %d candidate replica(s) of %s", removed, self.model_name)
+        return removed
+
+
 class DeployModelOperator(_TargetMixin, BaseOperator):
-    """Roll the image out by digest; the previous revision serves until the new one is ready."""
+    """Promote the validated image to serving, by digest; the old revision serves until the new
+    one is ready. Never rolls production back to an older model: a run whose logical date is
+    older than what serves, or that has a newer run after it (a backfill), records its image
+    but does not promote."""
 
     template_fields: Sequence[str] = ("target_name", "image", "model", "model_name", "replicas")
 
     def __init__(self, *, target_name: str, image: str, model, model_name: str, replicas: int,
-                 ready_timeout: float = 300.0, docker_conn_id: str | None = None, docker_url: str | None = None, **kwargs):
+                 ready_timeout: float = 300.0, target_options: dict | None = None, **kwargs):
+        kwargs.setdefault("max_active_tis_per_dag", 1)  # one promotion at a time
         super().__init__(**kwargs)
         self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
-        self.replicas, self.ready_timeout = replicas, ready_timeout
-        self.docker_conn_id, self.docker_url = docker_conn_id, docker_url
+        self.replicas, self.ready_timeout, self.target_options = replicas, ready_timeout, target_options or {}
+        self._endpoint: str | None = None
 
     def execute(self, context) -> dict:
+        run_date = _run_date(context)
+        self._refuse_stale_promotion(context, run_date)
+        metadata = {
+            "model-sha256": self.model["sha256"], "model-url": _label_safe(self.model["url"]),
+            "run-date": run_date.isoformat(), "dag-run": _label_safe(context["run_id"]),
+        }
         with explained_failures():
-            return self.target.deploy(
+            result = self.target.deploy(
                 self.image, model_name=self.model_name, version=int(self.model["version"]),
-                replicas=int(self.replicas), ready_timeout=self.ready_timeout,
+                replicas=int(self.replicas), ready_timeout=self.ready_timeout, metadata=metadata,
             )
+        self._endpoint = lineage.endpoint_uri(self.target_name, self.model_name)
+        return result
+
+    def _refuse_stale_promotion(self, context, run_date) -> None:
+        from datetime import datetime
+
+        newer = _next_scheduled_date(context)
+        if newer is not None and context["ti"].get_dr_count(dag_id=context["dag"].dag_id, logical_dates=[newer]):
+            raise AirflowSkipException(
+                f"not promoting {self.image}: a newer run (logical date {newer.isoformat()}) exists and will "
+                "promote its own model; this run's image is built, validated and recorded"
+            )
+        serving = self.target.serving_state(self.model_name)
+        serving_date = (serving or {}).get("metadata", {}).get("run-date")
+        if serving_date and datetime.fromisoformat(serving_date) > run_date:
+            raise AirflowSkipException(
+                f"not promoting {self.image}: the serving model comes from a newer run ({serving_date} > "
+                f"{run_date.isoformat()}); a backfill never rolls production back"
+            )
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
+            outputs=[lineage.openlineage_dataset(self._endpoint)] if self._endpoint else [],
+        )
+
+
+def _run_date(context):
+    """The date a run stands for: its logical date, or when it ran (manual runs may have none)."""
+    dag_run = context["dag_run"]
+    return dag_run.logical_date or dag_run.run_after
+
+
+def _next_scheduled_date(context):
+    """The logical date after this run's on the DAG's cron, or None (manual/asset-only DAGs)."""
+    from croniter import croniter
+
+    timetable = getattr(context["dag"], "timetable", None)
+    timetable = getattr(timetable, "timetable", timetable)  # AssetOrTimeSchedule wraps the cron one
+    expression = getattr(timetable, "expression", None)
+    logical_date = context["dag_run"].logical_date
+    if not expression or logical_date is None:
+        return None
+    return croniter(expression, logical_date).get_next(type(logical_date))
+
+
+def _label_safe(value: str) -> str:
+    return value[:200]
 
 
 class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
@@ -179,13 +374,12 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
     template_fields: Sequence[str] = ("target_name", "image", "model", "model_name", "replicas")
 
     def __init__(self, *, target_name: str, image: str, model, model_name: str, replicas: int,
-                 docker_conn_id: str | None = None, docker_url: str | None = None, **kwargs):
+                 target_options: dict | None = None, **kwargs):
         kwargs.setdefault("poke_interval", 2)
         kwargs.setdefault("timeout", 300)
         super().__init__(**kwargs)
         self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
-        self.replicas = replicas
-        self.docker_conn_id, self.docker_url = docker_conn_id, docker_url
+        self.replicas, self.target_options = replicas, target_options or {}
 
     def poke(self, context) -> PokeReturnValue:
         from tfserving_deploy.serving_client import replica_state
@@ -203,31 +397,51 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=addresses)
 
 
-class ValidateModelOperator(BaseOperator):
-    """Send a real JPEG to every replica and check the answers against the artifact."""
+class ValidateModelOperator(_TargetMixin, BaseOperator):
+    """Send a real JPEG to every replica and check the answers against the artifact.
 
-    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path")
+    With ``rollback_on_failure`` (the serving validation) a failed check restores the previous
+    revision before the task fails, so the previous model keeps serving.
+    """
 
-    def __init__(self, *, endpoints, model, model_name: str, expected_class: int | None = None,
-                 image_path: str, requests_per_replica: int = 20, cache_dir: str | None = None, **kwargs):
+    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name")
+
+    def __init__(self, *, endpoints, model, model_name: str, image_path: str, expected_class: int | None = None,
+                 image: str | None = None, target_name: str = "local", target_options: dict | None = None,
+                 rollback_on_failure: bool = False, requests_per_replica: int = 20,
+                 cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.endpoints, self.model, self.model_name = endpoints, model, model_name
-        self.expected_class, self.image_path = expected_class, image_path
-        self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
+        self.expected_class, self.image_path, self.image = expected_class, image_path, image
+        self.target_name, self.target_options = target_name, target_options or {}
+        self.rollback_on_failure, self.requests_per_replica, self.cache_dir = rollback_on_failure, requests_per_replica, cache_dir
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
-        with explained_failures():
-            fetched = local_model(self.model, self.cache_dir)
-            expected = optional(self.expected_class)
-            report = validate_replicas(
-                list(self.endpoints), model_name=self.model_name, version=fetched.version,
-                signature=fetched.signature, model_dir=fetched.model_dir,
-                jpeg=Path(self.image_path).read_bytes(),
-                expected_class=None if expected is None else int(expected),
-                requests_per_replica=self.requests_per_replica,
-            )
-            self.log.info("%s", report.summary())
-            raise_for_report(report)
-        return report.to_dict()
+        fetched = local_model(self.model, self.cache_dir)
+        expected = optional(self.expected_class)
+        report = validate_replicas(
+            list(self.endpoints), model_name=self.model_name, version=fetched.version,
+            signature=fetched.signature, model_dir=fetched.model_dir,
+            jpeg=Path(self.image_path).read_bytes(),
+            expected_class=None if expected is None else int(expected),
+            requests_per_replica=self.requests_per_replica,
+        )
+        summary = report.summary()
+        self.log.info("%s", summary)
+        try:
+            with explained_failures():
+                raise_for_report(report)
+        except AirflowFailException as failure:
+            if self.rollback_on_failure:
+                restored = self.target.rollback(self.model_name)
+                raise AirflowFailException(f"{failure}\nrollback: {restored}") from failure
+            raise
+        result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
+        lineage.emit_assets(self, context, lineage.endpoint_uri(self.target_name, self.model_name), {
+            "image": self.image, "model_sha256": fetched.sha256, "model_version": fetched.version,
+            "replicas": len(report.replicas), "validation": "passed",
+            "latency_ms_p50": [r.latency_ms_p50 for r in report.replicas],
+        })
+        return result
