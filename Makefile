@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SERVING_IMAGE ?= tfserving-deploy/serving:2.21.0
+REGISTRY ?= 127.0.0.1:5000
 BASE_IMAGE ?= tfserving-deploy/debian:bookworm
 
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -15,7 +16,7 @@ export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 .PHONY: demo test venv services images base-image serving-image airflow-db clean bench
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
-	$(PY) scripts/demo.py --serving-base-image $(SERVING_IMAGE)
+	$(PY) scripts/demo.py --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
 
 test: venv services images airflow-db  ## the whole test suite, integration tests included
 	$(PY) -m pytest -q tests
@@ -39,6 +40,9 @@ base-image: services
 	bash scripts/build-base-image.sh $(BASE_IMAGE)
 serving-image: base-image
 	BASE=$(BASE_IMAGE) bash scripts/build-serving-image.sh $(SERVING_IMAGE)
+	@# The oci builder reads its base from a registry: publish the local serving image there.
+	docker tag $(SERVING_IMAGE) $(REGISTRY)/$(SERVING_IMAGE)
+	docker push -q $(REGISTRY)/$(SERVING_IMAGE) >/dev/null
 
 airflow-db: $(AIRFLOW_HOME)/.migrated
 $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed

@@ -74,8 +74,9 @@ with DAG(
                                   description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet."),
         "serving_base_image": Param("tensorflow/serving:2.18.0", type="string", minLength=1,
                                     description="TF Serving image the model is baked into (pin a tag or digest)."),
-        "image_builder": Param("docker", type="string", enum=["docker"],
-                               description="'docker': the tutorial's run/cp/commit/push through a Docker engine."),
+        "image_builder": Param("oci", type="string", enum=["oci", "docker"], description=(
+            "'oci': adds the model layer through the registry API, no Docker engine, same inputs give the same "
+            "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push.")),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
         "target": Param("local", type="string", enum=["local"],
                         description="Where to deploy: 'local' runs replicas on this machine's Docker engine."),

@@ -26,7 +26,7 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serving-base-image", default="tfserving-deploy/serving:2.21.0")
+    parser.add_argument("--serving-base-image", default="127.0.0.1:5000/tfserving-deploy/serving:2.21.0")
     parser.add_argument("--image-repository", default="127.0.0.1:5000/resnet-serving")
     parser.add_argument("--replicas", type=int, default=3)
     args = parser.parse_args()

@@ -15,12 +15,13 @@ import docker
 import pytest
 
 from tfserving_deploy.demo_model import pack_tutorial_tarball
-from tfserving_deploy.targets.local import LABEL_MODEL
+from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "dagtest"
+MODEL_DOCKER = "dagtest-docker"
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -38,18 +39,47 @@ def model_url(tmp_path_factory):
     server.shutdown()
 
 
+def _remove_replicas(client, model_name):
+    for label in (LABEL_MODEL, LABEL_CANDIDATE):
+        for c in client.containers.list(all=True, filters={"label": f"{label}={model_name}"}):
+            c.remove(force=True)
+
+
 @pytest.fixture(scope="module")
 def containers():
+    """``containers(model_name)``: the running serving replicas; all removed before and after."""
     client = docker.from_env()
+    names = [MODEL, MODEL_DOCKER]
+    for name in names:
+        _remove_replicas(client, name)
+    yield lambda model_name=MODEL: client.containers.list(
+        filters={"label": f"{LABEL_MODEL}={model_name}", "status": "running"}
+    )
+    for name in names:
+        _remove_replicas(client, name)
 
-    def running():
-        return client.containers.list(filters={"label": f"{LABEL_MODEL}={MODEL}", "status": "running"})
 
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
-        c.remove(force=True)
-    yield running
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
-        c.remove(force=True)
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch):
+    from airflow.models.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+
+
+def _conf(model_url: str, **overrides) -> dict:
+    return {
+        "model_url": model_url,
+        "model_name": MODEL,
+        "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
+        "image_repository": "127.0.0.1:5000/tfserving-deploy-dagtest",
+        "image_builder": "oci",
+        "replicas": 3,
+        "expected_class": 286,
+        "model_sha256": None,
+        "force": False,  # spelled out: dag.test() keeps the previous run's conf in dag.params
+        **overrides,
+    }
 
 
 def _task_states(run) -> dict[str, str]:
@@ -59,20 +89,8 @@ def _task_states(run) -> dict[str, str]:
         return {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
 
 
-def test_dag_deploys_validates_and_converges_on_rerun(airflow_db, model_url, containers, tmp_path, monkeypatch):
-    from airflow.models.dagbag import DagBag
-
-    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
-    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
-    conf = {
-        "model_url": model_url,
-        "model_name": MODEL,
-        "serving_base_image": "tfserving-deploy/serving:2.21.0",
-        "image_repository": "127.0.0.1:5000/tfserving-deploy-dagtest",
-        "replicas": 3,
-        "expected_class": 286,
-        "force": False,  # spelled out: dag.test() keeps the previous run's conf in dag.params
-    }
+def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers):
+    conf = _conf(model_url)
 
     first = dag.test(run_conf=conf)
     assert str(first.state).endswith("success"), _task_states(first)
@@ -123,3 +141,14 @@ def tutorial_client_request(server: str, model_name: str) -> tuple[int, int]:
     result = stub.Predict(request, 10.0)
     channel.close()
     return int(result.outputs["classes"].int64_val[0]), result.model_spec.version.value
+
+
+def test_dag_with_the_docker_builder(dag, model_url, containers):
+    """The tutorial's run/cp/commit/push path, kept as image_builder=docker."""
+    conf = _conf(model_url, model_name=MODEL_DOCKER, image_builder="docker", replicas=2,
+                 image_repository="127.0.0.1:5000/tfserving-deploy-dagtest-docker")
+    run = dag.test(run_conf=conf)
+    assert set(_task_states(run).values()) == {"success"}, _task_states(run)
+    replicas = containers(MODEL_DOCKER)
+    assert len(replicas) == 2
+    assert tutorial_client_request(_published_grpc_address(replicas[0]), MODEL_DOCKER) == (286, 1538687457)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tfserving_deploy.errors import TargetError
 
 TARGETS = ("local",)
-IMAGE_BUILDERS = ("docker",)
+IMAGE_BUILDERS = ("oci", "docker")
 
 
 def docker_client(docker_conn_id: str | None = None, docker_url: str | None = None):
@@ -39,10 +39,45 @@ def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str 
     raise TargetError(f"target {name!r} is not supported; choose one of {', '.join(TARGETS)}")
 
 
-def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None):
-    """The image builder named by the DAG's ``image_builder`` param."""
+def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None,
+                      gcp_conn_id: str | None = None, cache_dir: str | None = None):
+    """The image builder named by the DAG's ``image_builder`` param.
+
+    ``oci`` talks to the registry directly (no Docker engine); its credentials come from the
+    docker connection (basic / bearer) or, for Artifact Registry, the google connection's token.
+    """
+    if name == "oci":
+        from tfserving_deploy.oci import OciImageBuilder
+
+        return OciImageBuilder(registry_auth(docker_conn_id, gcp_conn_id), cache_dir=cache_dir)
     if name == "docker":
         from tfserving_deploy.images import DockerCommitBuilder
 
         return DockerCommitBuilder(docker_client(docker_conn_id, docker_url))
     raise TargetError(f"image_builder {name!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}")
+
+
+def registry_auth(docker_conn_id: str | None = None, gcp_conn_id: str | None = None):
+    """Registry credentials from Airflow connections; None means anonymous."""
+    from tfserving_deploy.oci import RegistryAuth
+
+    if gcp_conn_id:
+        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+
+        credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()
+
+        def access_token() -> str:  # short-lived: refreshed whenever it has expired
+            if not credentials.valid:
+                import google.auth.transport.requests
+
+                credentials.refresh(google.auth.transport.requests.Request())
+            return credentials.token
+
+        return RegistryAuth.google(access_token)
+    if docker_conn_id:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(docker_conn_id)
+        auth = RegistryAuth(conn.login, conn.password)
+        return {conn.host: auth} if conn.host else auth
+    return None
