@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
+OPENLINEAGE_EVENTS = ROOT / ".airflow" / "openlineage" / "test-events.jsonl"
+os.environ.setdefault("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(
+    {"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}
+))
 for path in (ROOT / "include", ROOT / "plugins"):  # also on the venv's path (Makefile); for bare pytest
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -7,6 +7,8 @@ duplicates, no "already exists") and validate again.
 from __future__ import annotations
 
 import functools
+import json
+import time
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,6 +97,7 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     first = dag.test(run_conf=conf)
     assert str(first.state).endswith("success"), _task_states(first)
     assert set(_task_states(first).values()) == {"success"}
+    assert_lineage_chain(first.run_id)
     serving = sorted(c.id for c in containers())
     assert len(serving) == 3
 
@@ -118,6 +121,37 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     states = _task_states(bad)
     assert str(bad.state).endswith("failed") and states["fetch_model"] == "failed", states
     assert sorted(c.id for c in containers()) == serving
+
+
+def assert_lineage_chain(run_id: str) -> None:
+    """The run's OpenLineage events link model -> image -> endpoint, task to task."""
+    from conftest import OPENLINEAGE_EVENTS
+
+    wanted = {"fetch_model", "build_image", "push_image", "deploy"}
+    deadline = time.monotonic() + 30  # the listener may emit from a background thread
+    while True:
+        lines = OPENLINEAGE_EVENTS.read_text().splitlines() if OPENLINEAGE_EVENTS.exists() else []
+        events = {}
+        for event in map(json.loads, lines):
+            task = event["job"]["name"].rpartition(".")[2]
+            airflow_run = event["run"].get("facets", {}).get("airflow", {}).get("dagRun", {}).get("run_id")
+            if event["eventType"] == "COMPLETE" and task in wanted and airflow_run == run_id:
+                events[task] = event
+        if wanted <= set(events) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert wanted <= set(events), f"lineage events for {sorted(events)} only"
+
+    def names(task, side):
+        return [f"{d['namespace']}/{d['name']}" for d in events[task][side]]
+
+    model = names("fetch_model", "outputs")
+    assert len(model) == 1 and model == names("build_image", "inputs")
+    assert names("build_image", "outputs") == names("push_image", "inputs")
+    image = names("push_image", "outputs")
+    assert len(image) == 1 and image[0].startswith("oci://127.0.0.1:5000/") and "@sha256:" in image[0]
+    assert image == names("deploy", "inputs")
+    assert names("deploy", "outputs") == [f"tfserving://local/{MODEL}"]
 
 
 def _published_grpc_address(container) -> str:
