@@ -1,0 +1,270 @@
+"""The Kubernetes manifests for one served model: a Deployment and a Service, as plain dicts.
+
+Pure functions (no API calls), so GitOps users can render and commit the same objects the
+``kubernetes`` target applies. Choices that matter in production, and why:
+
+* Image by digest only: a tag can move under a running Deployment; a digest is the revision.
+* Readiness is "the model is AVAILABLE", read from ``GET :8501/v1/models/<name>``. A gRPC or
+  tcpSocket probe only proves the port is open, and an ``httpGet`` probe would pass while the
+  model is still LOADING (that endpoint answers 200 in every state), so the probe is an ``exec``
+  of the image's python that reads ``state``. The image must ship ``PROBE_PYTHON`` (the
+  project's serving image does; the stock ``tensorflow/serving`` image has no python).
+* TF Serving exits at once on SIGTERM, dropping in-flight requests, while endpoint removal
+  reaches kube-proxy and load balancers only some seconds later: a ``preStop`` sleep keeps the
+  pod serving meanwhile, inside a longer ``terminationGracePeriodSeconds``.
+* A model reload briefly holds two copies in memory: the memory limit is twice the request.
+  No CPU limit: throttling shows up as tail latency; the request reserves the CPU.
+* RollingUpdate with maxUnavailable 0 / maxSurge 1: a new pod must be ready before an old one
+  goes, so a revision that never becomes ready never takes capacity away.
+* Non-root (uid 1000), no privilege escalation, no capabilities, RuntimeDefault seccomp (the
+  "restricted" Pod Security Standard). ``tensorflow/serving`` runs as root by default; it works
+  as uid 1000 because the image builders write the model files world-readable (0644/0755).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from ..errors import TargetError
+
+APP_NAME = "tfserving"
+CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candidates get no traffic
+CONTAINER_NAME = "tfserving"
+GRPC_PORT, REST_PORT = 8500, 8501
+PROBE_PYTHON = "/opt/venv/bin/python"
+PRE_STOP_SLEEP_SECONDS = 15
+TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
+LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only after the first load
+PROGRESS_DEADLINE_SECONDS = 600
+RUN_AS_USER = 1000
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+
+# Annotations this target owns on the Deployment: every key under ANNOTATION_PREFIX.
+ANNOTATION_PREFIX = "tfserving-deploy/"
+ANNOTATION_IMAGE = "tfserving-deploy/image"
+ANNOTATION_VERSION = "tfserving-deploy/model-version"
+ANNOTATION_META = "tfserving-deploy/meta."  # + key: the deploy's metadata (model sha256, run date...)
+ANNOTATION_PREVIOUS_IMAGE = "tfserving-deploy/previous-image"
+ANNOTATION_PREVIOUS_SPEC = "tfserving-deploy/previous-spec"  # JSON: replicas, pod template, annotations
+ANNOTATION_RESTORED_FROM = "tfserving-deploy/restored-from"  # the image a rollback replaced
+
+DEFAULT_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "2Gi"},  # two copies of the model during a reload
+}
+
+_DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_ANNOTATION_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def require_digest(image: str) -> str:
+    if not _DIGEST_REF.match(image or ""):
+        raise TargetError(
+            f"deploy by digest: {image!r} is not a repo@sha256:<64 hex> reference; a tag can move "
+            "under a running Deployment; run push_image first and deploy the digest it returns"
+        )
+    return image
+
+
+def object_name(model_name: str) -> str:
+    """``tfs-<model_name>``, made a DNS label (``resnet_v2`` -> ``tfs-resnet-v2``)."""
+    name = "tfs-" + re.sub(r"[_.]", "-", model_name.lower())
+    if len(name) > 63 or not _DNS_LABEL.match(name):
+        raise TargetError(
+            f"model_name {model_name!r} gives the object name {name!r}, which is not a DNS label "
+            "(lowercase letters, digits and '-', at most 63 characters); rename the model"
+        )
+    return name
+
+
+def selector_labels(model_name: str) -> dict:
+    if len(model_name) > 63 or not _LABEL_VALUE.match(model_name):
+        raise TargetError(
+            f"model_name {model_name!r} is not a valid Kubernetes label value (letters, digits, "
+            "'-', '_', '.', at most 63 characters); rename the model"
+        )
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": model_name}
+
+
+def object_labels(model_name: str) -> dict:
+    return {**selector_labels(model_name), "app.kubernetes.io/managed-by": "tfserving-deploy"}
+
+
+def metadata_annotations(metadata: dict | None) -> dict:
+    """``{"model-sha256": ...}`` -> ``{"tfserving-deploy/meta.model-sha256": "..."}`` (values as strings)."""
+    annotations = {}
+    prefix = ANNOTATION_META[len(ANNOTATION_PREFIX):]  # "meta."; an annotation name has at most 63 characters
+    for key, value in (metadata or {}).items():
+        name = prefix + str(key)
+        if len(name) > 63 or not _ANNOTATION_NAME.match(name):
+            raise TargetError(
+                f"metadata key {key!r} cannot be part of an annotation name (letters, digits, '-', '_', '.', "
+                f"at most {63 - len(prefix)} characters); rename it"
+            )
+        annotations[ANNOTATION_META + str(key)] = str(value)
+    return annotations
+
+
+def readiness_command(model_name: str) -> list[str]:
+    """Exit 0 only when every version the server lists for ``model_name`` is AVAILABLE."""
+    url = f"http://127.0.0.1:{REST_PORT}/v1/models/{model_name}"
+    script = (
+        "import json, sys, urllib.request as r; "
+        f"s = json.load(r.urlopen({url!r}, timeout=3)).get('model_version_status') or []; "
+        "ok = s and all(v.get('state') == 'AVAILABLE' for v in s); "
+        "sys.exit(0 if ok else 'model state: %s' % [v.get('state') for v in s])"
+    )
+    return [PROBE_PYTHON, "-c", script]
+
+
+def check_resources(resources: dict | None) -> dict:
+    if resources is None:
+        return copy.deepcopy(DEFAULT_RESOURCES)
+    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"}:
+        raise TargetError(
+            f"resources {resources!r} must be a dict with 'requests' and/or 'limits', e.g. "
+            f"{DEFAULT_RESOURCES!r}"
+        )
+    return copy.deepcopy(resources)
+
+
+def pod_spec(image: str, *, model_name: str, resources: dict | None = None) -> dict:
+    """The serving pod: probes, graceful stop, resources and security context (see module doc)."""
+    require_digest(image)
+    container = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "MODEL_NAME", "value": model_name}],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "exec": {"command": readiness_command(model_name)},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "tcpSocket": {"port": GRPC_PORT},
+            "initialDelaySeconds": LIVENESS_INITIAL_DELAY_SECONDS,
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_SECONDS)]}}},
+        "resources": check_resources(resources),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "automountServiceAccountToken": False,  # the server never talks to the API
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+    }
+
+
+def deployment_manifest(
+    image: str, *, model_name: str, version: int, replicas: int, namespace: str,
+    resources: dict | None = None, metadata: dict | None = None,
+) -> dict:
+    if not isinstance(replicas, int) or replicas < 1:
+        raise TargetError(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
+    spec = pod_spec(image, model_name=model_name, resources=resources)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": object_name(model_name),
+            "namespace": namespace,
+            "labels": object_labels(model_name),
+            "annotations": {
+                ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version), **metadata_annotations(metadata)
+            },
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "selector": {"matchLabels": selector_labels(model_name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": object_labels(model_name)}, "spec": spec},
+        },
+    }
+
+
+def candidate_labels(model_name: str) -> dict:
+    return {**object_labels(model_name), "app.kubernetes.io/name": CANDIDATE_APP_NAME}
+
+
+def candidate_pod_manifest(
+    image: str, *, model_name: str, version: int, namespace: str, resources: dict | None = None
+) -> dict:
+    """One pod of ``image`` beside the Deployment, for validation before promotion. Its
+    ``app.kubernetes.io/name`` differs, so the Service never sends it traffic."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{object_name(model_name)}-candidate-{require_digest(image).rsplit(':', 1)[1][:12]}",
+            "namespace": namespace,
+            "labels": candidate_labels(model_name),
+            "annotations": {ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version)},
+        },
+        "spec": pod_spec(image, model_name=model_name, resources=resources),
+    }
+
+
+def service_manifest(*, model_name: str, namespace: str, service_type: str = "LoadBalancer") -> dict:
+    if service_type not in SERVICE_TYPES:
+        raise TargetError(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": object_name(model_name), "namespace": namespace, "labels": object_labels(model_name)},
+        "spec": {
+            "type": service_type,
+            "selector": selector_labels(model_name),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def write_manifests(directory: str, model_name: str, deployment: dict, service: dict) -> list[str]:
+    """``<model_name>-deployment.yaml`` and ``<model_name>-service.yaml``; returns their paths."""
+    import yaml
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind, manifest in (("deployment", deployment), ("service", service)):
+        path = out / f"{model_name}-{kind}.yaml"
+        path.write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+        paths.append(str(path))
+    return paths
+
+
+def load_balancer_address(service: dict) -> str | None:
+    """``host:8500`` of a LoadBalancer Service's first ingress, None while it is pending."""
+    if (service.get("spec") or {}).get("type") != "LoadBalancer":
+        name = (service.get("metadata") or {}).get("name")
+        raise TargetError(
+            f"Service {name} is of type {(service.get('spec') or {}).get('type')!r}, which gets no "
+            "load balancer address; use service_type='LoadBalancer' or reach the pods in-cluster"
+        )
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    host = ingress and (ingress[0].get("ip") or ingress[0].get("hostname"))
+    return f"{host}:{GRPC_PORT}" if host else None
