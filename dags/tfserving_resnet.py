@@ -45,7 +45,16 @@ def P(name: str) -> str:
     return "{{ params.%s }}" % name
 
 
-TARGET = {"target_name": P("target")}
+TARGET = {
+    "target_name": P("target"),
+    "target_options": {
+        key: P(key) for key in (
+            "namespace", "kubernetes_conn_id", "gcp_conn_id", "project_id", "location",
+            "cluster_name", "node_count", "autopilot", "manifest_dir", "keep_failed_first_deploy",
+        )
+    },
+}
+K8S, GKE = "Kubernetes and GKE targets", "GKE target"
 MODEL = {"model_name": P("model_name")}
 
 with DAG(
@@ -78,12 +87,27 @@ with DAG(
             "'oci': adds the model layer through the registry API, no Docker engine, same inputs give the same "
             "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push.")),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
-        "target": Param("local", type="string", enum=["local"],
-                        description="Where to deploy: 'local' runs replicas on this machine's Docker engine."),
+        "target": Param("local", type="string", enum=["local", "kubernetes", "gke"], description=(
+            "'local': replicas on this machine's Docker engine. 'kubernetes': a Deployment + LoadBalancer Service "
+            "through the kubernetes connection. 'gke': the same on a GKE cluster, created when missing.")),
         "expected_class": Param(None, type=["null", "integer"], minimum=0,
                                 description="Optional class the validation cat photo must get (286 for the tutorial model)."),
         "force": Param(False, type="boolean",
                        description="Rebuild and redeploy even when this exact model already serves, healthy."),
+        "namespace": Param("tfserving", type="string", pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", section=K8S,
+                           description="Namespace of the Deployment and Service (created when missing)."),
+        "kubernetes_conn_id": Param("kubernetes_default", type="string", section=K8S,
+                                    description="Airflow connection to the cluster (target=kubernetes)."),
+        "manifest_dir": Param("", type="string", section=K8S,
+                              description="If set, the rendered Deployment/Service YAML is written there (GitOps)."),
+        "keep_failed_first_deploy": Param(False, type="boolean", section=K8S,
+                                          description="Keep a failed first-ever Deployment for debugging instead of removing it."),
+        "gcp_conn_id": Param("google_cloud_default", type="string", section=GKE, description="Google Cloud connection."),
+        "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),
+        "location": Param("us-central1-a", type="string", section=GKE, description="Zone or region of the cluster."),
+        "cluster_name": Param("resnet-serving-cluster", type="string", section=GKE, description="GKE cluster name."),
+        "node_count": Param(5, type="integer", minimum=1, section=GKE, description="Nodes when the cluster is created."),
+        "autopilot": Param(False, type="boolean", section=GKE, description="Create an Autopilot cluster instead."),
     },
     tags=["tfserving", "deploy"],
 ) as dag:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tfserving_deploy.errors import TargetError
 
-TARGETS = ("local",)
+TARGETS = ("local", "kubernetes", "gke")
 IMAGE_BUILDERS = ("oci", "docker")
 
 
@@ -30,13 +30,56 @@ def docker_client(docker_conn_id: str | None = None, docker_url: str | None = No
     return client
 
 
-def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None):
-    """The deployment target named by the DAG's ``target`` param."""
+def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None, **options):
+    """The deployment target named by the DAG's ``target`` param.
+
+    ``local``: replicas on a Docker engine. ``kubernetes``: any cluster reachable through a
+    ``kubernetes`` connection (or ``config_file``). ``gke``: the same on a GKE cluster that is
+    created when missing, reached with the cluster's own endpoint and CA and a token from
+    ``gcp_conn_id``. Options arrive rendered from templates, so as strings.
+    """
     if name == "local":
         from tfserving_deploy.targets.local import LocalDockerTarget
 
         return LocalDockerTarget(docker_client(docker_conn_id, docker_url))
+    if name in ("kubernetes", "gke"):
+        from tfserving_deploy.targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(
+            kubernetes_api_client(name, options),
+            namespace=options.get("namespace") or "tfserving",
+            manifest_dir=options.get("manifest_dir") or None,
+            keep_failed_first_deploy=_true(options.get("keep_failed_first_deploy")),
+        )
     raise TargetError(f"target {name!r} is not supported; choose one of {', '.join(TARGETS)}")
+
+
+def kubernetes_api_client(name: str, options: dict):
+    from . import kube
+
+    if name == "gke":
+        return kube.gke_api_client(**gke_cluster_options(options))
+    return kube.sync_api_client(
+        options.get("kubernetes_conn_id") or "kubernetes_default",
+        options.get("config_file") or None,
+        options.get("cluster_context") or None,
+    )
+
+
+def gke_cluster_options(options: dict) -> dict:
+    """The GKE cluster the ``gke`` target ensures: created (and waited for) when missing."""
+    return {
+        "gcp_conn_id": options.get("gcp_conn_id") or "google_cloud_default",
+        "project_id": options.get("project_id") or None,
+        "location": options["location"],
+        "cluster_name": options.get("cluster_name") or "resnet-serving-cluster",
+        "node_count": int(options.get("node_count") or 5),
+        "autopilot": _true(options.get("autopilot")),
+    }
+
+
+def _true(value) -> bool:
+    return str(value).lower() == "true"
 
 
 def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from functools import cached_property
+from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
@@ -85,7 +86,7 @@ class CheckForChangeOperator(_TargetMixin, _ModelSourceMixin, BaseOperator):
     conditional HEAD against what the cache remembers of the URL.
     """
 
-    template_fields: Sequence[str] = ("model_url", "model_sha256", "model_name", "target_name", "replicas", "force")
+    template_fields: Sequence[str] = ("model_url", "model_sha256", "model_name", "target_name", "target_options", "replicas", "force")
 
     def __init__(self, *, model_url: str, model_sha256: str | None, model_name: str, target_name: str,
                  replicas: int, force: bool | str = False, target_options: dict | None = None,
@@ -241,7 +242,7 @@ class PushImageOperator(_BuilderMixin, BaseOperator):
 class EnsureClusterOperator(_TargetMixin, BaseOperator):
     """Make sure the target can take a deployment (engine/cluster and registry reachable)."""
 
-    template_fields: Sequence[str] = ("target_name", "image_repository")
+    template_fields: Sequence[str] = ("target_name", "target_options", "image_repository")
 
     def __init__(self, *, target_name: str, image_repository: str, target_options: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -257,7 +258,7 @@ class EnsureClusterOperator(_TargetMixin, BaseOperator):
 class StartCandidateOperator(_TargetMixin, BaseOperator):
     """Start the image as one isolated replica (outside the serving set) for validation."""
 
-    template_fields: Sequence[str] = ("target_name", "image", "model", "model_name")
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name")
 
     def __init__(self, *, target_name: str, image: str, model, model_name: str, ready_timeout: float = 300.0,
                  target_options: dict | None = None, **kwargs):
@@ -275,7 +276,7 @@ class StartCandidateOperator(_TargetMixin, BaseOperator):
 class StopCandidateOperator(_TargetMixin, BaseOperator):
     """Tear the candidate down, whatever happened to it."""
 
-    template_fields: Sequence[str] = ("target_name", "model_name")
+    template_fields: Sequence[str] = ("target_name", "target_options", "model_name")
 
     def __init__(self, *, target_name: str, model_name: str, target_options: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -293,7 +294,7 @@ class DeployModelOperator(_TargetMixin, BaseOperator):
     older than what serves, or that has a newer run after it (a backfill), records its image
     but does not promote."""
 
-    template_fields: Sequence[str] = ("target_name", "image", "model", "model_name", "replicas")
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
 
     def __init__(self, *, target_name: str, image: str, model, model_name: str, replicas: int,
                  ready_timeout: float = 300.0, target_options: dict | None = None, **kwargs):
@@ -371,7 +372,7 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
     """Wait until every replica of the image reports the model version AVAILABLE; returns their
     ``host:port`` list. A replica whose model ended in END fails the task at once."""
 
-    template_fields: Sequence[str] = ("target_name", "image", "model", "model_name", "replicas")
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
 
     def __init__(self, *, target_name: str, image: str, model, model_name: str, replicas: int,
                  target_options: dict | None = None, **kwargs):
@@ -397,6 +398,52 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=addresses)
 
 
+    def execute(self, context):
+        if self.target_name == "local":
+            return super().execute(context)  # poke every replica container
+        # Kubernetes: deploy already waited for the pods; the LoadBalancer can take minutes, so
+        # wait for it in the triggerer, holding no worker slot.
+        self.defer(trigger=self._load_balancer_trigger(), method_name="execute_complete",
+                   timeout=timedelta(seconds=float(self.timeout) + 60))
+
+    def _load_balancer_trigger(self):
+        from tfserving_deploy.targets.manifests import object_name
+
+        from .hooks import gke_cluster_options
+        from .triggers import LoadBalancerTrigger
+
+        options = self.target_options
+        access = {
+            "kubernetes_conn_id": options.get("kubernetes_conn_id") or "kubernetes_default",
+            "config_file": options.get("config_file") or None,
+            "cluster_context": options.get("cluster_context") or None,
+        }
+        if self.target_name == "gke":  # the cluster's endpoint and CA, a token from the connection
+            from .kube import gke_cluster
+
+            cluster_options = gke_cluster_options(options)
+            cluster = gke_cluster(**cluster_options, create_if_missing=False)
+            access = {"cluster_url": cluster.url, "ssl_ca_cert": cluster.ca_certificate,
+                      "gcp_conn_id": cluster_options["gcp_conn_id"]}
+        return LoadBalancerTrigger(
+            namespace=options.get("namespace") or "tfserving", service_name=object_name(self.model_name),
+            timeout=float(self.timeout), poll_interval=float(self.poke_interval), **access,
+        )
+
+    def execute_complete(self, context, event) -> list[str]:
+        """The LoadBalancer address first, then every ready pod: one gRPC connection through an
+        L4 balancer reaches one pod only, so validation dials each pod too."""
+        from .sensors import address_from_event
+
+        balancer = address_from_event(event)
+        pods = self.target.endpoints(self.model_name, self.image)
+        if len(pods) < int(self.replicas):
+            raise AirflowFailException(
+                f"LoadBalancer {balancer} is up but only {len(pods)} of {self.replicas} pods of {self.image} are ready"
+            )
+        self.log.info("endpoint %s; pods %s", balancer, pods)
+        return [balancer, *pods]
+
 class ValidateModelOperator(_TargetMixin, BaseOperator):
     """Send a real JPEG to every replica and check the answers against the artifact.
 
@@ -404,7 +451,7 @@ class ValidateModelOperator(_TargetMixin, BaseOperator):
     revision before the task fails, so the previous model keeps serving.
     """
 
-    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name")
+    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name", "target_options")
 
     def __init__(self, *, endpoints, model, model_name: str, image_path: str, expected_class: int | None = None,
                  image: str | None = None, target_name: str = "local", target_options: dict | None = None,

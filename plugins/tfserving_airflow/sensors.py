@@ -75,15 +75,9 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
         self.defer(trigger=self.trigger(), method_name="execute_complete", timeout=backstop)
 
     def execute_complete(self, context, event: dict[str, Any]) -> str:
-        status, message = event.get("status"), event.get("message", f"unexpected trigger event {event!r}")
-        if status == "success":
-            self.log.info("LoadBalancer of service %s/%s is at %s", self.namespace, self.service_name, event["address"])
-            return event["address"]
-        if status == "timeout":
-            raise AirflowSensorTimeout(message)
-        if event.get("transient"):
-            raise AirflowException(message)  # the task's retries apply
-        raise AirflowFailException(message)
+        address = address_from_event(event)
+        self.log.info("LoadBalancer of service %s/%s is at %s", self.namespace, self.service_name, address)
+        return address
 
     # -- non-deferrable fallback: poke with the sync client ---------------------------------------
 
@@ -130,6 +124,18 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
 
     def _timeout_message(self) -> str:
         return timeout_message(namespace=self.namespace, service_name=self.service_name, timeout=self.timeout)
+
+
+def address_from_event(event: dict[str, Any]) -> str:
+    """The LoadBalancerTrigger's event as the task's outcome: an address, or the right failure."""
+    status, message = event.get("status"), event.get("message", f"unexpected trigger event {event!r}")
+    if status == "success":
+        return event["address"]
+    if status == "timeout":
+        raise AirflowSensorTimeout(message)
+    if event.get("transient"):
+        raise AirflowException(message)  # the task's retries apply
+    raise AirflowFailException(message)
 
 
 def _set_or_none(value):
