@@ -54,6 +54,10 @@ TARGET = {
         )
     },
 }
+BUILDER = {
+    "builder_name": P("image_builder"),
+    "builder_options": {"docker_conn_id": P("registry_conn_id"), "gcp_conn_id": P("gcp_conn_id")},
+}
 K8S, GKE = "Kubernetes and GKE targets", "GKE target"
 MODEL = {"model_name": P("model_name")}
 
@@ -86,6 +90,9 @@ with DAG(
         "image_builder": Param("oci", type="string", enum=["oci", "docker"], description=(
             "'oci': adds the model layer through the registry API, no Docker engine, same inputs give the same "
             "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push.")),
+        "registry_conn_id": Param(None, type=["null", "string"], description=(
+            "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "
+            "repositories use the Google connection's token, others are pushed anonymously.")),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
         "target": Param("local", type="string", enum=["local", "kubernetes", "gke"], description=(
             "'local': replicas on this machine's Docker engine. 'kubernetes': a Deployment + LoadBalancer Service "
@@ -116,8 +123,8 @@ with DAG(
     fetch = FetchModelOperator(task_id="fetch_model", model_url=P("model_url"), model_sha256=P("model_sha256"),
                                outlets=[AssetAlias("tfserving_model_artifact")], execution_timeout=timedelta(minutes=30))
     build = BuildImageOperator(task_id="build_image", model=fetch.output, base_image=P("serving_base_image"),
-                               image_repository=P("image_repository"), builder_name=P("image_builder"), **MODEL)
-    push = PushImageOperator(task_id="push_image", image=build.output, model=fetch.output, builder_name=P("image_builder"),
+                               image_repository=P("image_repository"), **BUILDER, **MODEL)
+    push = PushImageOperator(task_id="push_image", image=build.output, model=fetch.output, **BUILDER,
                              outlets=[AssetAlias("tfserving_image")], execution_timeout=timedelta(minutes=30))
     cluster = EnsureClusterOperator(task_id="ensure_cluster", image_repository=P("image_repository"), **TARGET)
     candidate = StartCandidateOperator(task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL)

@@ -55,7 +55,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
     params = dag.params
     assert set(params.keys()) == {
         "model_url", "model_sha256", "model_name", "image_repository",
-        "serving_base_image", "image_builder", "replicas", "target", "expected_class", "force",
+        "serving_base_image", "image_builder", "registry_conn_id", "replicas", "target", "expected_class", "force",
         "namespace", "kubernetes_conn_id", "manifest_dir", "keep_failed_first_deploy",
         "gcp_conn_id", "project_id", "location", "cluster_name", "node_count", "autopilot",
     }

@@ -82,17 +82,17 @@ def _true(value) -> bool:
     return str(value).lower() == "true"
 
 
-def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None,
-                      gcp_conn_id: str | None = None, cache_dir: str | None = None):
-    """The image builder named by the DAG's ``image_builder`` param.
+def get_image_builder(name: str, *, repository: str, docker_conn_id: str | None = None,
+                      docker_url: str | None = None, gcp_conn_id: str | None = None):
+    """The image builder named by the DAG's ``image_builder`` param, with registry credentials.
 
-    ``oci`` talks to the registry directly (no Docker engine); its credentials come from the
-    docker connection (basic / bearer) or, for Artifact Registry, the google connection's token.
+    ``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine
+    that the docker connection logs in to the registry.
     """
     if name == "oci":
         from tfserving_deploy.oci import OciImageBuilder
 
-        return OciImageBuilder(registry_auth(docker_conn_id, gcp_conn_id), cache_dir=cache_dir)
+        return OciImageBuilder(registry_auth(repository, docker_conn_id, gcp_conn_id))
     if name == "docker":
         from tfserving_deploy.images import DockerCommitBuilder
 
@@ -100,11 +100,27 @@ def get_image_builder(name: str, *, docker_conn_id: str | None = None, docker_ur
     raise TargetError(f"image_builder {name!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}")
 
 
-def registry_auth(docker_conn_id: str | None = None, gcp_conn_id: str | None = None):
-    """Registry credentials from Airflow connections; None means anonymous."""
+def is_google_registry(repository: str) -> bool:
+    """Artifact Registry (``REGION-docker.pkg.dev``) or ``gcr.io`` hosts."""
+    host = repository.split("/", 1)[0]
+    return host.endswith(".pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io")
+
+
+def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_id: str | None = None):
+    """Registry credentials from Airflow connections; None means anonymous.
+
+    A docker connection (login/password) wins; a Google registry gets the google connection's
+    short-lived access token as ``oauth2accesstoken``.
+    """
     from tfserving_deploy.oci import RegistryAuth
 
-    if gcp_conn_id:
+    if docker_conn_id:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(docker_conn_id)
+        auth = RegistryAuth(conn.login, conn.password)
+        return {conn.host: auth} if conn.host else auth
+    if gcp_conn_id and is_google_registry(repository):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
         credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()
@@ -117,10 +133,4 @@ def registry_auth(docker_conn_id: str | None = None, gcp_conn_id: str | None = N
             return credentials.token
 
         return RegistryAuth.google(access_token)
-    if docker_conn_id:
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(docker_conn_id)
-        auth = RegistryAuth(conn.login, conn.password)
-        return {conn.host: auth} if conn.host else auth
     return None

@@ -172,18 +172,20 @@ def local_model(model: dict, configured_cache_dir: str | None):
 
 
 class _BuilderMixin:
+    """``builder_options``: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials."""
+
     builder_name: str
     builder_options: dict
 
-    @cached_property
-    def builder(self):
-        return get_image_builder(self.builder_name, **(self.builder_options or {}))
+    def builder_for(self, repository: str):
+        options = {k: v for k, v in (self.builder_options or {}).items() if optional(v) is not None}
+        return get_image_builder(self.builder_name, repository=repository, **options)
 
 
 class BuildImageOperator(_BuilderMixin, BaseOperator):
     """Bake the model into ``base_image`` as ``/models/<model_name>/<version>``."""
 
-    template_fields: Sequence[str] = ("model", "model_name", "base_image", "image_repository", "builder_name")
+    template_fields: Sequence[str] = ("model", "model_name", "base_image", "image_repository", "builder_name", "builder_options")
 
     def __init__(self, *, model, model_name: str, base_image: str, image_repository: str, builder_name: str = "docker",
                  builder_options: dict | None = None, cache_dir: str | None = None, **kwargs):
@@ -199,7 +201,8 @@ class BuildImageOperator(_BuilderMixin, BaseOperator):
         with explained_failures():
             fetched = local_model(self.model, self.cache_dir)
             files = ModelFiles(name=self.model_name, version=fetched.version, sha256=fetched.sha256, path=fetched.model_dir)
-            self._image = self.builder.build(files, base_image=self.base_image, repository=self.image_repository)
+            builder = self.builder_for(self.image_repository)
+            self._image = builder.build(files, base_image=self.base_image, repository=self.image_repository)
         return self._image
 
     def get_openlineage_facets_on_complete(self, task_instance):
@@ -214,7 +217,7 @@ class BuildImageOperator(_BuilderMixin, BaseOperator):
 class PushImageOperator(_BuilderMixin, BaseOperator):
     """Push the built image; returns ``repo@sha256:...`` so everything after deploys by digest."""
 
-    template_fields: Sequence[str] = ("image", "model", "builder_name")
+    template_fields: Sequence[str] = ("image", "model", "builder_name", "builder_options")
 
     def __init__(self, *, image: str, model, builder_name: str = "docker", builder_options: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -223,7 +226,7 @@ class PushImageOperator(_BuilderMixin, BaseOperator):
 
     def execute(self, context) -> str:
         with explained_failures():
-            self._pushed = self.builder.push(self.image)
+            self._pushed = self.builder_for(self.image).push(self.image)
         lineage.emit_assets(self, context, lineage.image_uri(self._pushed), {
             "digest": self._pushed.rpartition("@")[2], "model_sha256": self.model["sha256"],
             "model_version": self.model["version"], "model_url": self.model["url"],

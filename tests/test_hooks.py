@@ -1,0 +1,70 @@
+"""Connections to credentials: what the builders get, and that secrets stay out of reprs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tfserving_airflow.hooks import get_target, is_google_registry, registry_auth
+from tfserving_deploy.errors import TargetError
+
+
+@pytest.mark.parametrize(
+    "repository,google",
+    [
+        ("us-central1-docker.pkg.dev/proj/repo/resnet", True),
+        ("gcr.io/proj/resnet", True),
+        ("eu.gcr.io/proj/resnet", True),
+        ("127.0.0.1:5000/resnet-serving", False),
+        ("tensorflow/serving", False),
+        ("registry.example.com/pkg.dev/resnet", False),
+    ],
+)
+def test_google_registries_are_recognised_by_host(repository, google):
+    assert is_google_registry(repository) is google
+
+
+def test_docker_connection_gives_basic_auth_for_its_registry_only(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_MY_REGISTRY", json.dumps(
+        {"conn_type": "docker", "host": "registry.example.com", "login": "robot", "password": "s3cret"}
+    ))
+    auth = registry_auth("registry.example.com/team/resnet", docker_conn_id="my_registry")
+    assert list(auth) == ["registry.example.com"]
+    assert auth["registry.example.com"].basic() == ("robot", "s3cret")
+    assert "s3cret" not in repr(auth)
+
+
+def test_google_registry_uses_a_fresh_access_token(monkeypatch):
+    class Credentials:  # the google-auth boundary: a token that expires and refreshes
+        valid, token, refreshed = False, None, 0
+
+        def refresh(self, request):
+            self.refreshed += 1
+            self.valid, self.token = True, f"ya29.token-{self.refreshed}"
+
+    credentials = Credentials()
+
+    class FakeGoogleBaseHook:
+        def __init__(self, gcp_conn_id):
+            assert gcp_conn_id == "google_cloud_default"
+
+        def get_credentials(self):
+            return credentials
+
+    monkeypatch.setattr("airflow.providers.google.common.hooks.base_google.GoogleBaseHook", FakeGoogleBaseHook)
+    auth = registry_auth("europe-west4-docker.pkg.dev/p/r/resnet", gcp_conn_id="google_cloud_default")
+    assert auth.basic() == ("oauth2accesstoken", "ya29.token-1")
+    assert auth.basic() == ("oauth2accesstoken", "ya29.token-1")  # still valid: no refresh
+    credentials.valid = False
+    assert auth.basic() == ("oauth2accesstoken", "ya29.token-2")
+    assert "ya29" not in repr(auth)
+
+
+def test_other_registries_are_anonymous_without_a_connection():
+    assert registry_auth("127.0.0.1:5000/resnet-serving", gcp_conn_id="google_cloud_default") is None
+
+
+def test_unknown_target_is_explained():
+    with pytest.raises(TargetError, match="target 'mars' is not supported; choose one of local, kubernetes, gke"):
+        get_target("mars")
