@@ -44,7 +44,7 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     model_url = f"http://127.0.0.1:{server.server_port}/{tarball.name}"
 
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / "tfserving_resnet.py")).get_dag("tfserving_resnet")
     conf = {

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
+# A fresh metadata DB per session: runs, backfills and asset events of earlier sessions never leak in.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="tfserving-tests-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
-OPENLINEAGE_EVENTS = ROOT / ".airflow" / "openlineage" / "test-events.jsonl"
+OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
 os.environ.setdefault("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(
     {"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}
 ))
@@ -30,3 +35,7 @@ def airflow_db():
     from airflow.utils import db
 
     db.initdb()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)

@@ -19,7 +19,7 @@ ORDER = [
 
 @pytest.fixture(scope="module")
 def dag(airflow_db):
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}

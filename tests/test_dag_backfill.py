@@ -85,7 +85,7 @@ def _airflow(*args: str) -> str:
 
 def test_backfill_validates_every_date_and_only_the_newest_promotes(airflow_db, dated_models, client, tmp_path, monkeypatch):
     from airflow.models.asset import AssetEvent
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select

@@ -63,7 +63,7 @@ def containers():
 
 @pytest.fixture
 def dag(airflow_db, tmp_path, monkeypatch):
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
     return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
