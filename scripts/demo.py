@@ -53,6 +53,7 @@ def main() -> int:
         "image_repository": args.image_repository,
         "replicas": args.replicas,
         "expected_class": 286,
+        "force": True,  # a demo re-run converges (nothing rebuilt or restarted) and validates again
     }
     print(f"==> dag.test() tfserving_resnet with {conf}")
     try:
@@ -60,8 +61,23 @@ def main() -> int:
     finally:
         server.shutdown()
     state = str(getattr(run, "state", "unknown"))
+    report = validation_report(run.run_id)
+    if report:
+        print(f"==> image {report['image']}\n==> {report['summary']}")
     print(f"==> tfserving_resnet finished: {state} in {time.monotonic() - started:.0f}s")
     return 0 if state.endswith("success") else 1
+
+
+def validation_report(run_id: str) -> dict | None:
+    """The validate task's XCom: the run's summary, as the UI shows it."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(
+            run_id=run_id, dag_ids="tfserving_resnet", task_ids="validate", key="return_value"
+        )).first()
+        return XComModel.deserialize_value(row) if row is not None else None
 
 
 if __name__ == "__main__":
