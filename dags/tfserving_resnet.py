@@ -137,7 +137,7 @@ with DAG(
     wait = WaitForEndpointSensor(task_id="wait_for_endpoint", image=push.output, model=fetch.output,
                                  replicas=P("replicas"), timeout=600, **TARGET, **MODEL)
     validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output, image=push.output,
-                                     image_path=CAT_JPEG, expected_class=P("expected_class"), rollback_on_failure=True,
+                                     deployment=deploy.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
                                      outlets=[AssetAlias("tfserving_endpoint")], **TARGET, **MODEL)
 
     check >> fetch >> build >> push >> cluster >> candidate >> check_candidate >> stop_candidate.as_teardown(setups=candidate)

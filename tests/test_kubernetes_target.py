@@ -191,7 +191,7 @@ def test_render_rejects_tags_and_makes_names_dns_safe(make_target):
 def test_first_deploy_creates_deployment_and_service(make_target, controllers, client, tmp_path):
     result = deploy(make_target(), A)
     assert result == {
-        "deployment": f"{NS}/{NAME}", "image": A, "model_version": 1,
+        "deployment": f"{NS}/{NAME}", "image": A, "model_version": 1, "promoted": True,
         "deployment_change": "created", "service_change": "created", "available_replicas": 2,
     }
     assert image_of(read(client, "deployment")) == A
@@ -204,7 +204,7 @@ def test_identical_reapply_writes_nothing(make_target, controllers, fake):
     deploy(target, A)
     before = len(fake.writes())
     again = deploy(target, A)
-    assert (again["deployment_change"], again["service_change"]) == ("unchanged", "unchanged")
+    assert (again["deployment_change"], again["service_change"], again["promoted"]) == ("unchanged", "unchanged", False)
     assert fake.writes()[before:] == []
 
 
@@ -213,6 +213,7 @@ def test_image_update_is_patched_and_remembers_the_previous_image(make_target, c
     deploy(target, A)
     result = deploy(target, B, version=2)
     assert result["deployment_change"] == "patched" and result["service_change"] == "unchanged"
+    assert result["promoted"] is True
     live = read(client, "deployment")
     annotations = live["metadata"]["annotations"]
     assert image_of(live) == B and annotations[ANNOTATION_PREVIOUS_IMAGE] == A

@@ -99,10 +99,10 @@ def test_missing_base_image_is_explained(builder, models):
 
 def test_first_deploy_then_identical_redeploy_is_a_no_op(target, client, images):
     result = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
-    assert result["started"] == 2
+    assert result["started"] == 2 and result["promoted"] is True
     ids = sorted(c.id for c in _running(client))
     again = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
-    assert again == {**result, "started": 0, "kept": 2}
+    assert again == {**result, "started": 0, "kept": 2, "promoted": False}
     assert sorted(c.id for c in _running(client)) == ids
     addresses = target.endpoints(MODEL, images["v1"])
     assert len(addresses) == 2
@@ -171,7 +171,8 @@ def test_registry_down_is_explained(builder, models):
 def test_rollback_restores_the_previous_revision(target, client, images):
     """After v2 replaced v1 (previous test), a rollback brings v1 back and removes v2."""
     assert target.serving_state(MODEL)["image"] == images["v2"]
-    message = target.rollback(MODEL, ready_timeout=120)
+    assert target.rollback(MODEL, image=images["broken"]) == f"nothing to roll back: {images['broken']} is not serving {MODEL!r}"
+    message = target.rollback(MODEL, image=images["v2"], ready_timeout=120)
     assert message == f"restored {images['v1']} (2 replica(s) serving)"
     state = target.serving_state(MODEL)
     assert (state["image"], state["replicas"], state["metadata"]["model-version"]) == (images["v1"], 2, "1")

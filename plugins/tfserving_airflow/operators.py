@@ -450,21 +450,25 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
 class ValidateModelOperator(_TargetMixin, BaseOperator):
     """Send a real JPEG to every replica and check the answers against the artifact.
 
-    With ``rollback_on_failure`` (the serving validation) a failed check restores the previous
-    revision before the task fails, so the previous model keeps serving.
+    With ``deployment`` (the serving validation: the deploy task's result) a failed check
+    restores the previous revision before the task fails, so the previous model keeps serving;
+    only when this run's deploy changed what serves.
     """
 
-    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name", "target_options")
+    template_fields: Sequence[str] = (
+        "endpoints", "model", "model_name", "expected_class", "image_path", "image", "deployment",
+        "target_name", "target_options",
+    )
 
     def __init__(self, *, endpoints, model, model_name: str, image_path: str, expected_class: int | None = None,
-                 image: str | None = None, target_name: str = "local", target_options: dict | None = None,
-                 rollback_on_failure: bool = False, requests_per_replica: int = 20,
+                 image: str | None = None, deployment=None, target_name: str = "local",
+                 target_options: dict | None = None, requests_per_replica: int = 20,
                  cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.endpoints, self.model, self.model_name = endpoints, model, model_name
+        self.endpoints, self.model, self.model_name, self.deployment = endpoints, model, model_name, deployment
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
         self.target_name, self.target_options = target_name, target_options or {}
-        self.rollback_on_failure, self.requests_per_replica, self.cache_dir = rollback_on_failure, requests_per_replica, cache_dir
+        self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
@@ -484,10 +488,12 @@ class ValidateModelOperator(_TargetMixin, BaseOperator):
             with explained_failures():
                 raise_for_report(report)
         except AirflowFailException as failure:
-            if self.rollback_on_failure:
-                restored = self.target.rollback(self.model_name)
-                raise AirflowFailException(f"{failure}\nrollback: {restored}") from failure
-            raise
+            if not self.deployment:
+                raise
+            if not self.deployment.get("promoted"):
+                raise AirflowFailException(f"{failure}\nnot rolled back: this run did not change what serves") from failure
+            restored = self.target.rollback(self.model_name, "validation failed", image=self.image)
+            raise AirflowFailException(f"{failure}\nrollback: {restored}") from failure
         result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
         lineage.emit_assets(self, context, lineage.endpoint_uri(self.target_name, self.model_name), {
             "image": self.image, "model_sha256": fetched.sha256, "model_version": fetched.version,

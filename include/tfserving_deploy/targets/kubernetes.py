@@ -283,7 +283,8 @@ class KubernetesTarget:
         ready_timeout: float = 600.0, metadata: dict | None = None,
     ) -> dict:
         """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
-        and comes back from ``serving_state``."""
+        and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
+        of the revision already serving keeps the metadata it was deployed with."""
         deployment, service = self.render(
             image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
         )
@@ -298,6 +299,8 @@ class KubernetesTarget:
         return {
             "deployment": f"{self.namespace}/{name}",
             "image": image,
+            # this run changed what serves: a failed validation may roll back to what served before
+            "promoted": deployment_change == "created" or (before is not None and _image_of(before["template"]) != image),
             "model_version": version,
             "deployment_change": deployment_change,
             "service_change": service_change,
@@ -364,7 +367,12 @@ class KubernetesTarget:
             "metadata": {"labels": desired["metadata"]["labels"], "annotations": desired["metadata"]["annotations"]},
             "spec": {k: v for k, v in desired["spec"].items() if k != "selector"},  # the selector is immutable
         }
-        if _contains(live, owned) and not stale:
+        # The same revision (pod template, replicas, image, version) already serves: keep the
+        # metadata it was deployed with (which run, from which artifact) and write nothing. The
+        # metadata varies per run (run date, run id), so comparing it would patch on every re-run.
+        revision = {**owned, "metadata": {**owned["metadata"], "annotations": {
+            k: v for k, v in wanted.items() if not k.startswith(ANNOTATION_META)}}}
+        if _contains(live, revision):
             return "unchanged", None
         before = {
             "replicas": live["spec"].get("replicas", 1),

@@ -89,6 +89,7 @@ class LocalDockerTarget:
         mine = self._containers(model_name)
         current = [c for c in mine if c.labels.get(LABEL_IMAGE) == image]
         others = [c for c in mine if c.labels.get(LABEL_IMAGE) != image]
+        promoted = not any(c.status == "running" for c in current)  # this run changes what serves
 
         keep, started = [], []
         for c in current:  # converge this revision: keep running replicas inside the wanted count
@@ -130,12 +131,19 @@ class LocalDockerTarget:
             "revision %s: %d replica(s) serving (%d started, %d kept, %d previous stopped)",
             revision, len(ready), len(started), len(keep), len(retired),
         )
-        return {"image": image, "revision": revision, "started": len(started), "kept": len(keep), "retired": len(retired)}
+        return {"image": image, "revision": revision, "promoted": promoted,
+                "started": len(started), "kept": len(keep), "retired": len(retired)}
 
-    def rollback(self, model_name: str, *, ready_timeout: float = 300.0) -> str:
-        """Bring the stopped previous revision back and remove the current one."""
+    def rollback(self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0) -> str:
+        """Bring the stopped previous revision back and remove the current one.
+
+        With ``image`` (the one that failed), nothing happens unless that image is serving.
+        """
         mine = self._containers(model_name)
         current = [c for c in mine if c.status == "running"]
+        if image is not None and not any(c.labels.get(LABEL_IMAGE) == image for c in current):
+            return f"nothing to roll back: {image} is not serving {model_name!r}"
+        log.warning("rolling back model %r%s", model_name, f": {reason}" if reason else "")
         previous = [c for c in mine if c.status != "running"]
         if not previous:
             for c in current:
