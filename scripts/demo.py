@@ -9,19 +9,11 @@ the local registry, validation over gRPC.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def main() -> int:
@@ -31,7 +23,7 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=3)
     args = parser.parse_args()
 
-    from tfserving_deploy.demo_model import pack_tutorial_tarball
+    from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
 
     started = time.monotonic()
     tarball = ROOT / "build" / "demo" / "resnet_demo_savedmodel.tar.gz"
@@ -39,27 +31,20 @@ def main() -> int:
         print(f"==> generating the demo model {tarball.relative_to(ROOT)}")
         pack_tutorial_tarball(tarball)
 
-    handler = functools.partial(QuietHandler, directory=str(tarball.parent))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    model_url = f"http://127.0.0.1:{server.server_port}/{tarball.name}"
-
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / "tfserving_resnet.py")).get_dag("tfserving_resnet")
     conf = {
-        "model_url": model_url,
         "serving_base_image": args.serving_base_image,
         "image_repository": args.image_repository,
         "replicas": args.replicas,
         "expected_class": 286,
         "force": True,  # a demo re-run converges (nothing rebuilt or restarted) and validates again
     }
-    print(f"==> dag.test() tfserving_resnet with {conf}")
-    try:
+    with serve_directory(tarball.parent) as base_url:
+        conf["model_url"] = f"{base_url}/{tarball.name}"
+        print(f"==> dag.test() tfserving_resnet with {conf}")
         run = dag.test(run_conf=conf)
-    finally:
-        server.shutdown()
     state = str(getattr(run, "state", "unknown"))
     report = validation_report(run.run_id)
     if report:

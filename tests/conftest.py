@@ -39,3 +39,13 @@ def airflow_db():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_model_url(tmp_path_factory):
+    """The offline stand-in for the tutorial tarball, packed once, served on 127.0.0.1."""
+    from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
+
+    tarball = pack_tutorial_tarball(tmp_path_factory.mktemp("demo-model") / "resnet_demo.tar.gz")
+    with serve_directory(tarball.parent) as base_url:
+        yield f"{base_url}/{tarball.name}"

@@ -6,22 +6,19 @@ each run's tasks) is played by ``dag.test()`` for each date, oldest first.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import io
 import json
 import os
 import subprocess
 import tarfile
-import threading
 from datetime import datetime, timezone
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
 import pytest
 
-from tfserving_deploy.demo_model import pack_tutorial_tarball
+from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
 from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
 
 pytestmark = pytest.mark.integration
@@ -30,11 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "backfilltest"
 REPOSITORY = "127.0.0.1:5000/tfserving-deploy-backfilltest"
 DATES = {"20260101": 1001, "20260102": 1002, "20260103": 1003}  # ds_nodash -> model version
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def _with_version(tarball: bytes, version: int) -> bytes:
@@ -56,10 +48,8 @@ def dated_models(tmp_path_factory):
     for ds_nodash, version in DATES.items():
         (root / ds_nodash).mkdir()
         (root / ds_nodash / "resnet.tar.gz").write_bytes(_with_version(demo, version))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/{{{{ ds_nodash }}}}/resnet.tar.gz"
-    server.shutdown()
+    with serve_directory(root) as base_url:
+        yield base_url + "/{{ ds_nodash }}/resnet.tar.gz"
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ Deployment or the Service; an unforced third finds the model serving, healthy, a
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
 import threading
 import time
 import uuid
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -30,7 +28,6 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from k8s_mock import USER_AGENT, FakeControllers, api_client, assign_load_balancer, running_cluster, write_kubeconfig
-from tfserving_deploy.demo_model import pack_tutorial_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -43,19 +40,9 @@ CONTAINER_LABEL = "io.tfserving-deploy.test"
 LB_DEADLINE = 180.0  # bounds the fake cloud controller's wait
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def model_url(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("models")
-    tarball = pack_tutorial_tarball(directory / "resnet_demo.tar.gz")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/{tarball.name}"
-    server.shutdown()
+def model_url(demo_model_url):
+    return demo_model_url
 
 
 @pytest.fixture

@@ -6,17 +6,13 @@ duplicates, no "already exists") and validate again.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
 import pytest
 
-from tfserving_deploy.demo_model import pack_tutorial_tarball
 from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL
 
 pytestmark = pytest.mark.integration
@@ -26,19 +22,9 @@ MODEL = "dagtest"
 MODEL_DOCKER = "dagtest-docker"
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def model_url(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("models")
-    tarball = pack_tutorial_tarball(directory / "resnet_demo.tar.gz")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/{tarball.name}"
-    server.shutdown()
+def model_url(demo_model_url):
+    return demo_model_url
 
 
 def _remove_replicas(client, model_name):
