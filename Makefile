@@ -13,7 +13,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 
-.PHONY: demo test venv services images base-image serving-image airflow-db clean bench
+.PHONY: demo test venv services images base-image serving-image airflow-db clean bench stack-test
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
 	$(PY) scripts/demo.py --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
@@ -56,3 +56,6 @@ clean:  ## remove the demo's replicas and local state (not the images)
 
 bench: venv services images  ## publish timings: docker commit/push vs the daemonless OCI builder (about 2-3 min)
 	$(PY) scripts/bench_publish.py
+
+stack-test: venv services images  ## the docker-compose stack: build, up, trigger the DAG over the REST API, down -v (about 3.5 min warm)
+	bash scripts/stack-test.sh

@@ -73,8 +73,10 @@ def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
             members = tar.getmembers()
             for member in members:
                 check_member(member)
-            tar.extractall(dest, members=members, filter="data")
-    except tarfile.FilterError as e:
+            # check_member did the safety checks; the "data" filter, where this Python has it
+            # (3.11.4+, not Debian 12's 3.11.2), is a second line of defence.
+            tar.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except getattr(tarfile, "FilterError", ()) as e:
         raise UnsafeArchiveError(
             f"model archive {archive_path}: tarfile refused a member: {e}; "
             "repack the model without links or special files"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
-from functools import cached_property
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
