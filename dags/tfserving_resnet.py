@@ -2,7 +2,7 @@
 
 check_for_change -> fetch_model -> build_image -> push_image -> ensure_cluster
   -> start_candidate (setup) -> validate_candidate -> stop_candidate (teardown)
-  -> deploy (promote) -> wait_for_endpoint -> validate
+  -> deploy (promote) -> wait_for_endpoint -> validate  (-> rollback, if either of the last two fails)
 
 This file only wires tasks and params; the work lives in ``include/tfserving_deploy`` (plain
 Python) and the thin operators in ``plugins/tfserving_airflow``. Runs three ways: from the UI
@@ -21,6 +21,7 @@ from tfserving_airflow.operators import (
     EnsureClusterOperator,
     FetchModelOperator,
     PushImageOperator,
+    RollbackOperator,
     StartCandidateOperator,
     StopCandidateOperator,
     ValidateModelOperator,
@@ -48,10 +49,11 @@ def P(name: str) -> str:
 TARGET = {
     "target_name": P("target"),
     "target_options": {
-        key: P(key) for key in (
+        "docker_conn_id": P("registry_conn_id"),  # the local target pulls with it
+        **{key: P(key) for key in (
             "namespace", "kubernetes_conn_id", "gcp_conn_id", "project_id", "location",
             "cluster_name", "node_count", "autopilot", "manifest_dir", "keep_failed_first_deploy",
-        )
+        )},
     },
 }
 BUILDER = {
@@ -126,19 +128,22 @@ with DAG(
                                image_repository=P("image_repository"), **BUILDER, **MODEL)
     push = PushImageOperator(task_id="push_image", image=build.output, model=fetch.output, **BUILDER,
                              outlets=[AssetAlias("tfserving_image")], execution_timeout=timedelta(minutes=30))
-    cluster = EnsureClusterOperator(task_id="ensure_cluster", image_repository=P("image_repository"), **TARGET)
+    cluster = EnsureClusterOperator(task_id="ensure_cluster", image_repository=P("image_repository"),
+                                    execution_timeout=timedelta(minutes=45), **TARGET)  # a new GKE cluster takes a while
     candidate = StartCandidateOperator(task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL)
     check_candidate = ValidateModelOperator(task_id="validate_candidate", endpoints=candidate.output, model=fetch.output,
                                             image=push.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                            **TARGET, **MODEL)
+                                            target_name=P("target"), **MODEL)
     stop_candidate = StopCandidateOperator(task_id="stop_candidate", **TARGET, **MODEL)
     deploy = DeployModelOperator(task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"),
                                  **TARGET, **MODEL)
     wait = WaitForEndpointSensor(task_id="wait_for_endpoint", image=push.output, model=fetch.output,
                                  replicas=P("replicas"), timeout=600, **TARGET, **MODEL)
     validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output, image=push.output,
-                                     deployment=deploy.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                     outlets=[AssetAlias("tfserving_endpoint")], **TARGET, **MODEL)
+                                     image_path=CAT_JPEG, expected_class=P("expected_class"),
+                                     outlets=[AssetAlias("tfserving_endpoint")], target_name=P("target"), **MODEL)
+    rollback = RollbackOperator(task_id="rollback", image=push.output, **TARGET, **MODEL)
 
     check >> fetch >> build >> push >> cluster >> candidate >> check_candidate >> stop_candidate.as_teardown(setups=candidate)
     check_candidate >> deploy >> wait >> validate
+    [wait, validate] >> rollback  # one_failed: the previous revision serves again

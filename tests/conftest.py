@@ -49,3 +49,9 @@ def demo_model_url(tmp_path_factory):
     tarball = pack_tutorial_tarball(tmp_path_factory.mktemp("demo-model") / "resnet_demo.tar.gz")
     with serve_directory(tarball.parent) as base_url:
         yield f"{base_url}/{tarball.name}"
+
+
+def all_succeeded(states: dict[str, str]) -> bool:
+    """Every task of a good run succeeded; ``rollback`` (one_failed) had nothing to do."""
+    others = {task: state for task, state in states.items() if task != "rollback"}
+    return states.get("rollback") == "skipped" and set(others.values()) == {"success"}

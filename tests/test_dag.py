@@ -27,7 +27,7 @@ def dag(airflow_db):
 
 
 def test_tasks_run_in_the_tutorial_order(dag):
-    assert [t.task_id for t in dag.topological_sort() if t.task_id != "stop_candidate"] == ORDER
+    assert [t.task_id for t in dag.topological_sort() if t.task_id not in ("stop_candidate", "rollback")] == ORDER
     for upstream, downstream in zip(ORDER, ORDER[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
 
@@ -37,6 +37,12 @@ def test_the_candidate_is_torn_down_whatever_happens(dag):
     assert candidate.is_setup and stop.is_teardown
     assert stop.upstream_task_ids == {"start_candidate", "validate_candidate"}
     assert "deploy" not in stop.downstream_task_ids  # promotion does not wait for the clean-up
+
+
+def test_a_failure_after_the_promotion_rolls_back(dag):
+    rollback = dag.get_task("rollback")
+    assert rollback.trigger_rule == "one_failed"
+    assert rollback.upstream_task_ids == {"wait_for_endpoint", "validate", "push_image"}  # push: the image XCom
 
 
 def test_promotions_never_run_concurrently(dag):

@@ -501,3 +501,12 @@ def test_links_inside_the_root_are_fine(tmp_path, saved_model_dir):
     version_dir = extract_savedmodel(tarball, tmp_path / "out")
     assert version_dir == tmp_path / "out" / "m" / "1"
     assert (version_dir / "assets.link").resolve() == (version_dir / "saved_model.pb").resolve()
+
+
+def test_signed_url_tokens_stay_out_of_error_messages():
+    from tfserving_deploy.artifact import _redact_text
+
+    url = "https://storage.example.com/m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
+    text = "HTTPSConnectionPool: Max retries exceeded with url: /m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
+    redacted = _redact_text(text, url)
+    assert "abc123secret" not in redacted and "X-Goog-Signature=REDACTED" in redacted and "20260101" in redacted

@@ -372,9 +372,15 @@ def _url_key(url: str) -> str:
 
 
 def _redact_text(text: str, url: str) -> str:
-    """Exception texts may quote the URL; take the credentials out of them too."""
-    userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    return text.replace(userinfo + "@", "") if userinfo else text
+    """Exception texts may quote the URL (or just its path and query, as requests does); take
+    the credentials out of them too."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        text = text.replace(userinfo + "@", "")
+    if parts.query:
+        text = text.replace(parts.query, urlsplit(redact_url(url)).query)
+    return text
 
 
 def _content_length(response) -> int | None:

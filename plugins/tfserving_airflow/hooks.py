@@ -30,13 +30,15 @@ def docker_client(docker_conn_id: str | None = None, docker_url: str | None = No
     return client
 
 
-def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None, **options):
+def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str | None = None,
+               create_cluster: bool = False, **options):
     """The deployment target named by the DAG's ``target`` param.
 
     ``local``: replicas on a Docker engine. ``kubernetes``: any cluster reachable through a
     ``kubernetes`` connection (or ``config_file``). ``gke``: the same on a GKE cluster that is
     created when missing, reached with the cluster's own endpoint and CA and a token from
-    ``gcp_conn_id``. Options arrive rendered from templates, so as strings.
+    ``gcp_conn_id`` (created only with ``create_cluster``, by ensure_cluster). Options arrive
+    rendered from templates, so as strings.
     """
     if name == "local":
         from tfserving_deploy.targets.local import LocalDockerTarget
@@ -46,7 +48,7 @@ def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str 
         from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
         return KubernetesTarget(
-            kubernetes_api_client(name, options),
+            kubernetes_api_client(name, {**options, "create_if_missing": create_cluster}),
             namespace=options.get("namespace") or "tfserving",
             manifest_dir=options.get("manifest_dir") or None,
             keep_failed_first_deploy=_true(options.get("keep_failed_first_deploy")),
@@ -75,6 +77,7 @@ def gke_cluster_options(options: dict) -> dict:
         "cluster_name": options.get("cluster_name") or "resnet-serving-cluster",
         "node_count": int(options.get("node_count") or 5),
         "autopilot": _true(options.get("autopilot")),
+        "create_if_missing": bool(options.get("create_if_missing", False)),
     }
 
 
@@ -119,7 +122,10 @@ def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_i
 
         conn = BaseHook.get_connection(docker_conn_id)
         auth = RegistryAuth(conn.login, conn.password)
-        return {conn.host: auth} if conn.host else auth
+        if not conn.host:
+            return auth
+        host = conn.host.split("://", 1)[-1].rstrip("/")  # a scheme or trailing slash is not part of it
+        return {f"{host}:{conn.port}" if conn.port else host: auth}
     if gcp_conn_id and is_google_registry(repository):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 

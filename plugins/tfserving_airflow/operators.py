@@ -21,6 +21,7 @@ from tfserving_deploy.errors import (
     ChecksumMismatch,
     InvalidModelError,
     RolloutError,
+    TargetError,
     UnsafeArchiveError,
     ValidationError,
 )
@@ -56,9 +57,12 @@ class _TargetMixin:
     target_name: str
     target_options: dict
 
+    create_cluster = False  # only ensure_cluster may create a GKE cluster
+
     @cached_property
     def target(self):
-        return get_target(self.target_name, **(self.target_options or {}))
+        options = {k: v for k, v in (self.target_options or {}).items() if optional(v) is not None}
+        return get_target(self.target_name, create_cluster=self.create_cluster, **options)
 
 
 class _ModelSourceMixin:
@@ -109,7 +113,10 @@ class CheckForChangeOperator(_TargetMixin, _ModelSourceMixin, BaseOperator):
             return {"changed": True, "reason": "force=true"}
         url, pinned = self.model_source(context)
         sha256 = probe_sha256(url, cache_dir=resolve_cache_dir(self.cache_dir), sha256=pinned, log=self.log)
-        serving = self.target.serving_state(self.model_name)
+        try:
+            serving = self.target.serving_state(self.model_name)
+        except TargetError as exc:  # e.g. no cluster yet: ensure_cluster will make one
+            return {"changed": True, "reason": f"serving state unknown: {exc}", "sha256": sha256}
         if sha256 is None or serving is None:
             reason = "model not fetched before, or it changed" if sha256 is None else "nothing serving"
             return {"changed": True, "reason": reason, "sha256": sha256}
@@ -243,7 +250,10 @@ class PushImageOperator(_BuilderMixin, BaseOperator):
 
 
 class EnsureClusterOperator(_TargetMixin, BaseOperator):
-    """Make sure the target can take a deployment (engine/cluster and registry reachable)."""
+    """Make sure the target can take a deployment (engine/cluster and registry reachable);
+    for GKE, create the cluster when it is missing and wait until it is RUNNING."""
+
+    create_cluster = True
 
     template_fields: Sequence[str] = ("target_name", "target_options", "image_repository")
 
@@ -319,6 +329,9 @@ class DeployModelOperator(_TargetMixin, BaseOperator):
                 self.image, model_name=self.model_name, version=int(self.model["version"]),
                 replicas=int(self.replicas), ready_timeout=self.ready_timeout, metadata=metadata,
             )
+        if not result["promoted"]:  # an earlier try of this run may have made the switch
+            serving = self.target.serving_state(self.model_name) or {}
+            result["promoted"] = serving.get("metadata", {}).get("dag-run") == metadata["dag-run"]
         self._endpoint = lineage.endpoint_uri(self.target_name, self.model_name)
         return result
 
@@ -425,7 +438,7 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
             from .kube import gke_cluster
 
             cluster_options = gke_cluster_options(options)
-            cluster = gke_cluster(**cluster_options, create_if_missing=False)
+            cluster = gke_cluster(**cluster_options)  # never creates: ensure_cluster did
             access = {"cluster_url": cluster.url, "ssl_ca_cert": cluster.ca_certificate,
                       "gcp_conn_id": cluster_options["gcp_conn_id"]}
         return LoadBalancerTrigger(
@@ -447,28 +460,18 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
         self.log.info("endpoint %s; pods %s", balancer, pods)
         return [balancer, *pods]
 
-class ValidateModelOperator(_TargetMixin, BaseOperator):
-    """Send a real JPEG to every replica and check the answers against the artifact.
+class ValidateModelOperator(BaseOperator):
+    """Send a real JPEG to every replica and check the answers against the artifact."""
 
-    With ``deployment`` (the serving validation: the deploy task's result) a failed check
-    restores the previous revision before the task fails, so the previous model keeps serving;
-    only when this run's deploy changed what serves.
-    """
-
-    template_fields: Sequence[str] = (
-        "endpoints", "model", "model_name", "expected_class", "image_path", "image", "deployment",
-        "target_name", "target_options",
-    )
+    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name")
 
     def __init__(self, *, endpoints, model, model_name: str, image_path: str, expected_class: int | None = None,
-                 image: str | None = None, deployment=None, target_name: str = "local",
-                 target_options: dict | None = None, requests_per_replica: int = 20,
+                 image: str | None = None, target_name: str = "local", requests_per_replica: int = 20,
                  cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.endpoints, self.model, self.model_name, self.deployment = endpoints, model, model_name, deployment
+        self.endpoints, self.model, self.model_name = endpoints, model, model_name
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
-        self.target_name, self.target_options = target_name, target_options or {}
-        self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
+        self.target_name, self.requests_per_replica, self.cache_dir = target_name, requests_per_replica, cache_dir
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
@@ -484,16 +487,8 @@ class ValidateModelOperator(_TargetMixin, BaseOperator):
         )
         summary = report.summary()
         self.log.info("%s", summary)
-        try:
-            with explained_failures():
-                raise_for_report(report)
-        except AirflowFailException as failure:
-            if not self.deployment:
-                raise
-            if not self.deployment.get("promoted"):
-                raise AirflowFailException(f"{failure}\nnot rolled back: this run did not change what serves") from failure
-            restored = self.target.rollback(self.model_name, "validation failed", image=self.image)
-            raise AirflowFailException(f"{failure}\nrollback: {restored}") from failure
+        with explained_failures():
+            raise_for_report(report)
         result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
         lineage.emit_assets(self, context, lineage.endpoint_uri(self.target_name, self.model_name), {
             "image": self.image, "model_sha256": fetched.sha256, "model_version": fetched.version,
@@ -501,3 +496,29 @@ class ValidateModelOperator(_TargetMixin, BaseOperator):
             "latency_ms_p50": [r.latency_ms_p50 for r in report.replicas],
         })
         return result
+
+
+class RollbackOperator(_TargetMixin, BaseOperator):
+    """Put back the revision that served before, when a task after the promotion failed.
+
+    Runs on ``one_failed`` of the tasks after ``deploy`` and acts only if this run's deploy
+    changed what serves (its result says ``promoted``); a failed rollout was already undone by
+    the target inside ``deploy``. It only runs because something failed, so it always ends
+    failed, saying what it did: as the DAG's last task it decides the run's state.
+    """
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "model_name", "image")
+
+    def __init__(self, *, image: str, model_name: str, target_name: str, deploy_task_id: str = "deploy",
+                 target_options: dict | None = None, **kwargs):
+        kwargs.setdefault("trigger_rule", "one_failed")
+        super().__init__(**kwargs)
+        self.image, self.model_name, self.deploy_task_id = image, model_name, deploy_task_id
+        self.target_name, self.target_options = target_name, target_options or {}
+
+    def execute(self, context):
+        deployment = context["ti"].xcom_pull(task_ids=self.deploy_task_id)
+        if not deployment or not deployment.get("promoted"):
+            raise AirflowFailException("a task failed; nothing to roll back: this run did not change what serves")
+        restored = self.target.rollback(self.model_name, "a task after the promotion failed", image=self.image)
+        raise AirflowFailException(f"a task after the promotion of {self.image} failed; rolled back: {restored}")

@@ -648,7 +648,7 @@ class KubernetesTarget:
     def _wait_gone(self, name: str, deadline: float) -> None:
         while self._read(f"read Pod {self.namespace}/{name}", self.core.read_namespaced_pod, name, self.namespace):
             if time.monotonic() >= deadline:
-                raise RolloutError(f"pod {self.namespace}/{name} is still terminating; retry once it is gone")
+                raise TargetError(f"pod {self.namespace}/{name} is still terminating; retry once it is gone")
             time.sleep(self.poll_interval)
 
     # -- API calls -------------------------------------------------------------------------------

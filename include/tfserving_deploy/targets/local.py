@@ -144,7 +144,10 @@ class LocalDockerTarget:
         if image is not None and not any(c.labels.get(LABEL_IMAGE) == image for c in current):
             return f"nothing to roll back: {image} is not serving {model_name!r}"
         log.warning("rolling back model %r%s", model_name, f": {reason}" if reason else "")
-        previous = [c for c in mine if c.status != "running"]
+        serving_images = {c.labels.get(LABEL_IMAGE) for c in current}
+        stopped = [c for c in mine if c.status != "running" and c.labels.get(LABEL_IMAGE) not in serving_images]
+        newest = max(stopped, key=lambda c: c.attrs.get("Created", ""), default=None)
+        previous = [c for c in stopped if newest is not None and c.labels.get(LABEL_IMAGE) == newest.labels.get(LABEL_IMAGE)]
         if not previous:
             for c in current:
                 c.remove(force=True)

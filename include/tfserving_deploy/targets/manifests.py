@@ -7,8 +7,8 @@ Pure functions (no API calls), so GitOps users can render and commit the same ob
 * Readiness is "the model is AVAILABLE", read from ``GET :8501/v1/models/<name>``. A gRPC or
   tcpSocket probe only proves the port is open, and an ``httpGet`` probe would pass while the
   model is still LOADING (that endpoint answers 200 in every state), so the probe is an ``exec``
-  of the image's python that reads ``state``. The image must ship ``PROBE_PYTHON`` (the
-  project's serving image does; the stock ``tensorflow/serving`` image has no python).
+  of bash that reads ``state`` over ``/dev/tcp`` (the stock ``tensorflow/serving`` image has
+  bash, but no python or curl).
 * TF Serving exits at once on SIGTERM, dropping in-flight requests, while endpoint removal
   reaches kube-proxy and load balancers only some seconds later: a ``preStop`` sleep keeps the
   pod serving meanwhile, inside a longer ``terminationGracePeriodSeconds``.
@@ -33,7 +33,6 @@ APP_NAME = "tfserving"
 CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candidates get no traffic
 CONTAINER_NAME = "tfserving"
 GRPC_PORT, REST_PORT = 8500, 8501
-PROBE_PYTHON = "/opt/venv/bin/python"
 PRE_STOP_SLEEP_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
 LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only after the first load
@@ -110,15 +109,18 @@ def metadata_annotations(metadata: dict | None) -> dict:
 
 
 def readiness_command(model_name: str) -> list[str]:
-    """Exit 0 only when every version the server lists for ``model_name`` is AVAILABLE."""
-    url = f"http://127.0.0.1:{REST_PORT}/v1/models/{model_name}"
+    """Exit 0 only when the REST API lists ``model_name`` and every version is AVAILABLE.
+
+    Plain bash and its ``/dev/tcp``: the stock ``tensorflow/serving`` image has no python, curl
+    or wget. An httpGet probe would pass while LOADING (the API answers 200 then), and a TCP
+    probe only says that a port is open.
+    """
+    request = f"GET /v1/models/{model_name} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"
     script = (
-        "import json, sys, urllib.request as r; "
-        f"s = json.load(r.urlopen({url!r}, timeout=3)).get('model_version_status') or []; "
-        "ok = s and all(v.get('state') == 'AVAILABLE' for v in s); "
-        "sys.exit(0 if ok else 'model state: %s' % [v.get('state') for v in s])"
+        f"exec 3<>/dev/tcp/127.0.0.1/{REST_PORT} || exit 1; printf '{request}' >&3; body=$(cat <&3); "
+        'case "$body" in *LOADING*|*START*|*\\"END\\"*) exit 1;; *\\"AVAILABLE\\"*) exit 0;; esac; exit 1'
     )
-    return [PROBE_PYTHON, "-c", script]
+    return ["bash", "-c", script]
 
 
 def check_resources(resources: dict | None) -> dict:

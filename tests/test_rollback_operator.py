@@ -1,0 +1,51 @@
+"""After a failed wait or validation: roll back only what this run promoted."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from tfserving_airflow.operators import RollbackOperator
+
+IMAGE = "r/m@sha256:" + "1" * 64
+
+
+class RecordingTarget:
+    """Stands in for the deployment target: the operator's decision is what is under test."""
+
+    def __init__(self):
+        self.rollbacks = []
+
+    def rollback(self, model_name, reason="", *, image=None):
+        self.rollbacks.append((model_name, image))
+        return f"restored the previous revision of {model_name}"
+
+
+class TaskInstance:
+    def __init__(self, deploy_result):
+        self.deploy_result = deploy_result
+
+    def xcom_pull(self, task_ids):
+        assert task_ids == "deploy"
+        return self.deploy_result
+
+
+def _rollback():
+    op = RollbackOperator(task_id="rollback", image=IMAGE, model_name="m", target_name="local")
+    op.target = RecordingTarget()
+    return op
+
+
+def test_rolls_back_what_this_run_promoted_and_fails_the_run():
+    op = _rollback()
+    with pytest.raises(AirflowFailException, match=f"promotion of {IMAGE} failed; rolled back: restored the previous revision of m"):
+        op.execute({"ti": TaskInstance({"promoted": True})})
+    assert op.target.rollbacks == [("m", IMAGE)]
+
+
+@pytest.mark.parametrize("deploy_result", [{"promoted": False}, None])
+def test_leaves_alone_what_this_run_did_not_change(deploy_result):
+    op = _rollback()
+    with pytest.raises(AirflowFailException, match="nothing to roll back: this run did not change what serves"):
+        op.execute({"ti": TaskInstance(deploy_result)})
+    assert op.target.rollbacks == []
