@@ -37,7 +37,8 @@ class ImageBuilder(Protocol):
     """Builds an image holding the model on top of a serving base, and publishes it."""
 
     def build(self, model: ModelFiles, *, base_image: str, repository: str) -> str:
-        """Returns a local reference (``repository:tag``)."""
+        """Returns the reference ``push`` takes (docker: ``repository:tag`` in the engine;
+        oci: ``repository@sha256:...``, known before any upload)."""
 
     def push(self, reference: str) -> str:
         """Publishes ``reference``; returns ``repository@sha256:...``."""

@@ -1,7 +1,7 @@
-"""Where a serving image runs. Each target answers the same four questions.
+"""Where a serving image runs. Every target answers the same questions, so the DAG does not care.
 
-``local`` runs replicas as containers on this machine's Docker engine; Kubernetes and GKE
-targets slot in behind the same protocol.
+``local`` runs replicas as containers on this machine's Docker engine; ``kubernetes`` (and
+``gke``, which only adds making sure the cluster exists) runs a Deployment behind a Service.
 """
 
 from __future__ import annotations
@@ -13,11 +13,25 @@ class Target(Protocol):
     def ensure_ready(self, image_repository: str) -> dict:
         """Check (or create) what the deployment needs; return facts worth logging."""
 
-    def deploy(self, image: str, *, model_name: str, version: int, replicas: int, ready_timeout: float) -> dict:
+    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float) -> list[str]:
+        """One replica of ``image`` outside the serving set, ready; returns its gRPC address."""
+
+    def stop_candidate(self, model_name: str) -> int:
+        """Remove the candidates of ``model_name``; returns how many there were."""
+
+    def deploy(self, image: str, *, model_name: str, version: int, replicas: int, ready_timeout: float,
+               metadata: dict | None = None) -> dict:
         """Roll out ``image`` (``repo@sha256:...``) so that ``replicas`` serve ``version``.
 
-        Idempotent; on failure the previous revision keeps serving.
+        Idempotent; on failure the previous revision keeps serving. The result says whether
+        this call changed what serves (``promoted``).
         """
 
+    def rollback(self, model_name: str, reason: str = "", *, image: str | None = None) -> str:
+        """Serve the previous revision again (if ``image`` is what serves); says what it did."""
+
+    def serving_state(self, model_name: str) -> dict | None:
+        """``{image, replicas, addresses, metadata}`` of what serves now; None if nothing settled."""
+
     def endpoints(self, model_name: str, image: str) -> list[str]:
-        """The gRPC ``host:port`` of every replica running ``image``."""
+        """The gRPC ``host:port`` of every ready replica running ``image``."""
