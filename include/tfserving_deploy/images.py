@@ -52,6 +52,12 @@ def split_reference(reference: str) -> tuple[str, str]:
     return name, tag
 
 
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1:5000``, ``localhost``, ``[::1]:5000``: a registry spoken to over plain http."""
+    hostname = host[1:host.find("]")] if host.startswith("[") else host.split(":")[0]
+    return hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def registry_host(repository: str) -> str | None:
     """The registry part of an image repository, or None for Docker Hub (``library/x``)."""
     first, sep, _ = repository.partition("/")

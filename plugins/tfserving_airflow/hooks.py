@@ -81,6 +81,11 @@ def gke_cluster_options(options: dict) -> dict:
     }
 
 
+def optional(value):
+    """Templated params render to strings: an unset one renders as "" or "None"."""
+    return None if value in (None, "", "None") else value
+
+
 def _true(value) -> bool:
     return str(value).lower() == "true"
 
@@ -129,14 +134,8 @@ def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_i
     if gcp_conn_id and is_google_registry(repository):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
+        from .kube import access_token
+
         credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()
-
-        def access_token() -> str:  # short-lived: refreshed whenever it has expired
-            if not credentials.valid:
-                import google.auth.transport.requests
-
-                credentials.refresh(google.auth.transport.requests.Request())
-            return credentials.token
-
-        return RegistryAuth.google(access_token)
+        return RegistryAuth.google(lambda: access_token(credentials))  # short-lived: refreshed when expired
     return None

@@ -27,7 +27,7 @@ from tfserving_deploy.errors import (
 )
 
 from . import lineage
-from .hooks import get_image_builder, get_target
+from .hooks import get_image_builder, get_target, optional
 
 PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, RolloutError, ValidationError)
 
@@ -35,11 +35,6 @@ PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, Rol
 def resolve_cache_dir(configured: str | None = None) -> str:
     """Where fetched models live, keyed by content: the operator's value, else $TFSERVING_DEPLOY_CACHE."""
     return configured or os.environ.get("TFSERVING_DEPLOY_CACHE") or str(Path.home() / ".cache" / "tfserving-deploy")
-
-
-def optional(value):
-    """Templated params render to strings: an unset one renders as "" or "None"."""
-    return None if value in (None, "", "None") else value
 
 
 @contextmanager

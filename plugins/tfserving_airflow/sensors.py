@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
+from .hooks import optional
 from .triggers import (
     LoadBalancerTrigger,
     ServiceUnusable,
@@ -60,7 +61,7 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
             namespace=self.namespace, service_name=self.service_name, port=self.port,
             timeout=self.timeout, poll_interval=self.poke_interval,
             kubernetes_conn_id=self.kubernetes_conn_id, config_file=self.config_file, cluster_context=self.cluster_context,
-            cluster_url=_set_or_none(self.cluster_url), ssl_ca_cert=_set_or_none(self.ssl_ca_cert),
+            cluster_url=optional(self.cluster_url), ssl_ca_cert=optional(self.ssl_ca_cert),
             gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain,
         )
 
@@ -91,13 +92,13 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
         from .kube import gke_endpoint_api_client, sync_api_client
 
         try:
-            if _set_or_none(self.cluster_url):
+            if optional(self.cluster_url):
                 api = gke_endpoint_api_client(self.cluster_url, self.ssl_ca_cert, self.gcp_conn_id, self.impersonation_chain)
             else:
                 api = sync_api_client(self.kubernetes_conn_id, self.config_file, self.cluster_context)
         except TargetError as exc:
             raise AirflowFailException(str(exc)) from exc
-        credentials = credentials_source(cluster_url=_set_or_none(self.cluster_url), gcp_conn_id=self.gcp_conn_id,
+        credentials = credentials_source(cluster_url=optional(self.cluster_url), gcp_conn_id=self.gcp_conn_id,
                                          config_file=self.config_file, kubernetes_conn_id=self.kubernetes_conn_id)
         try:
             with api:
@@ -138,6 +139,3 @@ def address_from_event(event: dict[str, Any]) -> str:
     raise AirflowFailException(message)
 
 
-def _set_or_none(value):
-    """Templated fields render an unset XCom as "" or "None"."""
-    return None if value in (None, "", "None") else value

@@ -18,12 +18,11 @@ from urllib.parse import urljoin
 import requests
 
 from ..errors import RegistryError
-from ..images import registry_host, split_reference
+from ..images import is_loopback, registry_host, split_reference
 
 log = logging.getLogger(__name__)
 
 DOCKER_HUB = "registry-1.docker.io"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 READ_PIECE = 1 << 20  # what one socket send carries when streaming a file to the registry
 
@@ -91,8 +90,7 @@ class RegistryClient:
                  session: requests.Session | None = None, attempts: int = 4, backoff: float = 0.5,
                  timeout: tuple[float, float] = (10.0, 300.0)):
         self.host, self.auth = host, auth
-        hostname = host[1:host.find("]")] if host.startswith("[") else host.split(":")[0]
-        self.scheme = scheme or ("http" if hostname in LOOPBACK else "https")  # as check_registry
+        self.scheme = scheme or ("http" if is_loopback(host) else "https")
         self.session = session or requests.Session()
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._tokens: dict[str, str] = {}  # scope -> bearer token

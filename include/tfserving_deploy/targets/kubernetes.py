@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from ..errors import RolloutError, TargetError
-from ..images import registry_host
+from ..images import is_loopback, registry_host
 from .manifests import (
     ANNOTATION_META,
     ANNOTATION_PREFIX,
@@ -158,7 +158,7 @@ class KubernetesTarget:
         created = self._ensure_namespace()
         self._check_access()
         registry = registry_host(image_repository) or "docker.io"
-        if registry.split(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+        if is_loopback(registry):
             log.warning(
                 "image_repository %s is on this machine's loopback: cluster nodes can pull from it only "
                 "if their container runtime mirrors that address (kind/k3d local registries do)",

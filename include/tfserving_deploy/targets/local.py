@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import RegistryError, RolloutError, TargetError
-from ..images import registry_host
+from ..images import is_loopback, registry_host
 from ..serving_client import wait_until_available
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def check_registry(host: str, *, timeout: float = 5.0) -> None:
     """A registry answers ``GET /v2/`` with 200, or 401 when it wants credentials."""
     import requests
 
-    scheme = "http" if host.split(":")[0] in ("127.0.0.1", "localhost", "::1") else "https"
+    scheme = "http" if is_loopback(host) else "https"
     url = f"{scheme}://{host}/v2/"
     try:
         response = requests.get(url, timeout=timeout)
