@@ -13,7 +13,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 
-.PHONY: demo test venv services images base-image serving-image airflow-db clean bench stack-test
+.PHONY: demo test venv services images base-image serving-image airflow-db clean bench stack-test cluster cluster-down
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
 	$(PY) scripts/demo.py --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
@@ -49,6 +49,12 @@ $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
 	mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate >/dev/null
 	touch $@
+
+cluster: venv services  ## a single-node Kubernetes v1.34 on this machine: .cluster/kubeconfig, .cluster/bin/kubectl
+	bash cluster/up.sh
+
+cluster-down:  ## stop the local cluster and remove its state (the built binaries stay cached)
+	bash cluster/down.sh
 
 clean:  ## remove the demo's replicas and local state (not the images)
 	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f
