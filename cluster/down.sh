@@ -5,15 +5,6 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh"
 [ -e "$RUN_DIR/state" ] && STATE=$(cat "$RUN_DIR/state")
 
-stop() {  # stop <component>: TERM, then KILL after a bounded wait
-  local pid
-  pid=$(pid_of "$1") || { rm -f "$RUN_DIR/$1.pid"; return 0; }
-  kill "$pid" 2>/dev/null
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null
-  rm -f "$RUN_DIR/$1.pid"
-}
-
 echo "==> stopping the cluster (state: $STATE)"
 for component in lb-controller kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do
   stop "$component"

@@ -61,8 +61,12 @@ iptables -C FORWARD -j "$FORWARD_CHAIN" 2>/dev/null || iptables -I FORWARD 1 -j 
 pki="$STATE/pki"
 bash "$CLUSTER_ROOT/cluster/pki.sh" "$pki"
 
-kubeconfig() {  # kubeconfig <file> <cert name>: a self-contained kubeconfig for that identity
-  cat >"$1" <<YAML
+changed=()  # components whose configuration changed: restarted below if they run
+install() {  # install <component> <file>: move <file>.new over <file> if different
+  if cmp -s "$2.new" "$2"; then rm -f "$2.new"; else mv "$2.new" "$2"; changed+=("$1"); fi
+}
+kubeconfig() {  # kubeconfig <component> <file> <cert name>: a self-contained kubeconfig for that identity
+  cat >"$2.new" <<YAML
 apiVersion: v1
 kind: Config
 clusters:
@@ -71,43 +75,55 @@ clusters:
     server: $API_URL
     certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
 users:
-- name: $2
+- name: $3
   user:
-    client-certificate-data: $(base64 -w0 "$pki/$2.crt")
-    client-key-data: $(base64 -w0 "$pki/$2.key")
+    client-certificate-data: $(base64 -w0 "$pki/$3.crt")
+    client-key-data: $(base64 -w0 "$pki/$3.key")
 contexts:
 - name: tfserving-deploy
-  context: {cluster: tfserving-deploy, user: $2}
+  context: {cluster: tfserving-deploy, user: $3}
 current-context: tfserving-deploy
 YAML
-  chmod 600 "$1"
+  chmod 600 "$2.new"
+  install "$1" "$2"
 }
-for who in controller-manager scheduler kubelet kube-proxy lb-controller; do
-  kubeconfig "$STATE/etc/$who.kubeconfig" "$who"
-done
-kubeconfig "$STATE/kubeconfig" admin
+kubeconfig kube-controller-manager "$STATE/etc/controller-manager.kubeconfig" controller-manager
+kubeconfig kube-scheduler "$STATE/etc/scheduler.kubeconfig" scheduler
+kubeconfig kubelet "$STATE/etc/kubelet.kubeconfig" kubelet
+kubeconfig kube-proxy "$STATE/etc/kube-proxy.kubeconfig" kube-proxy
+kubeconfig lb-controller "$STATE/etc/lb-controller.kubeconfig" lb-controller
+kubeconfig admin "$STATE/kubeconfig" admin
 export KUBECONFIG="$STATE/kubeconfig"
 kubectl="$bin/kubectl"
 
 # -- configuration files -------------------------------------------------------------------------
-sed -e "s|@STATE@|$STATE|g" -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
-  -e "s|@CONTAINERD_SOCK@|$CONTAINERD_SOCK|g" "$CLUSTER_ROOT/cluster/config/containerd.toml" >"$STATE/etc/containerd.toml"
+render() {  # render <component> <template> <destination>: fill in the @NAME@ placeholders
+  sed -e "s|@STATE@|$STATE|g" -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
+    -e "s|@CONTAINERD_SOCK@|$CONTAINERD_SOCK|g" -e "s|@BRIDGE_DEV@|$BRIDGE_DEV|g" -e "s|@POD_CIDR@|$POD_CIDR|g" \
+    -e "s|@POD_GATEWAY@|$POD_GATEWAY|g" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@NODE_NAME@|$NODE_NAME|g" \
+    "$CLUSTER_ROOT/cluster/config/$2" >"$3.new"
+  install "$1" "$3"
+}
 mkdir -p "$STATE/etc/certs.d/127.0.0.1:5000" "$STATE/etc/cni"
-cp "$CLUSTER_ROOT/cluster/config/registry-hosts.toml" "$STATE/etc/certs.d/127.0.0.1:5000/hosts.toml"
-sed -e "s|@STATE@|$STATE|g" -e "s|@BRIDGE_DEV@|$BRIDGE_DEV|g" -e "s|@POD_CIDR@|$POD_CIDR|g" \
-  -e "s|@POD_GATEWAY@|$POD_GATEWAY|g" "$CLUSTER_ROOT/cluster/config/cni.conflist" >"$STATE/etc/cni/10-tfserving-deploy.conflist"
-for file in kubelet.yaml kube-proxy.yaml; do
-  sed -e "s|@STATE@|$STATE|g" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@POD_CIDR@|$POD_CIDR|g" \
-    -e "s|@CONTAINERD_SOCK@|$CONTAINERD_SOCK|g" -e "s|@NODE_NAME@|$NODE_NAME|g" \
-    "$CLUSTER_ROOT/cluster/config/$file" >"$STATE/etc/$file"
-done
+render containerd containerd.toml "$STATE/etc/containerd.toml"
+render containerd registry-hosts.toml "$STATE/etc/certs.d/127.0.0.1:5000/hosts.toml"
+render containerd cni.conflist "$STATE/etc/cni/10-tfserving-deploy.conflist"
+render kubelet kubelet.yaml "$STATE/etc/kubelet.yaml"
+render kube-proxy kube-proxy.yaml "$STATE/etc/kube-proxy.yaml"
 
-start() {  # start <component> <command...>: in its own session, unless it already runs
-  local name=$1; shift
-  pid_of "$name" >/dev/null && return 0
+start() {  # start <component> <command...>: in its own session, unless it runs with this configuration
+  local name=$1 pid; shift
+  if pid=$(pid_of "$name"); then
+    if [[ " ${changed[*]} " != *" $name "* ]] && [ "$*" = "$(cat "$RUN_DIR/$name.cmd" 2>/dev/null)" ]; then
+      return 0
+    fi
+    echo "==> restarting $name: its configuration changed"
+    stop "$name"
+  fi
   echo "==> starting $name (log: $STATE/logs/$name.log)"
   setsid "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$name.pid"
+  echo "$*" >"$RUN_DIR/$name.cmd"
 }
 explain() {  # explain <component>: the end of its log, after a failed wait
   echo "--- last lines of $STATE/logs/$1.log:" >&2; tail -n 25 "$STATE/logs/$1.log" >&2 || true; exit 1
@@ -129,7 +145,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
   --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
-  --kubelet-certificate-authority="$pki/ca.crt" \
+  --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --token-auth-file="$pki/tokens.csv" \
@@ -176,6 +192,7 @@ node_ready() {
   [ "$("$kubectl" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 wait_for "node $NODE_NAME" 120 node_ready || explain kubelet
+wait_for kube-proxy 60 curl -fsS http://127.0.0.1:10256/healthz || explain kube-proxy
 wait_for "the default service account" 60 "$kubectl" -n default get serviceaccount default || explain kube-controller-manager
 for component in "${COMPONENTS[@]}"; do
   pid_of "$component" >/dev/null || explain "$component"

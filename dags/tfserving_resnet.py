@@ -53,6 +53,7 @@ TARGET = {
         **{key: P(key) for key in (
             "namespace", "kubernetes_conn_id", "gcp_conn_id", "project_id", "location",
             "cluster_name", "node_count", "autopilot", "manifest_dir", "keep_failed_first_deploy",
+            "resources", "pod_access",
         )},
     },
 }
@@ -111,6 +112,12 @@ with DAG(
                               description="If set, the rendered Deployment/Service YAML is written there (GitOps)."),
         "keep_failed_first_deploy": Param(False, type="boolean", section=K8S,
                                           description="Keep a failed first-ever Deployment for debugging instead of removing it."),
+        "resources": Param(None, type=["null", "object"], section=K8S, description=(
+            "Serving container resources, e.g. {\"requests\": {\"cpu\": \"500m\", \"memory\": \"1Gi\"}, "
+            "\"limits\": {\"memory\": \"2Gi\"}} (the default: twice the memory request covers a model reload).")),
+        "pod_access": Param("auto", type="string", enum=["auto", "pod-ip", "port-forward"], section=K8S, description=(
+            "How validation reaches each pod: 'pod-ip' from inside the cluster's network, 'port-forward' through "
+            "the API server (Airflow elsewhere), 'auto' tries a pod IP once, then port-forwards.")),
         "gcp_conn_id": Param("google_cloud_default", type="string", section=GKE, description="Google Cloud connection."),
         "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),
         "location": Param("us-central1-a", type="string", section=GKE, description="Zone or region of the cluster."),
@@ -133,7 +140,7 @@ with DAG(
     candidate = StartCandidateOperator(task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL)
     check_candidate = ValidateModelOperator(task_id="validate_candidate", endpoints=candidate.output, model=fetch.output,
                                             image=push.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                            target_name=P("target"), **MODEL)
+                                            **TARGET, **MODEL)
     stop_candidate = StopCandidateOperator(task_id="stop_candidate", **TARGET, **MODEL)
     deploy = DeployModelOperator(task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"),
                                  **TARGET, **MODEL)
@@ -141,7 +148,7 @@ with DAG(
                                  replicas=P("replicas"), timeout=600, **TARGET, **MODEL)
     validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output, image=push.output,
                                      image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                     outlets=[AssetAlias("tfserving_endpoint")], target_name=P("target"), **MODEL)
+                                     outlets=[AssetAlias("tfserving_endpoint")], **TARGET, **MODEL)
     rollback = RollbackOperator(task_id="rollback", image=push.output, **TARGET, **MODEL)
 
     check >> fetch >> build >> push >> cluster >> candidate >> check_candidate >> stop_candidate.as_teardown(setups=candidate)

@@ -1,462 +1,525 @@
-"""The kubernetes target against kmock's API emulator over real HTTP, through the real client.
+"""The kubernetes target on the real cluster of ``make cluster``, through the real client.
 
-The tests play the cluster's controllers (``k8s_mock.FakeControllers``): which image fails how
-is set per test. One test also runs real serving containers as the "pods".
+Pods are real pods of the project's serving image with real models, pulled by digest from the
+local registry; the Deployment and ReplicaSet controllers, the scheduler, the kubelet's probes,
+RBAC, kube-proxy and the LoadBalancer controller are the real ones. The target acts as a
+ServiceAccount that holds only ``deployer_role``; the API server's audit log says what it wrote.
+Faults are produced for real (a digest that is not in the registry, a server that exits, a model
+that does not load); only 429/5xx storms come from a proxy in front of the API server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
-import socket
+import threading
 import time
 
 import pytest
-import yaml
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
-from k8s_mock import (
-    CRASH_LOOP, DEADLINE, NEVER_READY, PULL_FAILS, UNSCHEDULABLE, USER_AGENT,
-    FakeControllers, api_client, assign_load_balancer, running_cluster, write_kubeconfig,
+from api_faults import FaultProxy
+from local_cluster import (
+    LB_POOL, SMALL, AuditLog, admin_client, derived_base, describe, fresh_namespace, pods, publish_model_image, read,
+    require_cluster, service_account_token, token_client, wait_for,
 )
+from savedmodels import make_string_model
 from tfserving_deploy.errors import RolloutError, TargetError
-from tfserving_deploy.targets.kubernetes import KubernetesTarget, load_balancer_address_async
+from tfserving_deploy.targets.kubernetes import KubernetesTarget, pod_grpc_address
 from tfserving_deploy.targets.manifests import (
     ANNOTATION_IMAGE, ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM,
-    ANNOTATION_VERSION, candidate_pod_manifest, readiness_command,
+    ANNOTATION_VERSION, candidate_pod_manifest, deployer_role, readiness_command,
 )
 
-NS, MODEL, NAME = "tfserving", "resnet", "tfs-resnet"
+pytestmark = pytest.mark.integration
+MODEL, NAME = "resnet", "tfs-resnet"
+DEPLOYER = "deployer"
 
 
-def digest_ref(label: str) -> str:
-    return f"registry.example.com/models/resnet@sha256:{hashlib.sha256(label.encode()).hexdigest()}"
+# -- the world: images, a namespace, an identity --------------------------------------------------
 
 
-A, B = digest_ref("a"), digest_ref("b")
+@pytest.fixture(scope="session")
+def admin():
+    require_cluster()
+    api = admin_client()
+    yield api
+    api.close()
 
 
-@pytest.fixture
-def cluster():
-    with running_cluster() as (fake, url):
-        yield fake, url
-
-
-@pytest.fixture
-def kubeconfig(cluster, tmp_path):
-    return write_kubeconfig(tmp_path / "kubeconfig", cluster[1], namespace=NS)
-
-
-@pytest.fixture
-def fake(cluster):
-    return cluster[0]
-
-
-@pytest.fixture
-def client(kubeconfig):
-    client = api_client(kubeconfig)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def controller_client(kubeconfig):
-    client = api_client(kubeconfig, user_agent=USER_AGENT)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make_target(client, tmp_path):
-    def make(**options) -> KubernetesTarget:
-        defaults = dict(poll_interval=0.02, unschedulable_grace=0, retry_backoff=0.01, manifest_dir=str(tmp_path / "manifests"))
-        return KubernetesTarget(client, **{**defaults, **options})
-    return make
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """Model A (version 1) and B (version 2) in the serving image, plus images that fail for real."""
+    root = tmp_path_factory.mktemp("k8s-models")
+    for version in (1, 2):
+        make_string_model(root / "good" / str(version))
+    broken = root / "broken" / "3"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    crashing_base = derived_base("crashing:1", [
+        'ENTRYPOINT ["sh", "-c", "echo model server: fatal: cannot open /models >&2; exit 3"]'])
+    retrying_base = derived_base("retrying:1", ['CMD ["--max_num_load_retries=100000", "--load_retry_interval_micros=2000000"]'])
+    return {
+        "A": publish_model_image(root / "good" / "1", name=MODEL, version=1),
+        "B": publish_model_image(root / "good" / "2", name=MODEL, version=2),
+        "broken": publish_model_image(broken, name=MODEL, version=3),
+        "crashing": publish_model_image(root / "good" / "2", name=MODEL, version=2, base=crashing_base),
+        "loading": publish_model_image(broken, name=MODEL, version=3, base=retrying_base),
+        "missing": "127.0.0.1:5000/tfserving-deploy-tests/k8s@sha256:" + hashlib.sha256(b"never pushed").hexdigest(),
+    }
 
 
 @pytest.fixture
-def controllers(controller_client):
-    """The controllers, with per-test image outcomes (``controllers.outcomes[image] = ...``)."""
-    with FakeControllers(controller_client, NS) as running:
-        yield running
+def ns(admin):
+    with fresh_namespace(admin, "tgt") as name:
+        yield name
 
 
-def read(client, kind: str) -> dict | None:
-    api = k8s.AppsV1Api(client) if kind == "deployment" else k8s.CoreV1Api(client)
-    try:
-        return json.loads(getattr(api, f"read_namespaced_{kind}")(NAME, NS, _preload_content=False).data)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+@pytest.fixture
+def deployer(admin, ns):
+    """A ServiceAccount bound to exactly the Role the target documents (``deployer_role``)."""
+    return service_account_token(admin, ns, DEPLOYER, deployer_role(ns)["rules"])
+
+
+@pytest.fixture
+def make_target(deployer, ns, tmp_path):
+    clients = []
+
+    def make(token: str | None = None, api=None, **options) -> KubernetesTarget:
+        api = api or token_client(token or deployer)
+        clients.append(api)
+        defaults = dict(namespace=ns, resources=SMALL, poll_interval=0.5, unschedulable_grace=0,
+                        retry_backoff=0.05, manifest_dir=str(tmp_path / "manifests"))
+        return KubernetesTarget(api, **{**defaults, **options})
+
+    yield make
+    for api in clients:
+        api.close()
+
+
+@pytest.fixture
+def audit(ns):
+    log = AuditLog()
+    return lambda: log.writes(user=f"system:serviceaccount:{ns}:{DEPLOYER}", namespace=ns)
 
 
 def image_of(deployment: dict) -> str:
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
-def deploy(target, image, version=1, replicas=2, ready_timeout=10.0) -> dict:
+def deploy(target, image, version=1, replicas=1, ready_timeout=120.0) -> dict:
     return target.deploy(image, model_name=MODEL, version=version, replicas=replicas, ready_timeout=ready_timeout)
 
 
-# -- ensure_ready --------------------------------------------------------------------------------
+def answer(address: str) -> tuple[int, int]:
+    """(class, served version) for one Predict on a fresh channel, as the tutorial client sends it."""
+    import tensorflow as tf
+
+    from tfserving_deploy.serving_client import ServingClient
+
+    with ServingClient(address, timeout=5) as serving:
+        response = serving.predict(MODEL, {"image_bytes": tf.make_tensor_proto([b"cat.jpg"], shape=[1])})
+    return int(response.outputs["classes"].int64_val[0]), response.model_spec.version.value
 
 
-def test_ensure_ready_creates_the_namespace_and_passes_the_access_review(make_target, fake):
-    target = make_target()
-    facts = target.ensure_ready("europe-west4-docker.pkg.dev/proj/models/resnet")
-    assert facts["namespace_created"] is True and facts["server_version"].startswith("v1.")
-    assert facts["registry"] == "europe-west4-docker.pkg.dev"
-    assert NS in fake.namespaces
-    assert target.ensure_ready("europe-west4-docker.pkg.dev/proj/models/resnet")["namespace_created"] is False
-    reviews = [c for c in fake.calls if c.path.endswith("/selfsubjectaccessreviews")]
-    assert len(reviews) == 2 * 12
+# -- ensure_ready: the real authorizer -------------------------------------------------------------
 
 
-def test_ensure_ready_names_what_the_access_review_denies(make_target, fake):
-    fake.denied = {("patch", "services"), ("list", "events")}
-    with pytest.raises(TargetError, match=r"may not patch services \(RBAC: no role grants it\); list events .* namespace tfserving"):
-        make_target().ensure_ready("registry.example.com/models/resnet")
+def test_least_privilege_role_passes_the_access_review(make_target, ns):
+    facts = make_target().ensure_ready("127.0.0.1:5000/tfserving-deploy-tests/k8s")
+    assert facts["server_version"] == "v1.34.4" and facts["namespace"] == ns
+    assert facts["namespace_created"] is False  # may not read Namespaces: the access review decides
 
 
-def test_ensure_ready_accepts_losing_the_namespace_creation_race(make_target, fake):
-    fake.fail("POST", r"^/api/v1/namespaces$", 409)  # someone else created it between our GET and POST
-    assert make_target().ensure_ready("registry.example.com/x")["namespace_created"] is False
+def test_missing_verbs_are_named_by_the_real_authorizer(admin, ns, make_target):
+    rules = [r for r in deployer_role(ns)["rules"] if r["resources"] != ["events"]]
+    rules = [{**r, "verbs": [v for v in r["verbs"] if v != "patch"]} if r["resources"] == ["services"] else r
+             for r in rules]
+    token = service_account_token(admin, ns, "restricted", rules)
+    with pytest.raises(TargetError, match=rf"may not patch services; list events in namespace {ns}; "
+                                          r"grant these verbs with a Role and RoleBinding"):
+        make_target(token).ensure_ready("127.0.0.1:5000/x")
 
 
-def test_unreachable_api_names_the_host(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
-    client = api_client(write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}"))
-    target = KubernetesTarget(client, api_attempts=2, retry_backoff=0.01)
-    with pytest.raises(TargetError, match=rf"Kubernetes API at http://127.0.0.1:{port} is not reachable .*read the server version"):
-        target.ensure_ready("registry.example.com/x")
+def test_admin_creates_the_namespace(admin, make_target):
+    name = f"tgt-new-{hashlib.sha256(str(time.time()).encode()).hexdigest()[:6]}"
+    try:
+        target = make_target(api=admin_client(), namespace=name)
+        assert target.ensure_ready("127.0.0.1:5000/x")["namespace_created"] is True
+        assert target.ensure_ready("127.0.0.1:5000/x")["namespace_created"] is False
+    finally:
+        k8s.CoreV1Api(admin).delete_namespace(name)
 
 
-def test_rejected_credentials_are_explained(make_target, fake):
-    fake.fail("GET", r"^/version", 401)
+def test_unreachable_api_names_the_host():
+    configuration = k8s.Configuration()
+    configuration.host = "https://10.200.0.1:1"  # the node's address, a port nothing listens on
+    target = KubernetesTarget(k8s.ApiClient(configuration), api_attempts=2, retry_backoff=0.01)
+    with pytest.raises(TargetError, match=r"Kubernetes API at https://10.200.0.1:1 is not reachable .*read the server version"):
+        target.ensure_ready("127.0.0.1:5000/x")
+
+
+def test_rejected_credentials_are_explained(make_target):
     with pytest.raises(TargetError, match=r"rejected the credentials \(HTTP 401\) for read the server version.*refresh"):
-        make_target().ensure_ready("registry.example.com/x")
+        make_target("not-a-valid-token").ensure_ready("127.0.0.1:5000/x")
 
 
-# -- render --------------------------------------------------------------------------------------
+# -- render: schema and the API server's own field validation ---------------------------------------
 
 
-def test_render_is_schema_valid_and_written_for_gitops(make_target, tmp_path):
+def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns, images, tmp_path):
     import kubernetes_validate
+    import yaml
 
-    deployment, service = make_target().render(A, model_name=MODEL, version=7, replicas=3)
-    candidate = candidate_pod_manifest(A, model_name=MODEL, version=7, namespace=NS)
-    for version in ("1.30.0", "1.37.0"):
-        for manifest in (deployment, service, candidate):
-            kubernetes_validate.validate(manifest, version, strict=True)
+    deployment, service = make_target().render(images["A"], model_name=MODEL, version=7, replicas=3)
+    candidate = candidate_pod_manifest(images["A"], model_name=MODEL, version=7, namespace=ns)
+    for manifest in (deployment, service, candidate):
+        kubernetes_validate.validate(manifest, "1.34.0", strict=True)
+    strict = dict(dry_run="All", field_validation="Strict")
+    k8s.AppsV1Api(admin).create_namespaced_deployment(ns, deployment, **strict)
+    k8s.CoreV1Api(admin).create_namespaced_service(ns, service, **strict)
+    k8s.CoreV1Api(admin).create_namespaced_pod(ns, candidate, **strict)
     written = tmp_path / "manifests"
     assert yaml.safe_load((written / f"{MODEL}-deployment.yaml").read_text()) == deployment
-    assert yaml.safe_load((written / f"{MODEL}-service.yaml").read_text()) == service
-
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert deployment["metadata"]["annotations"] == {ANNOTATION_IMAGE: A, ANNOTATION_VERSION: "7"}
-    assert container["image"] == A and container["env"] == [{"name": "MODEL_NAME", "value": MODEL}]
+    assert deployment["metadata"]["annotations"] == {ANNOTATION_IMAGE: images["A"], ANNOTATION_VERSION: "7"}
     assert container["readinessProbe"]["exec"]["command"] == readiness_command(MODEL)
-    assert container["livenessProbe"]["tcpSocket"] == {"port": 8500}
-    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > sleep > 0
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert pod["terminationGracePeriodSeconds"] > int(container["lifecycle"]["preStop"]["exec"]["command"][1]) > 0
+    assert pod["securityContext"]["runAsUser"] == 1000
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
-    assert service["spec"]["type"] == "LoadBalancer"
-    assert service["spec"]["selector"]["app.kubernetes.io/instance"] == MODEL
-    assert not service["spec"]["selector"].items() <= candidate["metadata"]["labels"].items()  # gets no traffic
-    assert [p["port"] for p in service["spec"]["ports"]] == [8500, 8501]
+    assert not service["spec"]["selector"].items() <= candidate["metadata"]["labels"].items()
 
 
-def test_render_rejects_tags_and_makes_names_dns_safe(make_target):
+def test_render_rejects_tags_and_makes_names_dns_safe(make_target, images):
     target = make_target(manifest_dir=None)
     with pytest.raises(TargetError, match=r"deploy by digest: 'registry.example.com/models/resnet:1' .* run push_image"):
         target.render("registry.example.com/models/resnet:1", model_name=MODEL, version=1, replicas=1)
-    deployment, _ = target.render(A, model_name="resnet_v2", version=1, replicas=1)
+    deployment, _ = target.render(images["A"], model_name="resnet_v2", version=1, replicas=1)
     assert deployment["metadata"]["name"] == "tfs-resnet-v2"
     with pytest.raises(TargetError, match="service_type 'Ingress'"):
         make_target(service_type="Ingress")
 
 
-# -- deploy --------------------------------------------------------------------------------------
+# -- the tutorial's part 3, for real ----------------------------------------------------------------
 
 
-def test_first_deploy_creates_deployment_and_service(make_target, controllers, client, tmp_path):
-    result = deploy(make_target(), A)
-    assert result == {
-        "deployment": f"{NS}/{NAME}", "image": A, "model_version": 1, "promoted": True,
-        "deployment_change": "created", "service_change": "created", "available_replicas": 2,
+class LoadBalancerClient(threading.Thread):
+    """Predict through the load balancer in a loop, a fresh connection each time (as the tutorial
+    client does), counting answers per served version and failures."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address, self.versions, self.failures = address, {}, []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 600  # bounded, whatever the test does
+        while not self._stop_event.is_set() and time.monotonic() < deadline:
+            try:
+                _, version = answer(self.address)
+                self.versions[version] = self.versions.get(version, 0) + 1
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                self.failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            time.sleep(0.05)
+
+    def stop(self) -> dict:
+        self._stop_event.set()
+        self.join(timeout=30)
+        return {"answers": sum(self.versions.values()), "by_version": dict(self.versions), "failed": len(self.failures)}
+
+
+def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downtime(make_target, admin, ns, images, audit, record_property):
+    target = make_target()
+    first = deploy(target, images["A"], replicas=3)
+    assert first == {
+        "deployment": f"{ns}/{NAME}", "image": images["A"], "model_version": 1, "promoted": True,
+        "deployment_change": "created", "service_change": "created", "available_replicas": 3,
     }
-    assert image_of(read(client, "deployment")) == A
-    assert read(client, "service")["spec"]["type"] == "LoadBalancer"
-    assert (tmp_path / "manifests" / f"{MODEL}-deployment.yaml").exists()
+    balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
+    assert balancer.rsplit(":", 1)[0] in {str(ip) for ip in LB_POOL.hosts()}
+    endpoints = target.endpoints(MODEL, images["A"])
+    assert len(endpoints) == 3 and len({e.rsplit(":", 1)[0] for e in endpoints}) == 3
+    with target.reachable(endpoints) as dial:
+        assert [answer(dial[e]) for e in endpoints] == [(7, 1)] * 3  # len(b"cat.jpg") % 1001 == 7
+    assert answer(balancer) == (7, 1)
 
-
-def test_identical_reapply_writes_nothing(make_target, controllers, fake):
-    target = make_target()
-    deploy(target, A)
-    before = len(fake.writes())
-    again = deploy(target, A)
+    # An identical re-run: not one write.
+    before = len(audit())
+    again = deploy(target, images["A"], replicas=3)
     assert (again["deployment_change"], again["service_change"], again["promoted"]) == ("unchanged", "unchanged", False)
-    assert fake.writes()[before:] == []
+    assert describe(audit()[before:]) == []
+
+    # A -> B under load through the balancer, never below 3 available replicas.
+    available = AvailabilityWatch(admin, ns)
+    load = LoadBalancerClient(balancer)
+    load.start()
+    update = deploy(target, images["B"], version=2, replicas=3, ready_timeout=240)
+    time.sleep(20)  # the old pods' preStop sleep ends and their servers exit under load
+    during_update = load.stop()
+    assert min(available.stop()) >= 3
+    assert update["deployment_change"] == "patched" and update["promoted"] is True
+    live = read(admin, "deployment", NAME, ns)
+    assert image_of(live) == images["B"] and live["metadata"]["annotations"][ANNOTATION_PREVIOUS_IMAGE] == images["A"]
+    assert during_update["failed"] == 0, load.failures[:5]
+    assert set(during_update["by_version"]) == {1, 2}, during_update
+    assert answer(balancer) == (7, 2)
+
+    # Rollback B -> A under load: the previous revision serves again, still no failed request.
+    load = LoadBalancerClient(balancer)
+    load.start()
+    said = target.rollback(MODEL, "validation failed", image=images["B"], ready_timeout=240)
+    time.sleep(20)
+    during_rollback = load.stop()
+    assert said == f"restored {images['A']} (model version 1), 3/3 available"
+    assert during_rollback["failed"] == 0, load.failures[:5]
+    assert answer(balancer) == (7, 1)
+    assert target.serving_state(MODEL)["image"] == images["A"]
+    record_property("zero_downtime", json.dumps({"update": during_update, "rollback": during_rollback}))
+    print(f"\nzero-downtime counts: update {during_update}, rollback {during_rollback}")
 
 
-def test_image_update_is_patched_and_remembers_the_previous_image(make_target, controllers, client, fake):
-    target = make_target()
-    deploy(target, A)
-    result = deploy(target, B, version=2)
-    assert result["deployment_change"] == "patched" and result["service_change"] == "unchanged"
-    assert result["promoted"] is True
-    live = read(client, "deployment")
-    annotations = live["metadata"]["annotations"]
-    assert image_of(live) == B and annotations[ANNOTATION_PREVIOUS_IMAGE] == A
-    assert json.loads(annotations[ANNOTATION_PREVIOUS_SPEC])["template"]["spec"]["containers"][0]["image"] == A
-    assert live["metadata"]["generation"] == 2 and live["status"]["observedGeneration"] == 2
-    assert len(target.endpoints(MODEL, B)) == 2
-    assert target.endpoints(MODEL, A) == []  # the old pods are gone
+class AvailabilityWatch(threading.Thread):
+    """The Deployment's availableReplicas, sampled every 0.25 s until ``stop()`` (bounded)."""
 
+    def __init__(self, api, ns: str):
+        super().__init__(daemon=True)
+        self.api, self.ns, self.seen = api, ns, []
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop_event.wait(0.25) and time.monotonic() < deadline:
+            status = read(self.api, "deployment", NAME, self.ns).get("status") or {}
+            self.seen.append(status.get("availableReplicas") or 0)
+
+    def stop(self) -> list[int]:
+        self._stop_event.set()
+        self.join(timeout=10)
+        return self.seen
+
+
+# -- faults, produced for real -----------------------------------------------------------------------
 
 FAILURES = {
-    PULL_FAILS: r"pod tfs-resnet-\w+-\d+ is ImagePullBackOff: Back-off pulling image .*events: .*Warning Failed: "
-                r"Failed to pull image .*not found.*imagePullSecrets",
-    CRASH_LOOP: r"is CrashLoopBackOff: back-off 40s .*\(last exit: Error, code 1, 3 restarts\); events: .*"
-                r"Back-off restarting failed container.*logs tfs-resnet-\w+-\d+ --previous",
-    UNSCHEDULABLE: r"is Unschedulable: 0/3 nodes are available: 3 Insufficient memory.*events: Warning "
-                   r"FailedScheduling.*lower the resources requests",
-    DEADLINE: r"ProgressDeadlineExceeded: ReplicaSet \"tfs-resnet-\w+\" has timed out progressing.; pod .*not ready.*"
-              r"Readiness probe failed: model state: \['LOADING'\]",
-    NEVER_READY: r"not rolled out after 2s \(.*\); pod tfs-resnet-\w+-\d+: Running, not ready: containers with unready .*"
-                 r"Readiness probe failed.*raise ready_timeout",
+    "missing": r"(?s)is (ErrImagePull|ImagePullBackOff): .*not found.*; events: .*Failed to pull image .*imagePullSecrets",
+    "crashing": r"(?s)is CrashLoopBackOff: back-off \d+s restarting failed container.*\(last exit: Error, code 3, \d restarts?\); "
+                r"events: .*logs tfs-resnet-\w+-\w+ --previous",
+    "broken": r"(?s)the model failed to load \(state END\): .*(SavedModel|saved_model).*fix the model files",
 }
 
 
-@pytest.mark.parametrize("outcome", list(FAILURES))
-def test_failed_rollout_is_explained_and_rolled_back(outcome, make_target, controllers, client):
+@pytest.mark.parametrize("bad", list(FAILURES))
+def test_failed_update_is_explained_and_rolled_back(bad, make_target, admin, ns, images):
     target = make_target()
-    deploy(target, A)
-    controllers.outcomes[B] = outcome
-    timeout = 2.0 if outcome == NEVER_READY else 10.0
-    with pytest.raises(RolloutError, match=FAILURES[outcome]) as failure:
-        deploy(target, B, version=2, ready_timeout=timeout)
-    assert f"rolled back: restored {A} (model version 1), 2/2 available" in str(failure.value)
-    live = read(client, "deployment")
-    annotations = live["metadata"]["annotations"]
-    assert image_of(live) == A and annotations[ANNOTATION_IMAGE] == A and annotations[ANNOTATION_VERSION] == "1"
-    assert ANNOTATION_PREVIOUS_IMAGE not in annotations and annotations[ANNOTATION_RESTORED_FROM] == B
-    assert len(target.endpoints(MODEL, A)) == 2
-
-
-def test_failed_first_deploy_is_deleted(make_target, controllers, client):
-    controllers.outcomes[A] = PULL_FAILS
-    with pytest.raises(RolloutError, match=r"rolled back: deleted Deployment and Service tfserving/tfs-resnet: it was the first"):
-        deploy(make_target(), A)
-    assert read(client, "deployment") is None and read(client, "service") is None
-
-
-def test_failed_first_deploy_is_kept_on_request(make_target, controllers, client):
-    controllers.outcomes[A] = CRASH_LOOP
-    with pytest.raises(RolloutError, match=r"rolled back: kept Deployment and Service tfserving/tfs-resnet for inspection"):
-        deploy(make_target(keep_failed_first_deploy=True), A)
-    assert image_of(read(client, "deployment")) == A and read(client, "service") is not None
-
-
-def test_rollback_after_failed_validation_restores_the_previous_image(make_target, controllers, client):
-    target = make_target()
-    deploy(target, A)
-    deploy(target, B, version=2)
-    said = target.rollback(MODEL, "validation failed: class 1 instead of 286", image=B, ready_timeout=10)
-    assert said == f"restored {A} (model version 1), 2/2 available"
-    assert image_of(read(client, "deployment")) == A
-    assert target.endpoints(MODEL, A)
-    assert "runs" in target.rollback(MODEL, "repeated by a task retry", image=B)  # no-op: B is gone
-    assert "nothing older to roll back to" in target.rollback(MODEL, "repeated without an image")
-    assert image_of(read(client, "deployment")) == A
-
-
-def test_rollback_of_a_first_deploy_deletes_it(make_target, controllers, client):
-    target = make_target()
-    deploy(target, A)
-    assert "deleted Deployment and Service" in target.rollback(MODEL, "validation failed", image=A)
-    assert read(client, "deployment") is None
-
-
-def test_without_generation_bookkeeping_the_rollout_still_ends(make_target, controllers, fake, client):
-    fake.track_generation = False  # kmock's own behaviour: no metadata.generation at all
-    target = make_target()
-    deploy(target, A)
+    deploy(target, images["A"])
     started = time.monotonic()
-    assert deploy(target, B, version=2)["available_replicas"] == 2
-    assert time.monotonic() - started < 5
-    assert "generation" not in read(client, "deployment")["metadata"]
+    with pytest.raises(RolloutError, match=FAILURES[bad]) as failure:
+        deploy(target, images[bad], version=2, ready_timeout=180)
+    assert time.monotonic() - started < 120, "a fault that waiting cannot heal must fail early"
+    assert f"rolled back: restored {images['A']} (model version 1), 1/1 available" in str(failure.value)
+    live = read(admin, "deployment", NAME, ns)
+    annotations = live["metadata"]["annotations"]
+    assert image_of(live) == images["A"] and annotations[ANNOTATION_VERSION] == "1"
+    assert ANNOTATION_PREVIOUS_IMAGE not in annotations and annotations[ANNOTATION_RESTORED_FROM] == images[bad]
+    (address,) = target.endpoints(MODEL, images["A"])
+    with target.reachable([address]) as dial:
+        assert answer(dial[address]) == (7, 1)  # the old model keeps answering
 
 
-def test_metadata_is_kept_and_restored_with_the_revision(make_target, controllers, fake):
+def test_model_stuck_loading_is_never_ready_and_times_out(make_target, admin, ns, images):
+    """The readiness probe gates readiness: a server that keeps retrying a load (LOADING) never
+    gets a Ready pod, so it never gets traffic, and the rollout ends at ready_timeout."""
+    target = make_target()
+    deploy(target, images["A"])
+    with pytest.raises(RolloutError, match=r"(?s)not rolled out after 25s .*pod tfs-resnet-\w+-\w+: Running, not ready.*"
+                                           r"Readiness probe failed: .*\"state\": \"LOADING\".*raise ready_timeout"):
+        deploy(target, images["loading"], version=3, ready_timeout=25)
+    assert image_of(read(admin, "deployment", NAME, ns)) == images["A"]
+
+
+def test_progress_deadline_exceeded(make_target, images):
+    target = make_target(progress_deadline_seconds=10)
+    deploy(target, images["A"])
+    with pytest.raises(RolloutError, match=r"(?s)ProgressDeadlineExceeded: ReplicaSet \"tfs-resnet-\w+\" has timed out progressing"
+                                           r".*rolled back: restored"):
+        deploy(target, images["loading"], version=3, ready_timeout=120)
+
+
+def test_unschedulable_pod_is_explained(make_target, images):
+    target = make_target()
+    deploy(target, images["A"])
+    huge = make_target(resources={"requests": {"cpu": "64", "memory": "64Mi"}})
+    with pytest.raises(RolloutError, match=r"(?s)is Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.*"
+                                           r"lower the resources requests.*rolled back: restored"):
+        deploy(huge, images["A"])  # same image, new template: a new ReplicaSet that cannot be placed
+
+
+def test_failed_first_deploy_is_deleted_or_kept(make_target, admin, ns, images):
+    with pytest.raises(RolloutError, match=r"rolled back: deleted Deployment and Service .*/tfs-resnet: it was the first"):
+        deploy(make_target(), images["missing"])
+    assert read(admin, "deployment", NAME, ns) is None and read(admin, "service", NAME, ns) is None
+    with pytest.raises(RolloutError, match=r"rolled back: kept Deployment and Service .*for inspection"):
+        deploy(make_target(keep_failed_first_deploy=True), images["missing"])
+    assert image_of(read(admin, "deployment", NAME, ns)) == images["missing"]
+
+
+def test_rollback_after_failed_validation_and_its_repeats(make_target, admin, ns, images):
+    target = make_target()
+    deploy(target, images["A"])
+    deploy(target, images["B"], version=2)
+    said = target.rollback(MODEL, "validation failed: class 1 instead of 286", image=images["B"], ready_timeout=120)
+    assert said == f"restored {images['A']} (model version 1), 1/1 available"
+    assert "runs" in target.rollback(MODEL, "repeated by a task retry", image=images["B"])  # B is gone: no-op
+    assert "nothing older to roll back to" in target.rollback(MODEL, "repeated without an image")
+    assert image_of(read(admin, "deployment", NAME, ns)) == images["A"]
+    state = target.serving_state(MODEL)
+    assert state["image"] == images["A"] and state["metadata"]["model-version"] == "1"
+
+
+def test_rollback_of_a_first_deploy_deletes_it(make_target, admin, ns, images):
+    target = make_target()
+    deploy(target, images["A"])
+    assert "deleted Deployment and Service" in target.rollback(MODEL, "validation failed", image=images["A"])
+    assert read(admin, "deployment", NAME, ns) is None
+
+
+def test_metadata_is_kept_with_its_revision(make_target, ns, images, audit):
     target = make_target()
     assert target.serving_state(MODEL) is None
-    target.deploy(A, model_name=MODEL, version=1, replicas=2, metadata={"model-sha256": "aaa", "run-date": "2026-01-01"})
+    meta_a = {"model-sha256": "aaa", "run-date": "2026-01-01"}
+    target.deploy(images["A"], model_name=MODEL, version=1, replicas=1, metadata=meta_a)
     state = target.serving_state(MODEL)
-    assert state["image"] == A and state["replicas"] == 2 and len(state["addresses"]) == 2
-    assert state["metadata"] == {"model-sha256": "aaa", "run-date": "2026-01-01", "model-version": "1"}
-    before = len(fake.writes())
-    target.deploy(A, model_name=MODEL, version=1, replicas=2, metadata={"model-sha256": "aaa", "run-date": "2026-01-01"})
-    assert fake.writes()[before:] == []
-    target.deploy(B, model_name=MODEL, version=2, replicas=2, metadata={"model-sha256": "bbb", "run-date": "2026-01-02"})
-    assert target.serving_state(MODEL)["metadata"]["model-sha256"] == "bbb"
-    target.rollback(MODEL, "validation failed", image=B, ready_timeout=10)
-    assert target.serving_state(MODEL)["metadata"] == {"model-sha256": "aaa", "run-date": "2026-01-01", "model-version": "1"}
+    assert state["metadata"] == {**meta_a, "model-version": "1"} and state["replicas"] == 1
+    before = len(audit())
+    target.deploy(images["A"], model_name=MODEL, version=1, replicas=1, metadata={**meta_a, "run-date": "2026-01-05"})
+    assert describe(audit()[before:]) == []  # same revision: its provenance stays, nothing is written
+    target.deploy(images["B"], model_name=MODEL, version=2, replicas=1, metadata={"model-sha256": "bbb"})
+    assert target.serving_state(MODEL)["metadata"] == {"model-sha256": "bbb", "model-version": "2"}
+    target.rollback(MODEL, "validation failed", image=images["B"], ready_timeout=120)
+    assert target.serving_state(MODEL)["metadata"] == {**meta_a, "model-version": "1"}
     with pytest.raises(TargetError, match="metadata key 'bad key!'"):
-        target.render(A, model_name=MODEL, version=1, replicas=1, metadata={"bad key!": 1})
+        target.render(images["A"], model_name=MODEL, version=1, replicas=1, metadata={"bad key!": 1})
 
 
-def test_candidate_runs_beside_the_deployment_without_traffic(make_target, controllers, client):
+# -- the candidate --------------------------------------------------------------------------------
+
+
+def test_candidate_gets_no_service_traffic(make_target, admin, ns, images):
     target = make_target()
-    deploy(target, A)
-    addresses = target.start_candidate(B, model_name=MODEL, version=2, ready_timeout=10)
-    assert len(addresses) == 1
-    assert target.start_candidate(B, model_name=MODEL, version=2, ready_timeout=10) == addresses  # re-run: same pod
-    assert target.endpoints(MODEL, B) == []  # not one of the Deployment's (and the Service's) pods
-    assert target.serving_state(MODEL)["image"] == A
+    deploy(target, images["A"], replicas=2)
+    (candidate,) = target.start_candidate(images["B"], model_name=MODEL, version=2, ready_timeout=120)
+    assert target.start_candidate(images["B"], model_name=MODEL, version=2, ready_timeout=120) == [candidate]
+    slices = k8s.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(ns, label_selector=f"kubernetes.io/service-name={NAME}")
+    served = {address for s in slices.items for e in s.endpoints or [] for address in e.addresses}
+    assert len(served) == 2 and candidate.rsplit(":", 1)[0] not in served
+    assert target.endpoints(MODEL, images["B"]) == []
+    assert target.serving_state(MODEL)["image"] == images["A"]
+    with target.reachable([candidate]) as dial:
+        assert answer(dial[candidate]) == (7, 2)
     assert target.stop_candidate(MODEL) == 1
     assert target.stop_candidate(MODEL) == 0
 
 
-def test_failing_candidate_is_explained_and_removed(make_target, controllers):
-    controllers.outcomes[B] = PULL_FAILS
+def test_failing_candidate_is_explained_and_removed(make_target, images):
     target = make_target()
-    with pytest.raises(RolloutError, match=r"candidate pod tfserving/tfs-resnet-candidate-\w+ is ImagePullBackOff.*"
-                                           r"Failed to pull image.*\nremoved the candidate pod"):
-        target.start_candidate(B, model_name=MODEL, version=2, ready_timeout=10)
+    with pytest.raises(RolloutError, match=r"candidate pod .*/tfs-resnet-candidate-\w+ is (ErrImagePull|ImagePullBackOff).*"
+                                           r"\nremoved the candidate pod"):
+        target.start_candidate(images["missing"], model_name=MODEL, version=2, ready_timeout=120)
     assert target.stop_candidate(MODEL) == 0
 
 
-# -- API faults ----------------------------------------------------------------------------------
+# -- validation meets the cluster --------------------------------------------------------------------
 
 
-def test_creation_race_is_handled(make_target, controllers, controller_client, fake, client):
+def test_a_pod_killed_during_validation_is_named_in_the_report(make_target, admin, ns, images, tmp_path):
+    from savedmodels import make_string_model as model
+    from tfserving_deploy.savedmodel import read_signature
+    from tfserving_deploy.validation import validate_replicas
+
     target = make_target()
-    deployment, service = target.render(A, model_name=MODEL, version=1, replicas=2)
-    k8s.AppsV1Api(controller_client).create_namespaced_deployment(NS, deployment)  # another run got there first...
-    k8s.CoreV1Api(controller_client).create_namespaced_service(NS, service)
-    fake.fail("GET", rf"/deployments/{NAME}$", 404)  # ...just after our read found nothing
-    result = deploy(target, A)
-    assert result["deployment_change"] == "unchanged"
-    posts = [c for c in fake.writes() if c.method == "POST" and c.path.split("?")[0].endswith("/deployments")]
-    assert len(posts) == 1  # the one that met 409
+    deploy(target, images["A"], replicas=2)
+    endpoints = target.endpoints(MODEL, images["A"])
+    victim = next(p for p in pods(admin, ns, "app.kubernetes.io/name=tfserving") if pod_grpc_address(p) == endpoints[1])
+    model_dir = model(tmp_path / "m" / "1")
+    with target.reachable(endpoints) as dial:
+        killer = threading.Timer(0.5, lambda: k8s.CoreV1Api(admin).delete_namespaced_pod(
+            victim["metadata"]["name"], ns, grace_period_seconds=0))
+        killer.start()
+        report = validate_replicas(
+            endpoints, model_name=MODEL, version=1, signature=read_signature(model_dir), model_dir=model_dir,
+            jpeg=b"cat.jpg", requests_per_replica=400, time_budget_s=60, dial=dial,
+        )
+        killer.join()
+    first, second = report.replicas
+    assert first.ok and first.address == endpoints[0], report.summary()
+    assert second.address == endpoints[1] and not second.ok, report.summary()
+    assert "Predict failed" in " ".join(second.failures) and "UNAVAILABLE" in " ".join(second.failures)
+    assert wait_for(lambda: len(target.endpoints(MODEL, images["A"])) == 2, 120, "the Deployment replacing the pod")
 
 
-def test_transient_5xx_and_409_are_retried(make_target, controllers, fake):
+def test_pods_are_reached_through_port_forwards(make_target, images):
+    target = make_target(pod_access="port-forward")
+    deploy(target, images["A"], replicas=2)
+    endpoints = target.endpoints(MODEL, images["A"])
+    with target.reachable(endpoints + ["10.200.64.250:8500"]) as dial:
+        assert dial["10.200.64.250:8500"] == "10.200.64.250:8500"  # not a pod: left alone
+        local = [dial[e] for e in endpoints]
+        assert all(address.startswith("127.0.0.1:") for address in local)
+        assert [answer(address) for address in local] == [(7, 1), (7, 1)]
+        assert [answer(address) for address in local] == [(7, 1), (7, 1)]  # a second connection each
+
+
+# -- API races and faults ------------------------------------------------------------------------
+
+
+def test_two_runs_racing_to_create_the_deployment(make_target, admin, ns, images, audit):
+    """Another run creates the Deployment between this run's read and create: a real 409 follows."""
     target = make_target()
-    deploy(target, A)
-    fake.fail("PATCH", rf"/deployments/{NAME}$", 503, times=2)
-    fake.fail("PATCH", rf"/deployments/{NAME}$", 409)
-    assert deploy(target, B, version=2)["deployment_change"] == "patched"
-    patches = [c for c in fake.writes() if c.method == "PATCH"]
-    assert len(patches) == 4
+    rival = make_target()
+    real_read = target.apps.read_namespaced_deployment
+    raced = []
+
+    def read_then_lose_the_race(*args, **kwargs):
+        try:
+            return real_read(*args, **kwargs)
+        except k8s.exceptions.ApiException as exc:
+            if exc.status == 404 and not raced:
+                raced.append(rival.deploy(images["A"], model_name=MODEL, version=1, replicas=1, ready_timeout=120))
+            raise
+
+    target.apps.read_namespaced_deployment = read_then_lose_the_race
+    result = deploy(target, images["A"])
+    assert raced and raced[0]["deployment_change"] == "created"
+    assert result["deployment_change"] == "unchanged" and result["promoted"] is False
+    conflicts = [e for e in audit() if e["verb"] == "create" and e["objectRef"]["resource"] == "deployments"]
+    assert [e["responseStatus"]["code"] for e in conflicts] == [201, 409]
 
 
-def test_persistent_5xx_is_reported_with_the_call(make_target, fake):
-    fake.fail("POST", r"/deployments$", 503, times=100)
-    with pytest.raises(TargetError, match=r"create Deployment tfserving/tfs-resnet failed with HTTP 503 from http://127.0.0.1:\d+ after 3 attempts"):
-        deploy(make_target(api_attempts=3), A)
+def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, deployer, images):
+    with FaultProxy() as proxy:
+        configuration = k8s.Configuration()
+        configuration.host = proxy.url
+        configuration.api_key = {"BearerToken": deployer, "authorization": deployer}
+        configuration.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
+        target = make_target(api=k8s.ApiClient(configuration))
+        deploy(target, images["A"])
+        proxy.fail("PATCH", rf"/deployments/{NAME}$", 503, times=2)
+        proxy.fail("PATCH", rf"/deployments/{NAME}$", 429)
+        assert deploy(target, images["B"], version=2)["deployment_change"] == "patched"
+        assert proxy.injected == [f"PATCH /apis/apps/v1/namespaces/{target.namespace}/deployments/{NAME} -> {s}"
+                                  for s in (503, 503, 429)]
+        proxy.fail("GET", r"/version", 503, times=100)
+        with pytest.raises(TargetError, match=r"read the server version failed with HTTP 503 from http://127.0.0.1:\d+ "
+                                              r"after 3 attempts.*overloaded or unhealthy"):
+            make_target(api=k8s.ApiClient(configuration), api_attempts=3).ensure_ready("127.0.0.1:5000/x")
 
 
-# -- addresses -----------------------------------------------------------------------------------
-
-
-def test_load_balancer_address_pending_then_assigned(make_target, controllers, controller_client, kubeconfig):
-    target = make_target()
-    deploy(target, A)
-    assert target.load_balancer_address(MODEL) is None
-    assign_load_balancer(controller_client, NS, NAME, "127.0.0.9")
-    assert target.load_balancer_address(MODEL) == "127.0.0.9:8500"
-
-    async def poll() -> str | None:
-        from kubernetes_asyncio import config
-
-        async with await config.new_client_from_config(config_file=str(kubeconfig)) as aclient:
-            return await load_balancer_address_async(aclient, MODEL, namespace=NS)
-
-    assert asyncio.run(poll()) == "127.0.0.9:8500"
-
-
-def test_load_balancer_address_needs_a_load_balancer_service(make_target, controllers):
+def test_load_balancer_address_and_its_absence(make_target, images):
     target = make_target(service_type="ClusterIP")
-    with pytest.raises(TargetError, match="Service tfserving/tfs-resnet does not exist"):
+    with pytest.raises(TargetError, match=r"Service .*/tfs-resnet does not exist"):
         target.load_balancer_address(MODEL)
-    deploy(target, A)
+    deploy(target, images["A"])
     with pytest.raises(TargetError, match="of type 'ClusterIP', which gets no load balancer address"):
         target.load_balancer_address(MODEL)
-
-
-def test_endpoints_can_go_through_an_injected_address_mapper(make_target, controllers):
-    target = make_target(pod_address=lambda pod: f"localhost:{18500 + int(pod['metadata']['name'][-1])}")
-    deploy(target, A)
-    assert target.endpoints(MODEL, A) == ["localhost:18500", "localhost:18501"]
-
-
-# -- real serving containers as the pods ---------------------------------------------------------
-
-SERVING_IMAGE = "tfserving-deploy/serving:2.21.0"
-
-
-def _free_loopback_ips(count: int, port: int = 8500) -> list[str]:
-    """Loopback addresses where ``port`` is free (127.0.0.0/8 is all local on Linux)."""
-    found = []
-    for last in range(2, 250):
-        ip = f"127.0.0.{last}"
-        with socket.socket() as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                continue
-        found.append(ip)
-        if len(found) == count:
-            return found
-    pytest.skip(f"no {count} loopback addresses with port {port} free")
-
-
-@pytest.mark.integration
-def test_endpoints_reach_every_real_serving_replica(make_target, controller_client, tmp_path):
-    import docker
-
-    from savedmodels import make_string_model
-    from tfserving_deploy.serving_client import wait_until_available
-
-    model = "k8sreal"
-    model_dir = make_string_model(tmp_path / "models" / model / "1").parent
-    for root, dirs, files in os.walk(tmp_path / "models"):  # as the image builders write them
-        os.chmod(root, 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
-    docker_client = docker.from_env()
-    image_id = docker_client.images.get(SERVING_IMAGE).id  # sha256:...
-    image = f"tfserving-deploy/serving@{image_id}"
-    ips = _free_loopback_ips(2)
-    containers = []
-    try:
-        for ip in ips:
-            containers.append(docker_client.containers.run(
-                SERVING_IMAGE, detach=True, user="1000:1000",  # as runAsUser in the manifest
-                environment={"MODEL_NAME": model},
-                volumes={str(model_dir): {"bind": f"/models/{model}", "mode": "ro"}},
-                ports={"8500/tcp": (ip, 8500)}, labels={"io.tfserving-deploy.test": "k8s-target"},
-            ))
-        target = make_target()
-        with FakeControllers(controller_client, NS, pod_ips=ips):
-            target.deploy(image, model_name=model, version=1, replicas=2, ready_timeout=10)
-        addresses = target.endpoints(model, image)
-        assert addresses == [f"{ip}:8500" for ip in ips]
-        wait_until_available(addresses, model, 1, timeout=120, poll_interval=0.5)
-        for container in containers:  # the readiness probe the manifest runs, in the real image
-            assert container.exec_run(readiness_command(model)).exit_code == 0
-            assert container.exec_run(readiness_command("no-such-model")).exit_code != 0
-    finally:
-        for container in containers:
-            container.remove(force=True)

@@ -349,6 +349,33 @@ def test_load_failures_end_with_an_error(server_module, tmp_path, prepare, messa
     assert message in error and error
 
 
+def test_failed_load_is_retried_while_loading_then_ends(server_module, tmp_path):
+    """--max_num_load_retries: LOADING between attempts, END after the last; a fix in between loads."""
+    base = tmp_path / "m"
+    (base / "3").mkdir(parents=True)  # no saved_model.pb yet
+    model = server_module.ServedModel("m", str(base))
+    import threading
+
+    loader = threading.Thread(target=model.load, args=(50, 0.1), daemon=True)
+    loader.start()
+    time.sleep(0.5)
+    assert model.status("m")[1] == State.LOADING and loader.is_alive()
+    make_string_model(base / "3" / "fixed")  # the files appear, as from a slow copy
+    for name in os.listdir(base / "3" / "fixed"):
+        os.rename(base / "3" / "fixed" / name, base / "3" / name)
+    loader.join(timeout=60)
+    assert model.status("m")[1] == State.AVAILABLE
+
+    (tmp_path / "n" / "4").mkdir(parents=True)
+    broken = server_module.ServedModel("n", str(tmp_path / "n"))
+    started = time.monotonic()
+    broken.load(2, 0.05)
+    assert broken.status("n")[1] == State.END and time.monotonic() - started >= 0.1
+    assert "Could not find SavedModel .pb" in broken.status("n")[3]
+    args = server_module.parse_args(["--max_num_load_retries=7", "--load_retry_interval_micros=250000"])
+    assert (args.max_num_load_retries, args.load_retry_interval_micros, args.ignored) == (7, 250000, [])
+
+
 def test_env_defaults(server_module, monkeypatch):
     monkeypatch.setenv("MODEL_NAME", "resnet")
     monkeypatch.setenv("MODEL_BASE_PATH", "/srv/models")

@@ -14,8 +14,9 @@ Deviations from the real server, on purpose:
   LOADING -> AVAILABLE (or END). The real server opens its ports only after the first load.
   Requests that arrive while LOADING get UNAVAILABLE.
 * A failed load (no version directory, no ``saved_model.pb``, no ``serving_default`` signature,
-  a TensorFlow load error) is reported as state END with the error; the real server would keep
-  polling or exit.
+  a TensorFlow load error) ends in END with the error at once: ``--max_num_load_retries``
+  defaults to 0 here, to 5 (a minute apart, LOADING meanwhile) in the real server. Both honour
+  the flag and ``--load_retry_interval_micros``.
 * One model, its highest numeric version, loaded once: no file-system polling, model config file,
   version labels, batching, warmup replay or monitoring. SIGTERM exits immediately (no drain),
   as the real server does.
@@ -29,6 +30,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -78,17 +80,34 @@ class ServedModel:
         log.info("model %s version %s: %s%s", self.name, self.version,
                  ModelVersionStatus.State.Name(state), f" ({message})" if message else "")
 
-    def load(self):
-        """Pick the highest numeric version directory and load it; ends in AVAILABLE or END."""
+    def load(self, max_retries=0, retry_interval=60.0):
+        """Pick the highest numeric version directory and load it; ends in AVAILABLE or END.
+
+        A failed load is retried ``max_retries`` times, ``retry_interval`` seconds apart, and the
+        version stays LOADING meanwhile, as with the real server's ``--max_num_load_retries`` and
+        ``--load_retry_interval_micros``; then it ends in END with the last error.
+        """
+        for attempt in range(max_retries + 1):
+            failure = self._load_once()
+            if failure is None:
+                return
+            if attempt == max_retries:
+                return self._set_state(ModelVersionStatus.END, *failure)
+            log.warning("Loading servable %s version %s failed: %s; retrying in %g s (retry %d of %d)",
+                        self.name, self.version, failure[1], retry_interval, attempt + 1, max_retries)
+            time.sleep(retry_interval)
+
+    def _load_once(self):
+        """None once AVAILABLE, else the (gRPC code, message) of the failure."""
         try:
             versions = [int(d) for d in os.listdir(self.base_path)
                         if d.isdigit() and os.path.isdir(os.path.join(self.base_path, d))]
         except OSError:
             versions = []
         if not versions:
-            return self._set_state(ModelVersionStatus.END, grpc.StatusCode.NOT_FOUND,
-                                   f"No versions of servable {self.name} found under base path {self.base_path}. "
-                                   "Did you forget to name your leaf directory as a number (eg. '/1/')?")
+            return (grpc.StatusCode.NOT_FOUND,
+                    f"No versions of servable {self.name} found under base path {self.base_path}. "
+                    "Did you forget to name your leaf directory as a number (eg. '/1/')?")
         self.version = max(versions)
         self._set_state(ModelVersionStatus.LOADING)
         export_dir = os.path.join(self.base_path, str(self.version))
@@ -104,15 +123,15 @@ class ServedModel:
                 raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f'Serving signature key "{DEFAULT_SIGNATURE}" not found in {export_dir}.')
         except ServingError as e:
-            return self._set_state(ModelVersionStatus.END, e.code, e.message)
+            return e.code, e.message
         except tf.errors.OpError as e:
-            code = GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN)
-            return self._set_state(ModelVersionStatus.END, code, e.message)
-        except Exception as e:  # noqa: BLE001 - any load failure ends this version
-            return self._set_state(ModelVersionStatus.END, grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            return GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), e.message
+        except Exception as e:  # noqa: BLE001 - any load failure fails this attempt
+            return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
         self._loaded, self.signatures = loaded, dict(loaded.signatures)
         self.signature_defs = dict(saved_model.meta_graphs[0].signature_def)
         self._set_state(ModelVersionStatus.AVAILABLE)
+        return None
 
     def status(self, name, version=None):
         """(version, state, code, message) for GetModelStatus, with the real server's errors."""
@@ -391,6 +410,10 @@ def parse_args(argv=None):
     parser.add_argument("--model_name", default=name)
     parser.add_argument("--model_base_path",
                         default=os.path.join(os.environ.get("MODEL_BASE_PATH", "/models"), name))
+    parser.add_argument("--max_num_load_retries", type=int, default=0,
+                        help="retries of a failed load, LOADING meanwhile (the real server's default is 5)")
+    parser.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                        help="wait between load retries")
     args, ignored = parser.parse_known_args(argv)  # e.g. --enable_batching: accepted, not implemented
     args.ignored = ignored
     return args
@@ -435,7 +458,8 @@ def main(argv=None):
     except (RuntimeError, OSError) as e:
         log.error("%s", e)
         return 1
-    threading.Thread(target=model.load, name="loader", daemon=True).start()  # ports are already open
+    retries = (args.max_num_load_retries, args.load_retry_interval_micros / 1e6)
+    threading.Thread(target=model.load, args=retries, name="loader", daemon=True).start()  # ports are open
     server.wait_for_termination()
     return 0
 

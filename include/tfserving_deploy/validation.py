@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class ReplicaReport:
     latency_ms_p99: float | None = None
     requests: int = 0
     failures: list[str] = field(default_factory=list)
+    dialed: str | None = None  # where the requests went, when not to ``address`` (a port-forward)
 
     @property
     def ok(self) -> bool:
@@ -122,7 +124,7 @@ class ValidationReport:
         for r in self.replicas:
             verdict = "OK" if r.ok else "FAILED: " + "; ".join(r.failures)
             lines.append(
-                f"  {r.address}: version={r.served_version} class={r.top_class} "
+                f"  {r.address}{' via ' + r.dialed if r.dialed else ''}: version={r.served_version} class={r.top_class} "
                 f"p={_fmt(r.top_probability, '.3f')} latency p50={_fmt(r.latency_ms_p50, '.1f')}ms "
                 f"p99={_fmt(r.latency_ms_p99, '.1f')}ms over {r.requests} requests -> {verdict}"
             )
@@ -210,8 +212,11 @@ def validate_replicas(
     requests_per_replica: int = 20,
     time_budget_s: float = 60.0,
     atol: float = 1e-4,
+    dial: Mapping[str, str] | None = None,
 ) -> ValidationReport:
     """Query every replica with the same image, check the first answer, time the repeats.
+
+    ``dial`` maps a replica's address to where to send its requests (``Target.reachable``).
 
     Never raises on a wrong answer: the report says what differed (``raise_for_report``).
     Bounded by ``requests_per_replica`` and ``time_budget_s``.
@@ -227,10 +232,11 @@ def validate_replicas(
     reports = []
     per_replica_budget = time_budget_s / max(len(addresses), 1)
     for address in addresses:
-        report = ReplicaReport(address=address)
+        target = (dial or {}).get(address, address)
+        report = ReplicaReport(address=address, dialed=None if target == address else target)
         reports.append(report)
         latencies = []
-        with ServingClient(address) as client:
+        with ServingClient(target) as client:
             try:  # the first answer is checked; it also warms the server up, so it is not timed
                 response = client.predict(model_name, request_inputs, signature_name=signature.name)
             except grpc.RpcError as exc:

@@ -52,6 +52,8 @@ def get_target(name: str, *, docker_conn_id: str | None = None, docker_url: str 
             namespace=options.get("namespace") or "tfserving",
             manifest_dir=options.get("manifest_dir") or None,
             keep_failed_first_deploy=_true(options.get("keep_failed_first_deploy")),
+            resources=_json_or_none(options.get("resources")),
+            pod_access=options.get("pod_access") or "auto",
         )
     raise TargetError(f"target {name!r} is not supported; choose one of {', '.join(TARGETS)}")
 
@@ -88,6 +90,18 @@ def optional(value):
 
 def _true(value) -> bool:
     return str(value).lower() == "true"
+
+
+def _json_or_none(value):
+    """A dict param rendered by a template: Python's repr (``{'a': 1}``) or JSON; None when unset."""
+    import ast
+
+    if optional(value) is None or isinstance(value, dict):
+        return optional(value)
+    try:
+        return ast.literal_eval(str(value))
+    except (ValueError, SyntaxError) as exc:
+        raise TargetError(f"could not read {value!r} as a dict: {exc}") from exc
 
 
 def get_image_builder(name: str, *, repository: str, docker_conn_id: str | None = None,

@@ -120,7 +120,9 @@ class CheckForChangeOperator(_TargetMixin, _ModelSourceMixin, BaseOperator):
             reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
             return {"changed": True, "reason": reason, "sha256": sha256}
         version = int(meta["model-version"])
-        unhealthy = [a for a in serving["addresses"] if _state_or_error(replica_state, a, self.model_name, version) != "AVAILABLE"]
+        with self.target.reachable(serving["addresses"]) as dial:
+            unhealthy = [a for a in serving["addresses"]
+                         if _state_or_error(replica_state, dial[a], self.model_name, version) != "AVAILABLE"]
         if unhealthy:
             return {"changed": True, "reason": f"replicas not AVAILABLE: {unhealthy}", "sha256": sha256}
         raise AirflowSkipException(
@@ -400,8 +402,8 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
         if len(addresses) < int(self.replicas):
             self.log.info("%d of %d replicas running", len(addresses), int(self.replicas))
             return PokeReturnValue(is_done=False)
-        with explained_failures():  # END (the model cannot load) fails at once
-            states = {a: replica_state(a, self.model_name, int(self.model["version"])) for a in addresses}
+        with explained_failures(), self.target.reachable(addresses) as dial:  # END fails at once
+            states = {a: replica_state(dial[a], self.model_name, int(self.model["version"])) for a in addresses}
         waiting = {a: s for a, s in states.items() if s != "AVAILABLE"}
         if waiting:
             self.log.info("waiting for %s", waiting)
@@ -455,31 +457,36 @@ class WaitForEndpointSensor(_TargetMixin, BaseSensorOperator):
         self.log.info("endpoint %s; pods %s", balancer, pods)
         return [balancer, *pods]
 
-class ValidateModelOperator(BaseOperator):
-    """Send a real JPEG to every replica and check the answers against the artifact."""
+class ValidateModelOperator(_TargetMixin, BaseOperator):
+    """Send a real JPEG to every replica and check the answers against the artifact. Replicas are
+    dialed the way the target reaches them from this worker (pod IPs or port-forwards)."""
 
-    template_fields: Sequence[str] = ("endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name")
+    template_fields: Sequence[str] = (
+        "endpoints", "model", "model_name", "expected_class", "image_path", "image", "target_name", "target_options",
+    )
 
     def __init__(self, *, endpoints, model, model_name: str, image_path: str, expected_class: int | None = None,
-                 image: str | None = None, target_name: str = "local", requests_per_replica: int = 20,
-                 cache_dir: str | None = None, **kwargs):
+                 image: str | None = None, target_name: str = "local", target_options: dict | None = None,
+                 requests_per_replica: int = 20, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.endpoints, self.model, self.model_name = endpoints, model, model_name
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
-        self.target_name, self.requests_per_replica, self.cache_dir = target_name, requests_per_replica, cache_dir
+        self.target_name, self.target_options = target_name, target_options or {}
+        self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
         fetched = local_model(self.model, self.cache_dir)
         expected = optional(self.expected_class)
-        report = validate_replicas(
-            list(self.endpoints), model_name=self.model_name, version=fetched.version,
-            signature=fetched.signature, model_dir=fetched.model_dir,
-            jpeg=Path(self.image_path).read_bytes(),
-            expected_class=None if expected is None else int(expected),
-            requests_per_replica=self.requests_per_replica,
-        )
+        with self.target.reachable(list(self.endpoints)) as dial:
+            report = validate_replicas(
+                list(self.endpoints), model_name=self.model_name, version=fetched.version,
+                signature=fetched.signature, model_dir=fetched.model_dir,
+                jpeg=Path(self.image_path).read_bytes(),
+                expected_class=None if expected is None else int(expected),
+                requests_per_replica=self.requests_per_replica, dial=dial,
+            )
         summary = report.summary()
         self.log.info("%s", summary)
         with explained_failures():

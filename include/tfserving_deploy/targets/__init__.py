@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 
@@ -35,3 +36,7 @@ class Target(Protocol):
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         """The gRPC ``host:port`` of every ready replica running ``image``."""
+
+    def reachable(self, addresses: list[str]) -> AbstractContextManager[dict[str, str]]:
+        """``{address: what to dial}``: each replica address made dialable from this process
+        (e.g. through a port-forward), valid inside the ``with``."""

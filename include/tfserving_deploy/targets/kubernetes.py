@@ -25,11 +25,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import socket
 import time
-from typing import Callable
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 from ..errors import RolloutError, TargetError
 from ..images import is_loopback, registry_host
+from .portforward import PodPortForward
 from .manifests import (
     ANNOTATION_META,
     ANNOTATION_PREFIX,
@@ -39,13 +42,17 @@ from .manifests import (
     ANNOTATION_VERSION,
     CONTAINER_NAME,
     GRPC_PORT,
+    MANAGED_BY,
+    PROGRESS_DEADLINE_SECONDS,
     SERVICE_TYPES,
     candidate_labels,
     candidate_pod_manifest,
     check_resources,
     deployment_manifest,
     load_balancer_address as service_address,
+    model_load_failure,
     object_name,
+    required_access,
     selector_labels,
     service_manifest,
     write_manifests,
@@ -53,23 +60,13 @@ from .manifests import (
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"  # lists are replaced whole, on kmock as on a real API server
+POD_ACCESS = ("auto", "pod-ip", "port-forward")
+POD_DIAL_TIMEOUT = 3.0  # seconds to decide whether pod IPs are routable from here
+
+MERGE_PATCH = "application/merge-patch+json"  # lists are replaced whole
 REQUEST_TIMEOUT = 30.0
 RETRYABLE_STATUSES = {409, 429, 500, 502, 503, 504}
 HISTORY_ANNOTATIONS = (ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM)
-REQUIRED_ACCESS = [  # (verb, API group, resource) a deploy needs in the namespace
-    ("create", "apps", "deployments"),
-    ("get", "apps", "deployments"),
-    ("patch", "apps", "deployments"),
-    ("create", "", "services"),
-    ("get", "", "services"),
-    ("patch", "", "services"),
-    ("list", "", "pods"),
-    ("create", "", "pods"),  # the candidate
-    ("delete", "", "pods"),
-    ("list", "", "events"),
-]
-CLEANUP_ACCESS = [("delete", "apps", "deployments"), ("delete", "", "services")]  # a failed first deploy
 _PULL_HINT = (
     "check that the digest was pushed and that the nodes may pull from that registry "
     "(imagePullSecrets, or registry read access for the node service account)"
@@ -101,10 +98,11 @@ class _RolloutFailed(Exception):
 class KubernetesTarget:
     """Deploys to the cluster behind ``api_client``.
 
-    ``pod_address(pod) -> "host:port"`` maps a ready pod (the API's JSON, as a dict) to the
-    address validation should dial; by default ``<podIP>:8500``, which works when Airflow runs
-    in the cluster. Outside it, pass a callable that opens a port-forward (or a per-pod
-    Service) and returns its local address.
+    Pods are named by their gRPC address ``<podIP>:8500`` (``endpoints``, ``serving_state``);
+    ``reachable`` makes such addresses dialable from here. ``pod_access``: ``pod-ip`` dials pod
+    IPs (Airflow inside the cluster's network), ``port-forward`` relays through the API server
+    (Airflow outside it, e.g. a laptop or another VPC), ``auto`` tries a pod IP once and falls
+    back to port-forwarding.
 
     ``unschedulable_grace``: how long a pod may stay Unschedulable before the rollout fails;
     with the cluster autoscaler or GKE Autopilot a pending pod is how new nodes get requested.
@@ -121,10 +119,11 @@ class KubernetesTarget:
         manifest_dir: str | None = None,
         field_manager: str = "tfserving-deploy",
         poll_interval: float = 2.0,
-        pod_address: Callable[[dict], str] | None = None,
         unschedulable_grace: float = 90.0,
         api_attempts: int = 5,
         retry_backoff: float = 0.5,
+        progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
+        pod_access: str = "auto",
     ):
         from kubernetes import client
 
@@ -142,10 +141,14 @@ class KubernetesTarget:
         self.manifest_dir = manifest_dir
         self.field_manager = field_manager
         self.poll_interval = poll_interval
-        self.pod_address = pod_address
         self.unschedulable_grace = unschedulable_grace
         self.api_attempts = max(1, api_attempts)
         self.retry_backoff = retry_backoff
+        self.progress_deadline_seconds = progress_deadline_seconds
+        if pod_access not in POD_ACCESS:
+            raise TargetError(f"pod_access {pod_access!r} is not one of {', '.join(POD_ACCESS)}")
+        self.pod_access = pod_access
+        self._pods_routable: bool | None = {"pod-ip": True, "port-forward": False}.get(pod_access)
 
     @property
     def api_host(self) -> str:
@@ -190,9 +193,11 @@ class KubernetesTarget:
 
     def _check_access(self) -> None:
         denied = []
-        needed = REQUIRED_ACCESS + ([] if self.keep_failed_first_deploy else CLEANUP_ACCESS)
+        needed = required_access(cleanup=not self.keep_failed_first_deploy, port_forward=self.pod_access != "pod-ip")
         for verb, group, resource in needed:
-            attributes = {"namespace": self.namespace, "verb": verb, "group": group, "resource": resource}
+            kind, _, subresource = resource.partition("/")
+            attributes = {"namespace": self.namespace, "verb": verb, "group": group, "resource": kind,
+                          **({"subresource": subresource} if subresource else {})}
             review = {
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
@@ -220,6 +225,7 @@ class KubernetesTarget:
         deployment = deployment_manifest(
             image, model_name=model_name, version=version, replicas=replicas,
             namespace=self.namespace, resources=self.resources, metadata=metadata,
+            progress_deadline_seconds=self.progress_deadline_seconds,
         )
         service = service_manifest(model_name=model_name, namespace=self.namespace, service_type=self.service_type)
         if self.manifest_dir:
@@ -258,7 +264,7 @@ class KubernetesTarget:
                 self._raise_on_pod_failure(live, f"candidate pod {where}", unschedulable_since)
                 if _is_ready(live) and (live.get("status") or {}).get("podIP"):
                     log.info("candidate pod %s of %s is ready", where, image)
-                    return [self._address(live)]
+                    return [pod_grpc_address(live)]
                 if time.monotonic() >= deadline:
                     raise _RolloutFailed(
                         f"candidate pod {where} of {image} not ready after {ready_timeout:g}s{self._pod_detail(live)}; "
@@ -334,7 +340,7 @@ class KubernetesTarget:
         metadata = {k[len(ANNOTATION_META):]: v for k, v in annotations.items() if k.startswith(ANNOTATION_META)}
         if annotations.get(ANNOTATION_VERSION):
             metadata["model-version"] = annotations[ANNOTATION_VERSION]
-        addresses = [self._address(p) for p in ready]
+        addresses = [pod_grpc_address(p) for p in ready]
         return {"image": image, "replicas": len(ready), "addresses": addresses, "metadata": metadata}
 
     def _apply_service(self, desired: dict) -> str:
@@ -450,15 +456,23 @@ class KubernetesTarget:
             hint = WAITING_FAILURES[reason].format(namespace=self.namespace, pod=pod_name)
             raise _RolloutFailed(
                 f"{which} is {reason}{': ' + message if message else ''}{_last_termination(pod)}; "
-                f"events: {self._events(pod_name)}; {hint}"
+                f"events: {self._events(pod)}; {hint}"
             )
+        if _phase(pod) == "Running" and not _is_ready(pod):
+            load_error = self._model_load_failure(pod)
+            if load_error:
+                raise _RolloutFailed(
+                    f"{which}: the model failed to load (state END): {load_error}; the server does not retry "
+                    "after END: fix the model files (a SavedModel with a serving_default signature under "
+                    "/models/<model_name>/<version>) and deploy again"
+                )
         scheduled = _condition(pod, "PodScheduled")
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             since = unschedulable_since.setdefault(pod_name, time.monotonic())
             if time.monotonic() - since >= self.unschedulable_grace:
                 requests = (pod["spec"]["containers"][0].get("resources") or {}).get("requests")
                 raise _RolloutFailed(
-                    f"{which} is Unschedulable: {scheduled.get('message', '')}; events: {self._events(pod_name)}; "
+                    f"{which} is Unschedulable: {scheduled.get('message', '')}; events: {self._events(pod)}; "
                     f"no node can fit it: lower the resources requests ({requests}), or add nodes / enable the "
                     "cluster autoscaler"
                 )
@@ -486,23 +500,34 @@ class KubernetesTarget:
         if pod is None:
             return ""
         pod_name = pod["metadata"]["name"]
-        return f"; pod {pod_name}: {_pod_state(pod)}; events: {self._events(pod_name)}"
+        return f"; pod {pod_name}: {_pod_state(pod)}; events: {self._events(pod)}"
 
-    def _events(self, pod_name: str, last: int = 5) -> str:
-        """The pod's latest events as ``Type Reason: message`` (filtered here too: mocks may ignore selectors)."""
+    def _events(self, pod: dict, last: int = 5) -> str:
+        """The pod's latest events as ``Type Reason: message``."""
         try:
-            listing = self._api(
-                f"list events of pod {self.namespace}/{pod_name}", self.core.list_namespaced_event,
-                self.namespace, field_selector=f"involvedObject.name={pod_name}",
-            )
+            events = self._pod_events(pod)
         except TargetError as exc:
             return f"(could not list them: {exc})"
-        events = [e for e in listing.get("items") or [] if (e.get("involvedObject") or {}).get("name") == pod_name]
-        events.sort(key=_event_time)
         quoted = [
             f"{e.get('type', '?')} {e.get('reason', '?')}: {(e.get('message') or '').strip()}" for e in events[-last:]
         ]
         return " | ".join(quoted) or "none"
+
+    def _pod_events(self, pod: dict) -> list[dict]:
+        """This pod's events (not those of an earlier pod of the same name), oldest first."""
+        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        listing = self._api(
+            f"list events of pod {self.namespace}/{name}", self.core.list_namespaced_event,
+            self.namespace, field_selector=f"involvedObject.name={name},involvedObject.uid={uid}",
+        )
+        return sorted(listing.get("items") or [], key=_event_time)
+
+    def _model_load_failure(self, pod: dict) -> str | None:
+        """The load error if the pod's latest failed readiness probe says the model is in END."""
+        for event in reversed(self._pod_events(pod)):
+            if event.get("reason") == "Unhealthy" and "Readiness probe failed" in (event.get("message") or ""):
+                return model_load_failure(event["message"])
+        return None
 
     # -- undoing a rollout -----------------------------------------------------------------------
 
@@ -595,7 +620,7 @@ class KubernetesTarget:
         """The gRPC address of every ready pod running ``image`` (validate each one: one gRPC
         connection through an L4 load balancer stays on one pod); [] while none is ready."""
         pods = [p for p in self._model_pods(model_name) if _image_of(p) == image]
-        return [self._address(p) for p in pods if _is_ready(p) and (p.get("status") or {}).get("podIP")]
+        return [pod_grpc_address(p) for p in pods if _is_ready(p) and (p.get("status") or {}).get("podIP")]
 
     def load_balancer_address(self, model_name: str) -> str | None:
         """``host:8500`` of the Service's load balancer; None while the cloud is still provisioning it."""
@@ -612,8 +637,44 @@ class KubernetesTarget:
             f"read Deployment {self.namespace}/{name}", self.apps.read_namespaced_deployment, name, self.namespace
         )
 
-    def _address(self, pod: dict) -> str:
-        return self.pod_address(pod) if self.pod_address else pod_grpc_address(pod)
+    @contextmanager
+    def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
+        """``{address: what to dial}`` for the given addresses, valid inside the ``with``.
+
+        A pod's address maps to itself when this machine reaches pod IPs, else to a local
+        port-forward through the API server; other addresses (a load balancer) map to themselves.
+        """
+        pods = {
+            pod_grpc_address(p): p for p in self._pods_labelled({"app.kubernetes.io/managed-by": MANAGED_BY})
+            if (p.get("status") or {}).get("podIP")
+        }
+        with ExitStack() as forwards:
+            dial = {}
+            for address in addresses:
+                pod = pods.get(address)
+                if pod is None or self._reaches_pods(address):
+                    dial[address] = address
+                    continue
+                forward = forwards.enter_context(
+                    PodPortForward(self.api_client, self.namespace, pod["metadata"]["name"], GRPC_PORT)
+                )
+                log.info("pod %s (%s) is reached through a port-forward at %s", pod["metadata"]["name"], address,
+                         forward.address)
+                dial[address] = forward.address
+            yield dial
+
+    def _reaches_pods(self, address: str) -> bool:
+        """Whether pod IPs are routable from here: decided once, by dialing one pod."""
+        if self._pods_routable is None:
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=POD_DIAL_TIMEOUT).close()
+                self._pods_routable = True
+            except OSError as exc:
+                log.info("pod IP %s is not reachable from here (%s): using port-forwards through %s",
+                         address, exc, self.api_host)
+                self._pods_routable = False
+        return self._pods_routable
 
     def _model_pods(self, model_name: str) -> list[dict]:
         """The pods the Deployment (and the Service) select, not terminating, by name."""
@@ -627,11 +688,7 @@ class KubernetesTarget:
             f"list pods labelled {labels} in {self.namespace}", self.core.list_namespaced_pod,
             self.namespace, label_selector=",".join(f"{k}={v}" for k, v in labels.items()),
         )
-        pods = [  # filtered here too: mock API servers may ignore the selector
-            p for p in listing.get("items") or []
-            if labels.items() <= ((p.get("metadata") or {}).get("labels") or {}).items()
-            and not p["metadata"].get("deletionTimestamp")
-        ]
+        pods = [p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
         return sorted(pods, key=lambda p: p["metadata"]["name"])
 
     def _delete_pod(self, name: str) -> None:
@@ -788,11 +845,9 @@ def _contains(live, desired) -> bool:
 
 
 def _observed(deployment: dict) -> bool:
-    """Has the controller seen the latest spec? Without ``metadata.generation`` (mock servers)
-    there is no telling: the pods of the new image decide instead."""
-    generation = deployment["metadata"].get("generation")
+    """Has the Deployment controller seen the latest spec (``kubectl rollout status``'s first check)?"""
     observed = (deployment.get("status") or {}).get("observedGeneration") or 0
-    return generation is None or observed >= generation
+    return observed >= deployment["metadata"]["generation"]
 
 
 def _progress(deployment: dict, pods: list[dict], replicas: int) -> tuple[bool, str]:

@@ -8,6 +8,8 @@ rollout removes what it started and leaves the previous model serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import RegistryError, RolloutError, TargetError
 from ..images import is_loopback, registry_host
@@ -170,6 +172,11 @@ class LocalDockerTarget:
             return None  # nothing, or a rollout caught half-way
         meta = {k[len(LABEL_META):]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
         return {"image": images.pop(), "replicas": len(running), "addresses": self._addresses(running), "metadata": meta}
+
+    @contextmanager
+    def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
+        """Replicas publish their ports on this machine: every address is dialable as it is."""
+        yield {address: address for address in addresses}
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         running = [c for c in self._containers(model_name) if c.labels.get(LABEL_IMAGE) == image and c.status == "running"]

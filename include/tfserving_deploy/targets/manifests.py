@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import TargetError
 
 APP_NAME = "tfserving"
+MANAGED_BY = "tfserving-deploy"  # app.kubernetes.io/managed-by of every object and pod this target makes
 CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candidates get no traffic
 CONTAINER_NAME = "tfserving"
 GRPC_PORT, REST_PORT = 8500, 8501
@@ -90,7 +91,7 @@ def selector_labels(model_name: str) -> dict:
 
 
 def object_labels(model_name: str) -> dict:
-    return {**selector_labels(model_name), "app.kubernetes.io/managed-by": "tfserving-deploy"}
+    return {**selector_labels(model_name), "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 def metadata_annotations(metadata: dict | None) -> dict:
@@ -113,14 +114,30 @@ def readiness_command(model_name: str) -> list[str]:
 
     Plain bash and its ``/dev/tcp``: the stock ``tensorflow/serving`` image has no python, curl
     or wget. An httpGet probe would pass while LOADING (the API answers 200 then), and a TCP
-    probe only says that a port is open.
+    probe only says that a port is open. On failure it prints the model's status, so the pod's
+    "Readiness probe failed" event carries the state and the load error (END: see
+    ``model_load_failure``).
     """
     request = f"GET /v1/models/{model_name} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"
     script = (
         f"exec 3<>/dev/tcp/127.0.0.1/{REST_PORT} || exit 1; printf '{request}' >&3; body=$(cat <&3); "
-        'case "$body" in *LOADING*|*START*|*\\"END\\"*) exit 1;; *\\"AVAILABLE\\"*) exit 0;; esac; exit 1'
+        'case "$body" in *LOADING*|*START*|*\\"END\\"*) ;; *\\"AVAILABLE\\"*) exit 0;; esac; '
+        "body=${body#*$'\\r\\n\\r\\n'}; set -f; echo ${body}; exit 1"
     )
     return ["bash", "-c", script]
+
+
+_END_STATE = re.compile(r'"state"\s*:\s*"END"')
+_ERROR_MESSAGE = re.compile(r'"error_message"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def model_load_failure(probe_output: str) -> str | None:
+    """The load error when ``readiness_command``'s output says the model ended in END (a load
+    that failed for good: no retry brings it back), else None."""
+    if not _END_STATE.search(probe_output or ""):
+        return None
+    found = _ERROR_MESSAGE.search(probe_output)
+    return found.group(1).replace('\\"', '"') if found else "no error message"
 
 
 def check_resources(resources: dict | None) -> dict:
@@ -179,6 +196,7 @@ def pod_spec(image: str, *, model_name: str, resources: dict | None = None) -> d
 def deployment_manifest(
     image: str, *, model_name: str, version: int, replicas: int, namespace: str,
     resources: dict | None = None, metadata: dict | None = None,
+    progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
         raise TargetError(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
@@ -197,7 +215,7 @@ def deployment_manifest(
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "progressDeadlineSeconds": int(progress_deadline_seconds),
             "selector": {"matchLabels": selector_labels(model_name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": object_labels(model_name)}, "spec": spec},
@@ -242,6 +260,44 @@ def service_manifest(*, model_name: str, namespace: str, service_type: str = "Lo
                 {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
             ],
         },
+    }
+
+
+# (verb, API group, resource[/subresource]) the deploying identity needs in its namespace; the
+# kubernetes target reviews exactly these (SelfSubjectAccessReview) before it changes anything.
+REQUIRED_ACCESS = [
+    ("get", "apps", "deployments"),
+    ("create", "apps", "deployments"),
+    ("patch", "apps", "deployments"),
+    ("get", "", "services"),
+    ("create", "", "services"),
+    ("patch", "", "services"),
+    ("get", "", "pods"),
+    ("list", "", "pods"),
+    ("create", "", "pods"),  # the candidate
+    ("delete", "", "pods"),
+    ("list", "", "events"),
+]
+CLEANUP_ACCESS = [("delete", "apps", "deployments"), ("delete", "", "services")]  # a failed first deploy
+PORT_FORWARD_ACCESS = [("get", "", "pods/portforward"), ("create", "", "pods/portforward")]  # pods from outside
+
+
+def required_access(*, cleanup: bool = True, port_forward: bool = True) -> list[tuple[str, str, str]]:
+    return REQUIRED_ACCESS + (CLEANUP_ACCESS if cleanup else []) + (PORT_FORWARD_ACCESS if port_forward else [])
+
+
+def deployer_role(namespace: str, name: str = "tfserving-deployer") -> dict:
+    """The least-privilege Role for the deploying identity in ``namespace`` (bind it to the
+    Airflow connection's service account or user); the Namespace itself must then exist."""
+    rules: dict[tuple[str, str], list[str]] = {}
+    for verb, group, resource in required_access():
+        rules.setdefault((group, resource), []).append(verb)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
+        "rules": [{"apiGroups": [group], "resources": [resource], "verbs": verbs}
+                  for (group, resource), verbs in rules.items()],
     }
 
 
