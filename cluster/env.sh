@@ -38,8 +38,8 @@ wait_for() {  # wait_for <what> <seconds> <command...>: bounded poll, 0.2 s apar
 stop() {  # stop <component>: TERM, then KILL after 10 s
   local pid
   pid=$(pid_of "$1") || { rm -f "$RUN_DIR/$1.pid"; return 0; }
-  kill "$pid" 2>/dev/null
+  kill "$pid" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null
+  kill -9 "$pid" 2>/dev/null || true
   rm -f "$RUN_DIR/$1.pid"
 }

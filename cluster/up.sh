@@ -185,7 +185,9 @@ start kube-proxy "$bin/kube-proxy" --config="$STATE/etc/kube-proxy.yaml" --v=0
 
 python="$CLUSTER_ROOT/.venv/bin/python"
 [ -x "$python" ] || { echo "error: $python is missing; run make venv first" >&2; exit 1; }
-start lb-controller "$python" "$CLUSTER_ROOT/cluster/loadbalancer.py" \
+cp "$CLUSTER_ROOT/cluster/loadbalancer.py" "$STATE/etc/loadbalancer.py.new"
+install lb-controller "$STATE/etc/loadbalancer.py"  # a changed controller is restarted
+start lb-controller "$python" "$STATE/etc/loadbalancer.py" \
   --kubeconfig "$STATE/etc/lb-controller.kubeconfig" --pool "$LB_POOL"
 
 node_ready() {

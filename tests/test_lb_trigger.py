@@ -1,8 +1,10 @@
-"""The LoadBalancer wait: the trigger's ``run()`` and the sensor, against kmock's Kubernetes emulator.
+"""The LoadBalancer wait: the trigger's ``run()`` and the sensor, on the real cluster of ``make cluster``.
 
-The emulator serves real Kubernetes HTTP on 127.0.0.1; the trigger reaches it through a generated
-kubeconfig and the cncf provider's real ``AsyncKubernetesHook``. No controller runs there, so the
-tests play the cloud controller by writing ``status.loadBalancer.ingress`` themselves.
+The trigger reaches the API server through a kubeconfig holding a ServiceAccount's token and the
+cncf provider's real ``AsyncKubernetesHook``; addresses come from the cluster's LoadBalancer
+controller (cluster/loadbalancer.py). A Service stays pending for real when it asks for an address
+that another Service holds, or names a ``loadBalancerClass`` that no controller here implements.
+Only API server hiccups (503) come from the fault proxy.
 """
 
 from __future__ import annotations
@@ -13,48 +15,49 @@ import json
 import socket
 
 import pytest
-import yaml
-from kmock import KubernetesError
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
+from kubernetes import client as k8s
 
+from api_faults import FaultProxy
+from local_cluster import (
+    LB_POOL, admin_client, fresh_namespace, require_cluster, service_account_token, write_token_kubeconfig,
+)
 from tfserving_airflow.sensors import WaitForLoadBalancerSensor
 from tfserving_airflow.triggers import LoadBalancerTrigger
 
-NAMESPACE, SERVICE = "serving", "tfs-resnet"
-SERVICE_URL = f"/api/v1/namespaces/{NAMESPACE}/services/{SERVICE}"
+SERVICE = "tfs-resnet"
+OTHER_CLASS = "example.com/no-such-load-balancer"  # no controller implements it: pending for ever
+HELD_IP = str(list(LB_POOL.hosts())[-2])  # requested explicitly; the controller hands out lowest first
 
 
-def write_kubeconfig(path, server: str):
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": NAMESPACE}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-    }))
-    return str(path)
+@pytest.fixture(scope="module")
+def admin():
+    require_cluster()
+    api = admin_client()
+    yield api
+    api.close()
 
 
 @pytest.fixture
-def kubeconfig(kmock, tmp_path):
-    return write_kubeconfig(tmp_path / "kubeconfig.yaml", str(kmock.url).rstrip("/"))
+def ns(admin):
+    with fresh_namespace(admin, "lb") as name:
+        yield name
 
 
-async def create_service(k8s, *, type_="LoadBalancer", port=8500):
+@pytest.fixture
+def kubeconfig(admin, ns, tmp_path):
+    """A ServiceAccount that may read Services in the namespace, as the sensor needs."""
+    token = service_account_token(admin, ns, "waiter", [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}])
+    return str(write_token_kubeconfig(tmp_path / "kubeconfig", token, ns))
+
+
+def create_service(admin, ns, name=SERVICE, *, type_="LoadBalancer", **spec) -> None:
     body = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": SERVICE, "namespace": NAMESPACE},
-        "spec": {"type": type_, "selector": {"app": SERVICE}, "ports": [{"name": "grpc", "port": port}, {"name": "rest", "port": 8501}]},
+        "metadata": {"name": name},
+        "spec": {"type": type_, "selector": {"app": name}, "ports": [{"name": "grpc", "port": 8500}, {"name": "http", "port": 8501}],
+                 **spec},
     }
-    async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/services", json=body) as response:
-        assert response.status == 200, await response.text()
-
-
-async def assign_ingress(k8s, ingress: dict, *, after_reads: int = 0):
-    """What the cloud controller does once the load balancer exists (here: after the waiter looked N times)."""
-    while len(k8s["get", SERVICE_URL]) < after_reads:
-        await asyncio.sleep(0.02)
-    patch = {"status": {"loadBalancer": {"ingress": [ingress]}}}
-    async with k8s.patch(f"{SERVICE_URL}/status", json=patch, headers={"Content-Type": "application/merge-patch+json"}) as response:
-        assert response.status == 200, await response.text()
+    k8s.CoreV1Api(admin).create_namespaced_service(ns, body)
 
 
 async def first_event(trigger: LoadBalancerTrigger, limit: float = 15.0) -> dict:
@@ -65,109 +68,128 @@ async def first_event(trigger: LoadBalancerTrigger, limit: float = 15.0) -> dict
         await events.aclose()
 
 
-def trigger_for(kubeconfig: str, **kwargs) -> LoadBalancerTrigger:
-    kwargs = {"timeout": 10, "poll_interval": 0.1, **kwargs}
-    return LoadBalancerTrigger(namespace=NAMESPACE, service_name=SERVICE, config_file=kubeconfig, **kwargs)
+def trigger_for(ns: str, kubeconfig: str, **kwargs) -> LoadBalancerTrigger:
+    kwargs = {"timeout": 30, "poll_interval": 0.2, **kwargs}
+    return LoadBalancerTrigger(namespace=ns, service_name=SERVICE, config_file=kubeconfig, **kwargs)
 
 
 # -- the trigger -----------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
-async def test_pending_then_assigned_ip(kmock, kubeconfig):
-    await create_service(kmock)
-    controller = asyncio.create_task(assign_ingress(kmock, {"ip": "127.0.0.5"}, after_reads=3))
-
-    event = await first_event(trigger_for(kubeconfig))
-    await controller
-
-    assert event == {"status": "success", "address": "127.0.0.5:8500"}
-    assert len(kmock["get", SERVICE_URL]) >= 4  # three looks while pending, then one that found the address
+async def test_pending_then_assigned_ip(admin, ns, kubeconfig, capsys):
+    """The address this Service asks for is held by another; once that one goes, it gets it."""
+    create_service(admin, ns, "holder", loadBalancerIP=HELD_IP)
+    create_service(admin, ns, loadBalancerIP=HELD_IP)
+    waiting = asyncio.create_task(first_event(trigger_for(ns, kubeconfig), limit=30))
+    await asyncio.sleep(1.5)
+    assert not waiting.done()
+    k8s.CoreV1Api(admin).delete_namespaced_service("holder", ns)
+    event = await waiting
+    assert event == {"status": "success", "address": f"{HELD_IP}:8500"}
+    assert capsys.readouterr().out.count("has no ingress yet") >= 3  # the trigger's log while pending
+    events = k8s.CoreV1Api(admin).list_namespaced_event(ns, field_selector=f"involvedObject.name={SERVICE}").items
+    assert {"AllocationFailed", "EnsuredLoadBalancer"} <= {e.reason for e in events}
 
 
 @pytest.mark.asyncio
-async def test_hostname_ingress(kmock, kubeconfig):
-    await create_service(kmock)
-    controller = asyncio.create_task(assign_ingress(kmock, {"hostname": "a1b2.elb.us-east-1.amazonaws.com"}, after_reads=1))
-    event = await first_event(trigger_for(kubeconfig))
-    await controller
+async def test_hostname_ingress(admin, ns, kubeconfig):
+    """A cloud that hands out names (AWS ELB): played by writing the status of a Service of its class."""
+    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
+    status = {"status": {"loadBalancer": {"ingress": [{"hostname": "a1b2.elb.us-east-1.amazonaws.com"}]}}}
+    k8s.CoreV1Api(admin).patch_namespaced_service_status(SERVICE, ns, status)
+    event = await first_event(trigger_for(ns, kubeconfig))
     assert event == {"status": "success", "address": "a1b2.elb.us-east-1.amazonaws.com:8500"}
 
 
 @pytest.mark.asyncio
-async def test_never_assigned_times_out_with_an_explanation(kmock, kubeconfig):
-    await create_service(kmock)
-    event = await first_event(trigger_for(kubeconfig, timeout=0.6, poll_interval=0.2))
+async def test_never_assigned_times_out_with_an_explanation(admin, ns, kubeconfig):
+    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
+    event = await first_event(trigger_for(ns, kubeconfig, timeout=1.5, poll_interval=0.3))
     assert event["status"] == "timeout"
-    assert f"service {SERVICE!r} in namespace {NAMESPACE!r} got no ingress IP/hostname within 1 s" in event["message"]
-    assert f"kubectl describe service {SERVICE} -n {NAMESPACE}" in event["message"]
+    assert f"service {SERVICE!r} in namespace {ns!r} got no ingress IP/hostname within 2 s" in event["message"]
+    assert f"kubectl describe service {SERVICE} -n {ns}" in event["message"]
 
 
 @pytest.mark.asyncio
-async def test_missing_service_is_an_error(kmock, kubeconfig):
-    event = await first_event(trigger_for(kubeconfig))
+async def test_missing_service_is_an_error(ns, kubeconfig):
+    event = await first_event(trigger_for(ns, kubeconfig))
     assert event["status"] == "error" and event["transient"] is False
-    assert f"Service {SERVICE!r} not found in namespace {NAMESPACE!r}" in event["message"]
-    assert kmock.url.host in event["message"]
+    assert f"Service {SERVICE!r} not found in namespace {ns!r}" in event["message"]
+    assert "https://10.200.0.1:6443" in event["message"]
 
 
 @pytest.mark.asyncio
-async def test_forbidden_is_an_error_naming_the_rbac_rule(kmock, kubeconfig):
-    await create_service(kmock)
-    kmock["get", SERVICE_URL] << KubernetesError(
-        status=403, reason="Forbidden", message=f'services "{SERVICE}" is forbidden: User "tester" cannot get resource "services"')
-    event = await first_event(trigger_for(kubeconfig))
+async def test_forbidden_is_an_error_naming_the_rbac_rule(admin, ns, tmp_path):
+    create_service(admin, ns)
+    token = service_account_token(admin, ns, "nobody", None)  # no Role at all: RBAC says no
+    kubeconfig = str(write_token_kubeconfig(tmp_path / "nobody", token, ns))
+    event = await first_event(trigger_for(ns, kubeconfig))
     assert event["status"] == "error" and "HTTP 403" in event["message"]
-    assert f"grant `get` on `services` in {NAMESPACE!r}" in event["message"] and kubeconfig in event["message"]
+    assert f"grant `get` on `services` in {ns!r}" in event["message"] and kubeconfig in event["message"]
 
 
 @pytest.mark.asyncio
-async def test_api_server_hiccups_are_waited_out(kmock, kubeconfig):
-    await create_service(kmock)
-    await assign_ingress(kmock, {"ip": "127.0.0.5"})
-    kmock["get", SERVICE_URL][:2] << KubernetesError(status=503, reason="ServiceUnavailable", message="etcd leader changed")
-    event = await first_event(trigger_for(kubeconfig))
-    assert event == {"status": "success", "address": "127.0.0.5:8500"}
-    assert len(kmock["get", SERVICE_URL]) == 3
+async def test_api_server_hiccups_are_waited_out(admin, ns, kubeconfig, tmp_path):
+    import yaml
+
+    create_service(admin, ns)
+    with FaultProxy() as proxy:
+        config = yaml.safe_load(open(kubeconfig))
+        config["clusters"][0]["cluster"] = {"server": proxy.url}
+        proxied = tmp_path / "proxied"
+        proxied.write_text(yaml.safe_dump(config))
+        proxy.fail("GET", rf"/services/{SERVICE}$", 503, times=2)
+        event = await first_event(trigger_for(ns, str(proxied)))
+    assert event["status"] == "success" and event["address"].rsplit(":", 1)[0] in {str(ip) for ip in LB_POOL.hosts()}
+    assert len(proxy.injected) == 2
 
 
 @pytest.mark.asyncio
-async def test_service_that_is_not_a_load_balancer_fails_at_once(kmock, kubeconfig):
-    await create_service(kmock, type_="ClusterIP")
-    event = await first_event(trigger_for(kubeconfig))
+async def test_service_that_is_not_a_load_balancer_fails_at_once(admin, ns, kubeconfig):
+    create_service(admin, ns, type_="ClusterIP")
+    event = await first_event(trigger_for(ns, kubeconfig))
     assert event["status"] == "error" and "of type ClusterIP, not LoadBalancer" in event["message"]
 
 
 @pytest.mark.asyncio
 async def test_unreachable_api_is_a_transient_error(tmp_path):
+    import yaml
+
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig.yaml", f"http://127.0.0.1:{port}")
-    event = await first_event(trigger_for(kubeconfig))
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}], "users": [{"name": "x", "user": {}}],
+    }))
+    event = await first_event(trigger_for("any", str(kubeconfig)))
     assert event["status"] == "error" and event["transient"] is True
     assert f"could not reach the Kubernetes API at http://127.0.0.1:{port}" in event["message"]
 
 
 @pytest.mark.asyncio
-async def test_kubernetes_connection_is_used_by_id(kmock, kubeconfig, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_KMOCK_CLUSTER", json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}}))
-    await create_service(kmock)
-    await assign_ingress(kmock, {"ip": "127.0.0.5"})
-    trigger = LoadBalancerTrigger(namespace=NAMESPACE, service_name=SERVICE, kubernetes_conn_id="kmock_cluster", poll_interval=0.1)
-    assert await first_event(trigger) == {"status": "success", "address": "127.0.0.5:8500"}
+async def test_kubernetes_connection_is_used_by_id(admin, ns, kubeconfig, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LOCAL_CLUSTER", json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}}))
+    create_service(admin, ns)
+    trigger = LoadBalancerTrigger(namespace=ns, service_name=SERVICE, kubernetes_conn_id="local_cluster", poll_interval=0.2,
+                                  timeout=30)
+    event = await first_event(trigger)
+    assert event["status"] == "success" and event["address"].endswith(":8500")
 
 
 @pytest.mark.asyncio
 async def test_missing_connection_is_an_error_naming_it():
-    trigger = LoadBalancerTrigger(namespace=NAMESPACE, service_name=SERVICE, kubernetes_conn_id="no_such_conn")
+    trigger = LoadBalancerTrigger(namespace="any", service_name=SERVICE, kubernetes_conn_id="no_such_conn")
     event = await first_event(trigger)
     assert event["status"] == "error" and "kubernetes connection 'no_such_conn'" in event["message"]
 
 
 def test_serialize_round_trips_and_holds_no_secret():
     trigger = LoadBalancerTrigger(
-        namespace=NAMESPACE, service_name=SERVICE, timeout=300, poll_interval=5,
+        namespace="serving", service_name=SERVICE, timeout=300, poll_interval=5,
         cluster_url="https://34.118.0.10", ssl_ca_cert="LS0tLS1CRUdJTi", gcp_conn_id="gcp", impersonation_chain=("sa@p.iam.gserviceaccount.com",),
     )
     classpath, kwargs = trigger.serialize()
@@ -183,20 +205,21 @@ def test_serialize_round_trips_and_holds_no_secret():
 def test_gke_access_goes_through_the_google_providers_async_hook():
     from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEKubernetesAsyncHook
 
-    trigger = LoadBalancerTrigger(namespace=NAMESPACE, service_name=SERVICE, cluster_url="https://34.118.0.10",
+    trigger = LoadBalancerTrigger(namespace="serving", service_name=SERVICE, cluster_url="https://34.118.0.10",
                                   ssl_ca_cert="LS0tLS1CRUdJTi", gcp_conn_id="gcp")
     hook = trigger.hook()
     assert isinstance(hook, GKEKubernetesAsyncHook)
     assert (hook._cluster_url, hook._ssl_ca_cert, hook._hook_kwargs["gcp_conn_id"]) == ("https://34.118.0.10", "LS0tLS1CRUdJTi", "gcp")
     with pytest.raises(ValueError, match="both cluster_url and ssl_ca_cert"):
-        LoadBalancerTrigger(namespace=NAMESPACE, service_name=SERVICE, cluster_url="https://34.118.0.10")
+        LoadBalancerTrigger(namespace="serving", service_name=SERVICE, cluster_url="https://34.118.0.10")
 
 
 # -- the sensor ------------------------------------------------------------------------------------
 
 
 def sensor(**kwargs) -> WaitForLoadBalancerSensor:
-    return WaitForLoadBalancerSensor(task_id="wait_for_lb", namespace=NAMESPACE, service_name=SERVICE, **kwargs)
+    kwargs.setdefault("namespace", "serving")
+    return WaitForLoadBalancerSensor(task_id="wait_for_lb", service_name=SERVICE, **kwargs)
 
 
 def test_sensor_defers_to_the_trigger_with_its_timeout():
@@ -228,24 +251,20 @@ def test_execute_complete_errors_fail_at_once_unless_transient():
     assert not isinstance(err.value, AirflowFailException)  # the task's retries apply
 
 
-@pytest.mark.asyncio
-async def test_non_deferrable_poke_uses_the_sync_client(kmock, kubeconfig):
-    task = sensor(config_file=kubeconfig, deferrable=False)
+def test_non_deferrable_poke_uses_the_sync_client(admin, ns, kubeconfig):
+    task = sensor(config_file=kubeconfig, deferrable=False, namespace=ns)
     with pytest.raises(AirflowFailException, match="not found in namespace"):
-        await asyncio.to_thread(task.poke, {})
-
-    await create_service(kmock)
-    pending = await asyncio.to_thread(task.poke, {})
-    assert not pending.is_done
-
-    await assign_ingress(kmock, {"ip": "127.0.0.5"})
-    done = await asyncio.to_thread(task.poke, {})
-    assert done.is_done and done.xcom_value == "127.0.0.5:8500"
+        task.poke({})
+    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
+    assert not task.poke({}).is_done
+    status = {"status": {"loadBalancer": {"ingress": [{"ip": "10.200.64.77"}]}}}
+    k8s.CoreV1Api(admin).patch_namespaced_service_status(SERVICE, ns, status)
+    done = task.poke({})
+    assert done.is_done and done.xcom_value == "10.200.64.77:8500"
 
 
-@pytest.mark.asyncio
-async def test_non_deferrable_timeout_explains_itself(kmock, kubeconfig):
-    await create_service(kmock)
-    task = sensor(config_file=kubeconfig, deferrable=False, timeout=0.3, poke_interval=0.1)
-    with pytest.raises(AirflowSensorTimeout, match="kubectl describe service tfs-resnet -n serving"):
-        await asyncio.to_thread(task.execute, {})
+def test_non_deferrable_timeout_explains_itself(admin, ns, kubeconfig):
+    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
+    task = sensor(config_file=kubeconfig, deferrable=False, timeout=0.6, poke_interval=0.2, namespace=ns)
+    with pytest.raises(AirflowSensorTimeout, match=f"kubectl describe service tfs-resnet -n {ns}"):
+        task.execute({})
