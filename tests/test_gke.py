@@ -2,7 +2,9 @@
 
 The fake ClusterManagerClient answers with real ``container_v1`` messages and raises real
 ``google.api_core`` exceptions, in the order a real cluster goes through them. Time is fake, so
-waits are instant. ``kubernetes_client_for`` is checked over real TLS on 127.0.0.1.
+waits are instant. ``kubernetes_client_for`` and the Airflow glue meet the real API server of
+``make cluster`` (its CA, its token authentication), with google-auth fetching the token from a
+local stand-in of Google's token endpoint (fake_google.py).
 """
 
 from __future__ import annotations
@@ -185,161 +187,136 @@ def test_cluster_vanishing_during_creation_points_at_the_operation():
         ensure(client)
 
 
-# -- kubernetes_client_for over real TLS on 127.0.0.1 ----------------------------------------------
+# -- the Kubernetes client built from a cluster, against the real API server of ``make cluster`` ----
 
 
-def _self_signed(tmp_path):
+@pytest.fixture(scope="module")
+def local_gke_cluster():
+    from local_cluster import API_HOST, CA_CERT, require_cluster
+
+    require_cluster()
+    return GkeCluster(NAME, LOCATION, f"{API_HOST}:6443", base64.b64encode(CA_CERT.read_bytes()).decode(), "RUNNING", False)
+
+
+def who_am_i(api) -> str:
+    """The user the API server authenticated (SelfSubjectReview)."""
+    from kubernetes import client
+
+    review = client.AuthenticationV1Api(api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1",
+                                                                         "kind": "SelfSubjectReview"})
+    return review.status.user_info.username
+
+
+def test_kubernetes_client_trusts_the_cluster_ca_and_sends_the_bearer_token(local_gke_cluster):
+    from fake_google import GOOGLE_IDENTITY
+    from local_cluster import GKE_TOKEN
+
+    api = kubernetes_client_for(local_gke_cluster, GKE_TOKEN.read_text().strip())
+    assert api.configuration.host == f"https://{local_gke_cluster.endpoint}" and api.configuration.verify_ssl is True
+    with open(api.configuration.ssl_ca_cert, "rb") as ca:
+        assert ca.read() == base64.b64decode(local_gke_cluster.ca_certificate)
+    assert who_am_i(api) == GOOGLE_IDENTITY
+
+
+def test_kubernetes_client_asks_for_a_token_before_each_request(local_gke_cluster):
+    from kubernetes.client.exceptions import ApiException
+
+    from local_cluster import GKE_TOKEN
+
+    tokens = iter(["unused-at-construction", "ya29.expired", GKE_TOKEN.read_text().strip()])
+    api = kubernetes_client_for(local_gke_cluster, lambda: next(tokens))
+    with pytest.raises(ApiException) as refused:
+        who_am_i(api)
+    assert refused.value.status == 401
+    assert who_am_i(api).endswith(".iam.gserviceaccount.com")
+
+
+def test_kubernetes_client_rejects_a_server_with_another_ca(local_gke_cluster, tmp_path):
+    from kubernetes import client
+
+    impostor = GkeCluster(NAME, LOCATION, local_gke_cluster.endpoint, base64.b64encode(_self_signed(tmp_path)).decode(),
+                          "RUNNING", False)
+    api = kubernetes_client_for(impostor, "token")
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        client.VersionApi(api).get_code(_request_timeout=5)
+
+
+def _self_signed(tmp_path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gke-master")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor-ca")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "cert.pem").write_bytes(pem)
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return pem
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+# -- the Airflow glue (plugins/tfserving_airflow/kube.py) with the provider's real GKEHook ------------
 
 
 @pytest.fixture
-def fake_master(tmp_path):
-    """An HTTPS server on 127.0.0.1 that records the Authorization header and answers /version."""
-    pem = _self_signed(tmp_path)
-    seen: list[str | None] = []
+def token_endpoint():
+    from fake_google import TokenEndpoint
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            body = json.dumps({
-                "major": "1", "minor": "33", "gitVersion": "v1.33.2-gke.1", "gitCommit": "0" * 40,
-                "gitTreeState": "clean", "buildDate": "2025-06-01T00:00:00Z", "goVersion": "go1.24",
-                "compiler": "gc", "platform": "linux/amd64",
-            }).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield GkeCluster(NAME, LOCATION, f"127.0.0.1:{server.server_port}", base64.b64encode(pem).decode(), "RUNNING", False), seen
-    server.shutdown()
-    server.server_close()
+    endpoint = TokenEndpoint()
+    yield endpoint
+    endpoint.close()
 
 
-def test_kubernetes_client_trusts_the_cluster_ca_and_sends_the_bearer_token(fake_master):
-    from kubernetes import client
+@pytest.fixture
+def gcp_conn(monkeypatch, token_endpoint):
+    """A google_cloud_platform connection with a service-account key that token_endpoint honours."""
+    from fake_google import gcp_connection
 
-    gke, seen = fake_master
-    api = kubernetes_client_for(gke, "ya29.secret-token")
-    assert api.configuration.host == f"https://{gke.endpoint}"
-    with open(api.configuration.ssl_ca_cert, "rb") as ca:
-        assert ca.read() == base64.b64decode(gke.ca_certificate)
-    assert api.configuration.verify_ssl is True
-
-    version = client.VersionApi(api).get_code()
-    assert version.git_version == "v1.33.2-gke.1"
-    assert seen == ["Bearer ya29.secret-token"]
+    monkeypatch.setenv("AIRFLOW_CONN_GCP", gcp_connection(token_endpoint.key_for(PROJECT), PROJECT))
+    return "gcp"
 
 
-def test_kubernetes_client_refreshes_a_callable_token(fake_master):
-    from kubernetes import client
+def use_gke(monkeypatch, client) -> None:
+    """The provider's GKEHook, real but for the client it returns for the cluster-manager API."""
+    from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEHook
 
-    gke, seen = fake_master
-    tokens = iter(["token-1", "token-2", "token-3"])
-    api = kubernetes_client_for(gke, lambda: next(tokens))
-    client.VersionApi(api).get_code()
-    client.VersionApi(api).get_code()
-    assert seen == ["Bearer token-2", "Bearer token-3"]
+    monkeypatch.setattr(GKEHook, "get_cluster_manager_client", lambda self: client)
 
 
-def test_kubernetes_client_rejects_a_server_with_another_ca(fake_master, tmp_path):
-    from kubernetes import client
-
-    gke, _ = fake_master
-    (tmp_path / "other").mkdir()
-    other = _self_signed(tmp_path / "other")
-    impostor = GkeCluster(gke.name, gke.location, gke.endpoint, base64.b64encode(other).decode(), "RUNNING", False)
-    api = kubernetes_client_for(impostor, "token")
-    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-        client.VersionApi(api).get_code(_request_timeout=5)
-
-
-# -- the Airflow glue (plugins/tfserving_airflow/kube.py) with a stand-in for the provider's GKEHook --
-
-
-class FakeCredentials:
-    """google-auth credentials: invalid until refreshed, as fresh service-account credentials are."""
-
-    def __init__(self):
-        self.token, self.valid, self.refreshes = None, False, 0
-
-    def refresh(self, request):
-        self.refreshes += 1
-        self.token, self.valid = f"ya29.token-{self.refreshes}", True
-
-
-class FakeGKEHook:
-    """The parts of ``GKEHook`` that kube.py uses (``project_id`` is GoogleBaseHook's property)."""
-
-    def __init__(self, client, project_id=PROJECT):
-        self.client, self.project_id, self.credentials = client, project_id, FakeCredentials()
-
-    def get_cluster_manager_client(self):
-        return self.client
-
-    def get_credentials(self):
-        return self.credentials
-
-
-def test_gke_api_client_ensures_the_cluster_and_authenticates_with_the_connection(monkeypatch, fake_master):
-    from kubernetes import client as k8s
-
+def test_gke_api_client_ensures_the_cluster_and_authenticates_with_the_connection(
+    monkeypatch, gcp_conn, token_endpoint, local_gke_cluster,
+):
+    from fake_google import GOOGLE_IDENTITY, LocalGke
     from tfserving_airflow import kube
 
-    gke, seen = fake_master
-    running = Cluster(name=NAME, status="RUNNING", endpoint=gke.endpoint,
-                      master_auth=MasterAuth(cluster_ca_certificate=gke.ca_certificate))
-    hook = FakeGKEHook(FakeClusterManager(running))
-    monkeypatch.setattr(kube, "_gke_hook", lambda gcp_conn_id, location, impersonation_chain: hook)
-
-    api = kube.gke_api_client(gcp_conn_id="gcp", location=LOCATION, cluster_name=NAME)
-    k8s.VersionApi(api).get_code()
-
-    assert hook.client.gets == [PATH]  # the project came from the connection
-    assert seen == ["Bearer ya29.token-1"] and hook.credentials.refreshes == 1
+    gke = LocalGke(exists=True)
+    use_gke(monkeypatch, gke)
+    api = kube.gke_api_client(gcp_conn_id=gcp_conn, location=LOCATION, cluster_name=NAME)
+    assert who_am_i(api) == GOOGLE_IDENTITY  # google-auth got the token; the API server accepted it
+    assert gke.gets == [PATH]  # the project came from the connection
+    assert token_endpoint.issued == 1 and token_endpoint.refused == []
 
 
-def test_gke_glue_names_the_connection_when_permission_is_missing(monkeypatch):
+def test_gke_glue_names_the_connection_when_permission_is_missing(monkeypatch, gcp_conn):
     from tfserving_airflow import kube
 
-    hook = FakeGKEHook(FakeClusterManager(gexc.PermissionDenied("Required 'container.clusters.get' permission")))
-    monkeypatch.setattr(kube, "_gke_hook", lambda *args: hook)
+    use_gke(monkeypatch, FakeClusterManager(gexc.PermissionDenied("Required 'container.clusters.get' permission")))
     with pytest.raises(TargetError, match=r"gcp connection 'gcp' needs the container\.clusters\.get permission in project 'demo-project'"):
-        kube.gke_cluster(gcp_conn_id="gcp", location=LOCATION)
+        kube.gke_cluster(gcp_conn_id=gcp_conn, location=LOCATION)
 
 
-def test_gke_glue_needs_a_project(monkeypatch):
+def test_gke_glue_needs_a_project(monkeypatch, token_endpoint):
+    from fake_google import service_account_key
     from tfserving_airflow import kube
 
-    monkeypatch.setattr(kube, "_gke_hook", lambda *args: FakeGKEHook(FakeClusterManager(cluster("RUNNING")), project_id=None))
+    key = {**service_account_key(token_endpoint.url, PROJECT), "project_id": ""}
+    monkeypatch.setenv("AIRFLOW_CONN_GCP", json.dumps({"conn_type": "google_cloud_platform",
+                                                       "extra": {"keyfile_dict": json.dumps(key)}}))
+    use_gke(monkeypatch, FakeClusterManager(cluster("RUNNING")))
     with pytest.raises(TargetError, match="no GCP project.*gcp connection 'gcp'"):
         kube.gke_cluster(gcp_conn_id="gcp", location=LOCATION)
