@@ -13,12 +13,15 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 
-.PHONY: demo test venv services images base-image serving-image airflow-db clean bench stack-test cluster cluster-down
+.PHONY: demo demo-kubernetes test venv services images base-image serving-image airflow-db clean bench stack-test cluster cluster-down
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
 	$(PY) scripts/demo.py --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
 
-test: venv services images airflow-db  ## the whole test suite, integration tests included
+demo-kubernetes: venv services images airflow-db cluster  ## the tutorial's part 3 on the local cluster: 3 replicas behind a LoadBalancer
+	$(PY) scripts/demo.py --target kubernetes --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
+
+test: venv services images airflow-db cluster  ## the whole test suite, integration tests and the real cluster included
 	$(PY) -m pytest -q tests
 
 venv: $(VENV)/.installed

@@ -1,14 +1,19 @@
-"""`make demo`: run the tfserving_resnet DAG end to end on this machine.
+"""`make demo` / `make demo-kubernetes`: run the tfserving_resnet DAG end to end on this machine.
 
 Generates the offline stand-in for the tutorial's ResNet tarball, serves it over HTTP on
 127.0.0.1 (so the DAG downloads it through the same code path as a real URL) and runs the DAG
-with ``dag.test()`` against the local target: 3 replicas on the local Docker engine, images in
-the local registry, validation over gRPC.
+with ``dag.test()``: 3 replicas on the local Docker engine (``--target local``), or the
+tutorial's part 3 on the local Kubernetes cluster of ``make cluster`` (``--target kubernetes``):
+a Deployment of 3 replicas behind a LoadBalancer Service. Images go to the local registry;
+validation sends the cat photo to every replica over gRPC.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +26,7 @@ def main() -> int:
     parser.add_argument("--serving-base-image", default="127.0.0.1:5000/tfserving-deploy/serving:2.21.0")
     parser.add_argument("--image-repository", default="127.0.0.1:5000/resnet-serving")
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--target", choices=["local", "kubernetes"], default="local")
     args = parser.parse_args()
 
     from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
@@ -40,7 +46,12 @@ def main() -> int:
         "replicas": args.replicas,
         "expected_class": 286,
         "force": True,  # a demo re-run converges (nothing rebuilt or restarted) and validates again
+        "target": args.target,
     }
+    if args.target == "kubernetes":
+        conf.update(KUBERNETES)
+        os.environ["AIRFLOW_CONN_LOCAL_CLUSTER"] = json.dumps(
+            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}})
     with serve_directory(tarball.parent) as base_url:
         conf["model_url"] = f"{base_url}/{tarball.name}"
         print(f"==> dag.test() tfserving_resnet with {conf}")
@@ -50,7 +61,26 @@ def main() -> int:
     if report:
         print(f"==> image {report['image']}\n==> {report['summary']}")
     print(f"==> tfserving_resnet finished: {state} in {time.monotonic() - started:.0f}s")
+    if args.target == "kubernetes" and report:
+        show_cluster(report["replicas"][0]["address"])
     return 0 if state.endswith("success") else 1
+
+
+KUBERNETES = {
+    "namespace": "tfserving",
+    "kubernetes_conn_id": "local_cluster",
+    # A 2-CPU node holds 3 replicas, the rollout's extra pod and the candidate with small requests.
+    "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+}
+
+
+def show_cluster(balancer: str) -> None:
+    """What the tutorial shows at the end: the objects, and the client call through the balancer."""
+    kubectl = [str(ROOT / ".cluster" / "bin" / "kubectl"), "--kubeconfig", str(ROOT / ".cluster" / "kubeconfig")]
+    print("==> kubectl -n tfserving get deploy,svc,pods -o wide")
+    subprocess.run([*kubectl, "-n", "tfserving", "get", "deploy,svc,pods", "-o", "wide"], check=False)
+    print(f"==> the tutorial's client through the LoadBalancer:\n"
+          f"    .venv/bin/python scripts/resnet_client_grpc.py --server {balancer}")
 
 
 def validation_report(run_id: str) -> dict | None:

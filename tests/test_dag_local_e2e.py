@@ -7,6 +7,7 @@ duplicates, no "already exists") and validate again.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -148,21 +149,11 @@ def _published_grpc_address(container) -> str:
 
 
 def tutorial_client_request(server: str, model_name: str) -> tuple[int, int]:
-    """resnet_client_grpc.py from the tutorial, minus the flags: JPEG bytes in, class out."""
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    """The tutorial's client request (scripts/resnet_client_grpc.py): JPEG bytes in, class out."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from resnet_client_grpc import predict
 
-    data = (ROOT / "include" / "images" / "cat.jpg").read_bytes()
-    channel = grpc.insecure_channel(server)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(data, shape=[1]))
-    result = stub.Predict(request, 10.0)
-    channel.close()
-    return int(result.outputs["classes"].int64_val[0]), result.model_spec.version.value
+    return predict(server, model_name)
 
 
 def test_dag_with_the_docker_builder(dag, model_url, containers):
