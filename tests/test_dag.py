@@ -62,7 +62,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
     assert set(params.keys()) == {
         "model_url", "model_sha256", "model_name", "image_repository",
         "serving_base_image", "image_builder", "registry_conn_id", "replicas", "target", "expected_class", "force",
-        "namespace", "kubernetes_conn_id", "manifest_dir", "keep_failed_first_deploy",
+        "namespace", "kubernetes_conn_id", "manifest_dir", "keep_failed_first_deploy", "resources", "pod_access",
         "gcp_conn_id", "project_id", "location", "cluster_name", "node_count", "autopilot",
     }
     for name in params.keys():
@@ -76,7 +76,8 @@ def test_params_have_descriptions_and_defaults_validate(dag):
 
 @pytest.mark.parametrize(
     "name,value",
-    [("replicas", 0), ("target", "mars"), ("model_sha256", "abc"), ("model_name", "Bad Name"), ("expected_class", -1)],
+    [("replicas", 0), ("target", "mars"), ("model_sha256", "abc"), ("model_name", "Bad Name"), ("expected_class", -1),
+     ("pod_access", "teleport"), ("resources", "500m")],
 )
 def test_bad_params_are_rejected(dag, name, value):
     from airflow.sdk import Param
