@@ -13,7 +13,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TFSERVING_DEPLOY_CACHE ?= $(CURDIR)/.cache/tfserving-deploy
 
-.PHONY: demo demo-kubernetes test venv services images base-image serving-image airflow-db clean bench stack-test cluster cluster-down
+.PHONY: demo demo-kubernetes test lint venv services images base-image serving-image airflow-db clean bench stack-test cluster cluster-down
 
 demo: venv services images airflow-db  ## fetch -> build -> push -> deploy 3 replicas -> validate, locally
 	$(PY) scripts/demo.py --serving-base-image $(REGISTRY)/$(SERVING_IMAGE)
@@ -25,14 +25,13 @@ test: venv services images airflow-db cluster  ## the whole test suite, integrat
 	$(PY) -m pytest -q tests
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	@# The venv imports the project's library (include/) and Airflow glue (plugins/) in place,
-	@# as an editable install would, for the DAG processor, workers, tests and scripts alike.
-	printf '%s\n' $(CURDIR)/include $(CURDIR)/plugins > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tfserving-deploy.pth
+	@# The project's packages (include/, plugins/: pyproject.toml), editable: imported in place.
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 services:  ## dockerd + a registry on 127.0.0.1:5000 (installs Debian packages when missing)
@@ -58,6 +57,11 @@ cluster: venv services  ## a single-node Kubernetes v1.34 on this machine: .clus
 
 cluster-down:  ## stop the local cluster and remove its state (the built binaries stay cached)
 	bash cluster/down.sh
+
+lint: venv  ## ruff (lint + format check) and mypy on the library
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:  ## remove the demo's replicas and local state (not the images)
 	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f

@@ -21,7 +21,7 @@ import logging
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 log = logging.getLogger("lb-controller")
 SOURCE = "tfserving-deploy-lb-controller"
@@ -100,8 +100,12 @@ class Controller:
             try:
                 version = self.reconcile()
                 stream = watch.Watch()
-                for _ in stream.stream(self.core.list_service_for_all_namespaces, resource_version=version,
-                                       timeout_seconds=int(self.resync), _request_timeout=self.resync + 10):
+                for _ in stream.stream(
+                    self.core.list_service_for_all_namespaces,
+                    resource_version=version,
+                    timeout_seconds=int(self.resync),
+                    _request_timeout=self.resync + 10,
+                ):
                     break  # any change: reconcile everything again
                 stream.stop()
             except (ApiException, HTTPError, OSError) as exc:
@@ -120,8 +124,11 @@ class Controller:
         pending = {k for k, s in services.items() if _is_ours(s) and not (changes.get(k) or current_ip(s))}
         for key in pending - self.warned:  # once per Service, not on every pass
             requested = requested_ip(services[key])
-            why = (f"the requested loadBalancerIP {requested} is taken or outside pool {self.pool}" if requested
-                   else f"no free address left in pool {self.pool}")
+            why = (
+                f"the requested loadBalancerIP {requested} is taken or outside pool {self.pool}"
+                if requested
+                else f"no free address left in pool {self.pool}"
+            )
             self.event(services[key], "Warning", "AllocationFailed", why)
         self.warned = pending
         return listing["metadata"]["resourceVersion"]
@@ -137,19 +144,31 @@ class Controller:
             self.event(service, "Normal", "EnsuredLoadBalancer", f"assigned load balancer address {ip}")
         else:
             log.info("%s: released %s", _key(service), current_ip(service))
-            self.event(service, "Normal", "DeletedLoadBalancer", f"released load balancer address {current_ip(service)}")
+            self.event(
+                service, "Normal", "DeletedLoadBalancer", f"released load balancer address {current_ip(service)}"
+            )
 
     def event(self, service: dict, kind: str, reason: str, message: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
         meta = service["metadata"]
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"kind": "Service", "apiVersion": "v1", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": kind, "reason": reason, "message": message, "source": {"component": SOURCE},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "kind": "Service",
+                "apiVersion": "v1",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "source": {"component": SOURCE},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
             self.core.create_namespaced_event(meta["namespace"], body)

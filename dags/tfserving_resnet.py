@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, Param
+
 from tfserving_airflow.operators import (
     BuildImageOperator,
     CheckForChangeOperator,
@@ -25,8 +26,9 @@ from tfserving_airflow.operators import (
     StartCandidateOperator,
     StopCandidateOperator,
     ValidateModelOperator,
-    WaitForEndpointSensor,
 )
+from tfserving_airflow.sensors import WaitForEndpointSensor
+from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
 
 TUTORIAL_MODEL_URL = (
     "http://download.tensorflow.org/models/official/20181001_resnet/savedmodels/"
@@ -42,19 +44,31 @@ REFRESH = AssetOrTimeSchedule(
 
 
 def P(name: str) -> str:
-    """A param, as a template rendered at run time."""
-    return "{{ params.%s }}" % name
+    """A param, as a template rendered at run time (operators parse it: tfserving_airflow.config)."""
+    return "{{ params.%s }}" % name  # noqa: UP031 - a Jinja template: braces would need escaping
 
 
 TARGET = {
     "target_name": P("target"),
     "target_options": {
         "docker_conn_id": P("registry_conn_id"),  # the local target pulls with it
-        **{key: P(key) for key in (
-            "namespace", "kubernetes_conn_id", "gcp_conn_id", "project_id", "location",
-            "cluster_name", "node_count", "autopilot", "manifest_dir", "keep_failed_first_deploy",
-            "resources", "pod_access",
-        )},
+        **{
+            key: P(key)
+            for key in (
+                "namespace",
+                "kubernetes_conn_id",
+                "gcp_conn_id",
+                "project_id",
+                "location",
+                "cluster_name",
+                "node_count",
+                "autopilot",
+                "manifest_dir",
+                "keep_failed_first_deploy",
+                "resources",
+                "pod_access",
+            )
+        },
     },
 }
 BUILDER = {
@@ -79,78 +93,218 @@ with DAG(
         "execution_timeout": timedelta(minutes=15),
     },
     params={
-        "model_url": Param(TUTORIAL_MODEL_URL, type="string", minLength=1, description=(
-            "SavedModel tarball (http(s):// or file://) in the tutorial layout <top>/<version>/ or <version>/. "
-            "May use the run's date for backfills, e.g. https://models.example.com/{{ ds_nodash }}/resnet.tar.gz")),
-        "model_sha256": Param(None, type=["null", "string"], pattern="^[0-9a-fA-F]{64}$",
-                              description="Optional sha256 of the tarball; the run fails if the download differs."),
-        "model_name": Param("resnet", type="string", pattern="^[a-z0-9][a-z0-9_-]{0,62}$",
-                            description="Name clients ask for (model_spec.name); becomes MODEL_NAME in the image."),
-        "image_repository": Param("127.0.0.1:5000/resnet-serving", type="string", minLength=1,
-                                  description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet."),
-        "serving_base_image": Param("tensorflow/serving:2.18.0", type="string", minLength=1,
-                                    description="TF Serving image the model is baked into (pin a tag or digest)."),
-        "image_builder": Param("oci", type="string", enum=["oci", "docker"], description=(
-            "'oci': adds the model layer through the registry API, no Docker engine, same inputs give the same "
-            "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push.")),
-        "registry_conn_id": Param(None, type=["null", "string"], description=(
-            "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "
-            "repositories use the Google connection's token, others are pushed anonymously.")),
+        "model_url": Param(
+            TUTORIAL_MODEL_URL,
+            type="string",
+            minLength=1,
+            description=(
+                "SavedModel tarball (http(s):// or file://) in the tutorial layout <top>/<version>/ or <version>/. "
+                "May use the run's date for backfills, e.g. https://models.example.com/{{ ds_nodash }}/resnet.tar.gz"
+            ),
+        ),
+        "model_sha256": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[0-9a-fA-F]{64}$",
+            description="Optional sha256 of the tarball; the run fails if the download differs.",
+        ),
+        "model_name": Param(
+            "resnet",
+            type="string",
+            pattern="^[a-z0-9][a-z0-9_-]{0,62}$",
+            description="Name clients ask for (model_spec.name); becomes MODEL_NAME in the image.",
+        ),
+        "image_repository": Param(
+            "127.0.0.1:5000/resnet-serving",
+            type="string",
+            minLength=1,
+            description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet.",
+        ),
+        "serving_base_image": Param(
+            "tensorflow/serving:2.18.0",
+            type="string",
+            minLength=1,
+            description="TF Serving image the model is baked into (pin a tag or digest).",
+        ),
+        "image_builder": Param(
+            "oci",
+            type="string",
+            enum=["oci", "docker"],
+            description=(
+                "'oci': adds the model layer through the registry API, no Docker engine, same inputs give the same "
+                "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push."
+            ),
+        ),
+        "registry_conn_id": Param(
+            None,
+            type=["null", "string"],
+            description=(
+                "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "
+                "repositories use the Google connection's token, others are pushed anonymously."
+            ),
+        ),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
-        "target": Param("local", type="string", enum=["local", "kubernetes", "gke"], description=(
-            "'local': replicas on this machine's Docker engine. 'kubernetes': a Deployment + LoadBalancer Service "
-            "through the kubernetes connection. 'gke': the same on a GKE cluster, created when missing.")),
-        "expected_class": Param(None, type=["null", "integer"], minimum=0,
-                                description="Optional class the validation cat photo must get (286 for the tutorial model)."),
-        "force": Param(False, type="boolean",
-                       description="Rebuild and redeploy even when this exact model already serves, healthy."),
-        "namespace": Param("tfserving", type="string", pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", section=K8S,
-                           description="Namespace of the Deployment and Service (created when missing)."),
-        "kubernetes_conn_id": Param("kubernetes_default", type="string", section=K8S,
-                                    description="Airflow connection to the cluster (target=kubernetes)."),
-        "manifest_dir": Param("", type="string", section=K8S,
-                              description="If set, the rendered Deployment/Service YAML is written there (GitOps)."),
-        "keep_failed_first_deploy": Param(False, type="boolean", section=K8S,
-                                          description="Keep a failed first-ever Deployment for debugging instead of removing it."),
-        "resources": Param(None, type=["null", "object"], section=K8S, description=(
-            "Serving container resources, e.g. {\"requests\": {\"cpu\": \"500m\", \"memory\": \"1Gi\"}, "
-            "\"limits\": {\"memory\": \"2Gi\"}} (the default: twice the memory request covers a model reload).")),
-        "pod_access": Param("auto", type="string", enum=["auto", "pod-ip", "port-forward"], section=K8S, description=(
-            "How validation reaches each pod: 'pod-ip' from inside the cluster's network, 'port-forward' through "
-            "the API server (Airflow elsewhere), 'auto' tries a pod IP once, then port-forwards.")),
-        "gcp_conn_id": Param("google_cloud_default", type="string", section=GKE, description="Google Cloud connection."),
+        "target": Param(
+            "local",
+            type="string",
+            enum=["local", "kubernetes", "gke"],
+            description=(
+                "'local': replicas on this machine's Docker engine. 'kubernetes': a Deployment + LoadBalancer Service "
+                "through the kubernetes connection. 'gke': the same on a GKE cluster, created when missing."
+            ),
+        ),
+        "expected_class": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="Optional class the validation cat photo must get (286 for the tutorial model).",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            description="Rebuild and redeploy even when this exact model already serves, healthy.",
+        ),
+        "namespace": Param(
+            NAMESPACE,
+            type="string",
+            pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            section=K8S,
+            description="Namespace of the Deployment and Service (created when missing).",
+        ),
+        "kubernetes_conn_id": Param(
+            KUBERNETES_CONN_ID,
+            type="string",
+            section=K8S,
+            description="Airflow connection to the cluster (target=kubernetes).",
+        ),
+        "manifest_dir": Param(
+            "",
+            type="string",
+            section=K8S,
+            description="If set, the rendered Deployment/Service YAML is written there (GitOps).",
+        ),
+        "keep_failed_first_deploy": Param(
+            False,
+            type="boolean",
+            section=K8S,
+            description="Keep a failed first-ever Deployment for debugging instead of removing it.",
+        ),
+        "resources": Param(
+            None,
+            type=["null", "object"],
+            section=K8S,
+            description=(
+                'Serving container resources, e.g. {"requests": {"cpu": "500m", "memory": "1Gi"}, '
+                '"limits": {"memory": "2Gi"}} (the default: twice the memory request covers a model reload).'
+            ),
+        ),
+        "pod_access": Param(
+            "auto",
+            type="string",
+            enum=["auto", "pod-ip", "port-forward"],
+            section=K8S,
+            description=(
+                "How validation reaches each pod: 'pod-ip' from inside the cluster's network, 'port-forward' through "
+                "the API server (Airflow elsewhere), 'auto' tries a pod IP once, then port-forwards."
+            ),
+        ),
+        "gcp_conn_id": Param(GCP_CONN_ID, type="string", section=GKE, description="Google Cloud connection."),
         "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),
         "location": Param("us-central1-a", type="string", section=GKE, description="Zone or region of the cluster."),
-        "cluster_name": Param("resnet-serving-cluster", type="string", section=GKE, description="GKE cluster name."),
-        "node_count": Param(5, type="integer", minimum=1, section=GKE, description="Nodes when the cluster is created."),
+        "cluster_name": Param(GKE_CLUSTER_NAME, type="string", section=GKE, description="GKE cluster name."),
+        "node_count": Param(
+            GKE_NODE_COUNT, type="integer", minimum=1, section=GKE, description="Nodes when the cluster is created."
+        ),
         "autopilot": Param(False, type="boolean", section=GKE, description="Create an Autopilot cluster instead."),
     },
     tags=["tfserving", "deploy"],
 ) as dag:
-    check = CheckForChangeOperator(task_id="check_for_change", model_url=P("model_url"), model_sha256=P("model_sha256"),
-                                   replicas=P("replicas"), force=P("force"), **TARGET, **MODEL)
-    fetch = FetchModelOperator(task_id="fetch_model", model_url=P("model_url"), model_sha256=P("model_sha256"),
-                               outlets=[AssetAlias("tfserving_model_artifact")], execution_timeout=timedelta(minutes=30))
-    build = BuildImageOperator(task_id="build_image", model=fetch.output, base_image=P("serving_base_image"),
-                               image_repository=P("image_repository"), **BUILDER, **MODEL)
-    push = PushImageOperator(task_id="push_image", image=build.output, model=fetch.output, **BUILDER,
-                             outlets=[AssetAlias("tfserving_image")], execution_timeout=timedelta(minutes=30))
-    cluster = EnsureClusterOperator(task_id="ensure_cluster", image_repository=P("image_repository"),
-                                    execution_timeout=timedelta(minutes=45), **TARGET)  # a new GKE cluster takes a while
-    candidate = StartCandidateOperator(task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL)
-    check_candidate = ValidateModelOperator(task_id="validate_candidate", endpoints=candidate.output, model=fetch.output,
-                                            image=push.output, image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                            **TARGET, **MODEL)
+    check = CheckForChangeOperator(
+        task_id="check_for_change",
+        model_url=P("model_url"),
+        model_sha256=P("model_sha256"),
+        replicas=P("replicas"),
+        force=P("force"),
+        **TARGET,
+        **MODEL,
+    )
+    fetch = FetchModelOperator(
+        task_id="fetch_model",
+        model_url=P("model_url"),
+        model_sha256=P("model_sha256"),
+        outlets=[AssetAlias("tfserving_model_artifact")],
+        execution_timeout=timedelta(minutes=30),
+    )
+    build = BuildImageOperator(
+        task_id="build_image",
+        model=fetch.output,
+        base_image=P("serving_base_image"),
+        image_repository=P("image_repository"),
+        **BUILDER,
+        **MODEL,
+    )
+    push = PushImageOperator(
+        task_id="push_image",
+        image=build.output,
+        model=fetch.output,
+        **BUILDER,
+        outlets=[AssetAlias("tfserving_image")],
+        execution_timeout=timedelta(minutes=30),
+    )
+    cluster = EnsureClusterOperator(
+        task_id="ensure_cluster",
+        image_repository=P("image_repository"),
+        execution_timeout=timedelta(minutes=45),
+        **TARGET,
+    )  # a new GKE cluster takes a while
+    candidate = StartCandidateOperator(
+        task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL
+    )
+    check_candidate = ValidateModelOperator(
+        task_id="validate_candidate",
+        endpoints=candidate.output,
+        model=fetch.output,
+        image=push.output,
+        image_path=CAT_JPEG,
+        expected_class=P("expected_class"),
+        **TARGET,
+        **MODEL,
+    )
     stop_candidate = StopCandidateOperator(task_id="stop_candidate", **TARGET, **MODEL)
-    deploy = DeployModelOperator(task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"),
-                                 **TARGET, **MODEL)
-    wait = WaitForEndpointSensor(task_id="wait_for_endpoint", image=push.output, model=fetch.output,
-                                 replicas=P("replicas"), timeout=600, **TARGET, **MODEL)
-    validate = ValidateModelOperator(task_id="validate", endpoints=wait.output, model=fetch.output, image=push.output,
-                                     image_path=CAT_JPEG, expected_class=P("expected_class"),
-                                     outlets=[AssetAlias("tfserving_endpoint")], **TARGET, **MODEL)
+    deploy = DeployModelOperator(
+        task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"), **TARGET, **MODEL
+    )
+    wait = WaitForEndpointSensor(
+        task_id="wait_for_endpoint",
+        image=push.output,
+        model=fetch.output,
+        replicas=P("replicas"),
+        timeout=600,
+        **TARGET,
+        **MODEL,
+    )
+    validate = ValidateModelOperator(
+        task_id="validate",
+        endpoints=wait.output,
+        model=fetch.output,
+        image=push.output,
+        image_path=CAT_JPEG,
+        expected_class=P("expected_class"),
+        outlets=[AssetAlias("tfserving_endpoint")],
+        **TARGET,
+        **MODEL,
+    )
     rollback = RollbackOperator(task_id="rollback", image=push.output, **TARGET, **MODEL)
 
-    check >> fetch >> build >> push >> cluster >> candidate >> check_candidate >> stop_candidate.as_teardown(setups=candidate)
+    (
+        check
+        >> fetch
+        >> build
+        >> push
+        >> cluster
+        >> candidate
+        >> check_candidate
+        >> stop_candidate.as_teardown(setups=candidate)
+    )
     check_candidate >> deploy >> wait >> validate
     [wait, validate] >> rollback  # one_failed: the previous revision serves again

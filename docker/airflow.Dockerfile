@@ -1,8 +1,8 @@
 # The Airflow image of the compose stack (docker-compose.yaml): Airflow 3.3 + the providers and the
 # TF Serving client from requirements.txt, on the local Debian base (no Docker Hub here).
 # Built by scripts/stack-test.sh from a small context: this file, airflow-entrypoint.sh,
-# requirements.txt, docker/requirements-stack.txt and the host's CA bundle.
-# dags/, plugins/ and include/ are not baked in: the stack mounts them from the checkout.
+# requirements.txt, docker/requirements-stack.txt, the project's sources (project.tar) and the host's
+# CA bundle. The stack mounts dags/, plugins/ and include/ (the validation photos) from the checkout.
 ARG BASE=tfserving-deploy/debian:bookworm
 FROM ${BASE}
 
@@ -32,9 +32,13 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip check \
  && rm -rf /tmp/requirements /root/.cache
 
-# include/ (the library) and plugins/ (the Airflow glue) import in place, as the host venv's .pth does.
+# The project's packages (the library, the demo model, the Airflow glue): pyproject.toml.
+COPY project.tar /tmp/
+RUN mkdir /tmp/project && tar -xf /tmp/project.tar -C /tmp/project \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/project \
+ && rm -rf /tmp/project /tmp/project.tar /root/.cache
+
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/opt/airflow/include:/opt/airflow/plugins \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TFSERVING_DEPLOY_CACHE=/opt/airflow/cache

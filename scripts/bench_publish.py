@@ -39,7 +39,6 @@ def child(args) -> None:
     model = ModelFiles(name="bench", version=1, sha256=args.sha, path=args.model)
     if args.path == "docker":
         import docker
-
         from tfserving_deploy.images import DockerCommitBuilder
 
         builder, base = DockerCommitBuilder(docker.from_env()), SERVING_IMAGE
@@ -47,8 +46,9 @@ def child(args) -> None:
         from tfserving_deploy.oci import OciImageBuilder
 
         compression, _, level = args.path.partition("-gzip")
-        builder = OciImageBuilder(cache_dir=args.cache, compression="gzip" if level else "none",
-                                  compress_level=int(level or 1))
+        builder = OciImageBuilder(
+            cache_dir=args.cache, compression="gzip" if level else "none", compress_level=int(level or 1)
+        )
         base = BASE_IN_REGISTRY
     start = time.perf_counter()
     pushed = builder.push(builder.build(model, base_image=base, repository=args.repo))
@@ -59,11 +59,26 @@ def child(args) -> None:
         layer = max(json.loads(p.read_text())["size"] for p in layers.iterdir())
     # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into the child's ru_maxrss.
     hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-    print(json.dumps({"seconds": seconds, "image": pushed, "layer_bytes": layer, "rss_mib": int(hwm.split()[1]) / 1024}))
+    print(
+        json.dumps({"seconds": seconds, "image": pushed, "layer_bytes": layer, "rss_mib": int(hwm.split()[1]) / 1024})
+    )
 
 
 def run_case(path: str, model: Path, sha: str, repo: str, cache: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", path, "--model", str(model), "--sha", sha, "--repo", repo, "--cache", str(cache)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        path,
+        "--model",
+        str(model),
+        "--sha",
+        sha,
+        "--repo",
+        repo,
+        "--cache",
+        str(cache),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=600)
     if proc.returncode:
@@ -85,16 +100,22 @@ def make_model(root: Path, size: int) -> Path:
 
 
 def ensure_base_in_registry() -> None:
-    import docker
     import requests
 
-    r = requests.head(f"http://{REGISTRY}/v2/{SERVING_IMAGE.split(':')[0]}/manifests/{SERVING_IMAGE.split(':')[1]}",
-                      headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}, timeout=10)
+    import docker
+
+    r = requests.head(
+        f"http://{REGISTRY}/v2/{SERVING_IMAGE.split(':')[0]}/manifests/{SERVING_IMAGE.split(':')[1]}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        timeout=10,
+    )
     if r.status_code == 200:
         return
     client = docker.from_env()
     client.images.get(SERVING_IMAGE).tag(f"{REGISTRY}/{SERVING_IMAGE.split(':')[0]}", SERVING_IMAGE.split(":")[1])
-    for event in client.images.push(f"{REGISTRY}/{SERVING_IMAGE.split(':')[0]}", tag=SERVING_IMAGE.split(":")[1], stream=True, decode=True):
+    for event in client.images.push(
+        f"{REGISTRY}/{SERVING_IMAGE.split(':')[0]}", tag=SERVING_IMAGE.split(":")[1], stream=True, decode=True
+    ):
         if "error" in event:
             raise SystemExit(f"could not push the serving base to {REGISTRY}: {event['error']}")
 
@@ -131,13 +152,17 @@ def main() -> None:
         for size_mib in (int(s) for s in args.sizes.split(",")):
             model = make_model(work / f"model-{size_mib}", size_mib * MiB)
             sha = secrets.token_hex(32)  # a new model identity per run: nothing cached from before
-            paths = ["docker", "oci"] + (["oci-gzip1", "oci-gzip6"] if str(size_mib) in args.gzip_sizes.split(",") else [])
+            paths = ["docker", "oci"] + (
+                ["oci-gzip1", "oci-gzip6"] if str(size_mib) in args.gzip_sizes.split(",") else []
+            )
             for path in paths:
                 repo, cache = f"{REGISTRY}/bench-{path}-{size_mib}m-{run}", work / f"cache-{path}-{size_mib}"
                 for case in ("first", "again"):
                     result = run_case(path, model, sha, repo, cache)
                     rows.append({"size": size_mib, "path": path, "case": case, **result})
-                    print(f"  {size_mib} MiB {path:10s} {case:6s} {result['seconds']:7.2f} s", file=sys.stderr, flush=True)
+                    print(
+                        f"  {size_mib} MiB {path:10s} {case:6s} {result['seconds']:7.2f} s", file=sys.stderr, flush=True
+                    )
             shutil.rmtree(model.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -155,16 +180,28 @@ def report(rows: list[dict], total: float) -> None:
     for r in rows:
         layer = f"{r['layer_bytes'] / 1e6:.2f} MB" if r["layer_bytes"] else "-"
         ratio = docker_time[(r["size"], r["case"])] / r["seconds"]
-        print(f"{r['size']:>4} MiB {r['path']:10} {r['case']:8} {r['seconds']:8.2f} {r['rss_mib']:6.0f} MiB "
-              f"{layer:>10} {ratio:11.1f}x")
+        print(
+            f"{r['size']:>4} MiB {r['path']:10} {r['case']:8} {r['seconds']:8.2f} {r['rss_mib']:6.0f} MiB "
+            f"{layer:>10} {ratio:11.1f}x"
+        )
     print(f"\nfloat32 weights N(0, 0.05), 16 MiB: {float32_gzip_ratio()}")
     oci = {(r["size"], r["case"]): r for r in rows if r["path"] == "oci"}
     goals = []
     if (100, "first") in oci:
-        goals.append(("first publish of 100 MiB >= 5x faster than docker", docker_time[(100, "first")] / oci[(100, "first")]["seconds"] >= 5))
+        goals.append(
+            (
+                "first publish of 100 MiB >= 5x faster than docker",
+                docker_time[(100, "first")] / oci[(100, "first")]["seconds"] >= 5,
+            )
+        )
     goals.append(("unchanged re-publish < 0.5 s", all(r["seconds"] < 0.5 for (s, c), r in oci.items() if c == "again")))
     if (1024, "first") in oci:
-        goals.append(("peak memory < 100 MiB for the 1 GiB model", max(oci[(1024, c)]["rss_mib"] for c in ("first", "again")) < 100))
+        goals.append(
+            (
+                "peak memory < 100 MiB for the 1 GiB model",
+                max(oci[(1024, c)]["rss_mib"] for c in ("first", "again")) < 100,
+            )
+        )
     for goal, ok in goals:
         print(f"  [{'ok' if ok else 'MISSED'}] {goal}")
     print(f"bench took {total:.0f} s")

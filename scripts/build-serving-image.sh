@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the stand-in TensorFlow Serving image from include/serving_image/.
-# Idempotent: skips when an image with the same source hash (Dockerfile + server.py) exists,
+# Idempotent: skips when an image with the same source hash (Dockerfile + the server package) exists,
 # rebuilds when either file changed.
 set -euo pipefail
 IMAGE="${1:-tfserving-deploy/serving:2.21.0}"
@@ -9,7 +9,7 @@ LABEL_KEY="tfserving-deploy.source-hash"
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/../include/serving_image" && pwd)"
 ca=/etc/ssl/certs/ca-certificates.crt
 
-hash=$(cat "$src/Dockerfile" "$src/server.py" | sha256sum | cut -c1-16)
+hash=$(cd "$src" && find Dockerfile tf_serving_server -name "*.py" -o -name Dockerfile | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 old_id=""
 if current=$(docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$IMAGE" 2>/dev/null); then
   if [ "$current" = "$hash" ]; then
@@ -24,7 +24,7 @@ docker image inspect "$BASE" >/dev/null 2>&1 \
 
 ctx=$(mktemp -d /var/tmp/serving-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
-cp "$src/Dockerfile" "$src/server.py" "$ctx/"
+cp "$src/Dockerfile" "$ctx/" && cp -r "$src/tf_serving_server" "$ctx/" && find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 cp "$ca" "$ctx/ca-certificates.crt"
 
 echo "==> building $IMAGE from $BASE (cold build about 75-90 s)"

@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--target", choices=["local", "kubernetes"], default="local")
     args = parser.parse_args()
 
-    from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
+    from tfserving_demo import pack_tutorial_tarball, serve_directory
 
     started = time.monotonic()
     tarball = ROOT / "build" / "demo" / "resnet_demo_savedmodel.tar.gz"
@@ -51,7 +51,8 @@ def main() -> int:
     if args.target == "kubernetes":
         conf.update(KUBERNETES)
         os.environ["AIRFLOW_CONN_LOCAL_CLUSTER"] = json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}})
+            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}}
+        )
     with serve_directory(tarball.parent) as base_url:
         conf["model_url"] = f"{base_url}/{tarball.name}"
         print(f"==> dag.test() tfserving_resnet with {conf}")
@@ -79,8 +80,10 @@ def show_cluster(balancer: str) -> None:
     kubectl = [str(ROOT / ".cluster" / "bin" / "kubectl"), "--kubeconfig", str(ROOT / ".cluster" / "kubeconfig")]
     print("==> kubectl -n tfserving get deploy,svc,pods -o wide")
     subprocess.run([*kubectl, "-n", "tfserving", "get", "deploy,svc,pods", "-o", "wide"], check=False)
-    print(f"==> the tutorial's client through the LoadBalancer:\n"
-          f"    .venv/bin/python scripts/resnet_client_grpc.py --server {balancer}")
+    print(
+        f"==> the tutorial's client through the LoadBalancer:\n"
+        f"    .venv/bin/python scripts/resnet_client_grpc.py --server {balancer}"
+    )
 
 
 def validation_report(run_id: str) -> dict | None:
@@ -89,9 +92,9 @@ def validation_report(run_id: str) -> dict | None:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.scalars(XComModel.get_many(
-            run_id=run_id, dag_ids="tfserving_resnet", task_ids="validate", key="return_value"
-        )).first()
+        row = session.scalars(
+            XComModel.get_many(run_id=run_id, dag_ids="tfserving_resnet", task_ids="validate", key="return_value")
+        ).first()
         return XComModel.deserialize_value(row) if row is not None else None
 
 

@@ -119,9 +119,15 @@ build_images() {
   [ -r "$ca" ] || die "CA bundle $ca not readable"
   build_image "$POSTGRES_IMAGE" docker/postgres.Dockerfile docker/postgres-entrypoint.sh
   build_image "$REGISTRY_IMAGE" docker/registry.Dockerfile
+  # The project's packages (pyproject.toml), as a reproducible tar: same sources, same bytes, same hash.
+  local project
+  project=$(mktemp -d /var/tmp/stack-project.XXXXXX)/project.tar
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ -cf "$project" \
+    pyproject.toml README.md include/tfserving_deploy include/tfserving_demo plugins/tfserving_airflow
   # About 4 min and 4 GB cold (pip install of the full requirements).
   build_image "$AIRFLOW_IMAGE" docker/airflow.Dockerfile docker/airflow-entrypoint.sh \
-    requirements.txt docker/requirements-stack.txt
+    requirements.txt docker/requirements-stack.txt "$project"
+  rm -rf "$(dirname "$project")"
   mark "images" $((SECONDS - start))
 }
 
@@ -275,7 +281,7 @@ publish_serving_base
 start=$SECONDS
 tarball="$root/build/demo/resnet_demo_savedmodel.tar.gz"
 log "demo model $tarball"
-"$PY" -m tfserving_deploy.demo_model --out "$tarball"
+"$PY" -m tfserving_demo --out "$tarball"
 http_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$PY" -m http.server --bind 127.0.0.1 --directory "$(dirname "$tarball")" "$http_port" >/dev/null 2>&1 &
 http_pid=$!

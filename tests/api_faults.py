@@ -45,11 +45,20 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else None
                 fault = proxy._take(self.command, self.path)
                 if fault is not None:
-                    return self._reply(fault, json.dumps({
-                        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": fault,
-                        "reason": "TooManyRequests" if fault == 429 else "InternalError",
-                        "message": f"injected by the test's fault proxy (HTTP {fault})",
-                    }).encode(), {"Content-Type": "application/json", "Retry-After": "0"})
+                    return self._reply(
+                        fault,
+                        json.dumps(
+                            {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "code": fault,
+                                "reason": "TooManyRequests" if fault == 429 else "InternalError",
+                                "message": f"injected by the test's fault proxy (HTTP {fault})",
+                            }
+                        ).encode(),
+                        {"Content-Type": "application/json", "Retry-After": "0"},
+                    )
                 upstream = http.client.HTTPSConnection(API_HOST, 6443, context=context, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream.request(self.command, self.path, body=body, headers=headers)

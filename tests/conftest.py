@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,12 +18,10 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
 OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
-os.environ.setdefault("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(
-    {"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}
-))
-for path in (ROOT / "include", ROOT / "plugins"):  # also on the venv's path (Makefile); for bare pytest
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+os.environ.setdefault(
+    "AIRFLOW__OPENLINEAGE__TRANSPORT",
+    json.dumps({"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}),
+)
 
 import pytest  # noqa: E402
 
@@ -44,7 +41,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def demo_model_url(tmp_path_factory):
     """The offline stand-in for the tutorial tarball, packed once, served on 127.0.0.1."""
-    from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
+    from tfserving_demo import pack_tutorial_tarball, serve_directory
 
     tarball = pack_tutorial_tarball(tmp_path_factory.mktemp("demo-model") / "resnet_demo.tar.gz")
     with serve_directory(tarball.parent) as base_url:

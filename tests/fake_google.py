@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.api_core import exceptions as gexc
 from google.cloud.container_v1.types import Cluster, MasterAuth, Operation
-
 from local_cluster import API_HOST, CA_CERT, GKE_TOKEN
 
 GOOGLE_IDENTITY = "deployer@tfserving-deploy.iam.gserviceaccount.com"  # the user the API server sees
@@ -38,12 +37,18 @@ def service_account_key(token_uri: str, project: str) -> dict:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     return {
-        "type": "service_account", "project_id": project, "private_key_id": "local-test-key",
-        "private_key": pem, "client_email": GOOGLE_IDENTITY, "client_id": "1000000000000000000001",
-        "token_uri": token_uri, "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "local-test-key",
+        "private_key": pem,
+        "client_email": GOOGLE_IDENTITY,
+        "client_id": "1000000000000000000001",
+        "token_uri": token_uri,
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
     }
 
 
@@ -80,8 +85,11 @@ class TokenEndpoint:
 
         info = service_account_key(self.url, project)
         private = serialization.load_pem_private_key(info["private_key"].encode(), password=None)
-        self.public_keys.append(private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.public_keys.append(
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         return info
 
     def _grant(self, form: dict) -> tuple[int, dict]:
@@ -128,7 +136,9 @@ class LocalGke:
                 self.provisioning_left -= 1
                 status = "PROVISIONING"
         return Cluster(
-            name=name.rsplit("/", 1)[1], status=status, endpoint=f"{API_HOST}:6443" if status == "RUNNING" else "",
+            name=name.rsplit("/", 1)[1],
+            status=status,
+            endpoint=f"{API_HOST}:6443" if status == "RUNNING" else "",
             master_auth=MasterAuth(cluster_ca_certificate=base64.b64encode(CA_CERT.read_bytes()).decode()),
         )
 
@@ -138,11 +148,15 @@ class LocalGke:
                 raise gexc.AlreadyExists(f"Already exists: {parent}/clusters/{cluster.name}.")
             self.creates.append({"parent": parent, "cluster": cluster})
             self.exists = True
-        return Operation(name="operation-1700000000000-local", operation_type=Operation.Type.CREATE_CLUSTER,
-                         status=Operation.Status.RUNNING)
+        return Operation(
+            name="operation-1700000000000-local",
+            operation_type=Operation.Type.CREATE_CLUSTER,
+            status=Operation.Status.RUNNING,
+        )
 
 
 def gcp_connection(key: dict, project: str) -> str:
     """An Airflow ``google_cloud_platform`` connection (as AIRFLOW_CONN_* JSON) holding ``key``."""
-    return json.dumps({"conn_type": "google_cloud_platform",
-                       "extra": {"keyfile_dict": json.dumps(key), "project": project}})
+    return json.dumps(
+        {"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": json.dumps(key), "project": project}}
+    )

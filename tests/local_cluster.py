@@ -43,7 +43,7 @@ def require_cluster() -> None:
     try:
         with admin_client() as api:
             client.VersionApi(api).get_code(_request_timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure means the cluster is not usable
+    except Exception as exc:
         pytest.fail(f"the local cluster does not answer ({exc}): run `make cluster`", pytrace=False)
 
 
@@ -72,14 +72,26 @@ def write_token_kubeconfig(path: Path, token: str, namespace: str | None = None)
     import yaml
 
     context = {"cluster": "local", "user": "deployer", **({"namespace": namespace} if namespace else {})}
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "local",
-        "clusters": [{"name": "local", "cluster": {
-            "server": f"https://{API_HOST}:6443",
-            "certificate-authority-data": base64.b64encode(CA_CERT.read_bytes()).decode()}}],
-        "contexts": [{"name": "local", "context": context}],
-        "users": [{"name": "deployer", "user": {"token": token}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "local",
+                "clusters": [
+                    {
+                        "name": "local",
+                        "cluster": {
+                            "server": f"https://{API_HOST}:6443",
+                            "certificate-authority-data": base64.b64encode(CA_CERT.read_bytes()).decode(),
+                        },
+                    }
+                ],
+                "contexts": [{"name": "local", "context": context}],
+                "users": [{"name": "deployer", "user": {"token": token}}],
+            }
+        )
+    )
     path.chmod(0o600)
     return path
 
@@ -161,11 +173,14 @@ def service_account_token(api, namespace: str, name: str, rules: list[dict] | No
     core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
     if rules is not None:
         rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
-        rbac.create_namespaced_role_binding(namespace, {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        })
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            },
+        )
     request = {"spec": {"expirationSeconds": 3600}}
     return core.create_namespaced_service_account_token(name, namespace, request).status.token
 
@@ -183,16 +198,21 @@ class AuditLog:
             f.seek(self.mark)
             events = [json.loads(line) for line in f if line.strip()]
         return [
-            e for e in events
-            if e.get("stage") == "ResponseComplete" and e["user"]["username"] == user
+            e
+            for e in events
+            if e.get("stage") == "ResponseComplete"
+            and e["user"]["username"] == user
             and (namespace is None or e.get("objectRef", {}).get("namespace") == namespace)
             and (not resources or e.get("objectRef", {}).get("resource") in resources)
         ]
 
 
 def describe(writes: list[dict]) -> list[str]:
-    return [f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('name', '')}"
-            f"{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}" for e in writes]
+    return [
+        f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('name', '')}"
+        f"{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}"
+        for e in writes
+    ]
 
 
 @dataclass(frozen=True)
@@ -202,8 +222,9 @@ class ModelImage:
     model_dir: Path
 
 
-def publish_model_image(model_dir: Path, *, name: str, version: int, base: str = SERVING_BASE,
-                        repository: str = TEST_REPOSITORY) -> str:
+def publish_model_image(
+    model_dir: Path, *, name: str, version: int, base: str = SERVING_BASE, repository: str = TEST_REPOSITORY
+) -> str:
     """``model_dir`` (a SavedModel, or anything) baked into ``base`` by the oci builder; by digest."""
     import hashlib
 
@@ -223,7 +244,8 @@ def derived_base(tag: str, dockerfile_lines: list[str]) -> str:
     registry as ``tfserving-deploy-tests/<tag>``: e.g. a server that exits, or one that retries loads."""
     image = f"{REGISTRY}/tfserving-deploy-tests/{tag}"
     dockerfile = "\n".join(["FROM tfserving-deploy/serving:2.21.0", *dockerfile_lines]) + "\n"
-    subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=dockerfile.encode(), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", image, "-"], input=dockerfile.encode(), check=True, stdout=subprocess.DEVNULL
+    )
     subprocess.run(["docker", "push", "-q", image], check=True, stdout=subprocess.DEVNULL)
     return image

@@ -2,6 +2,7 @@
 
 Both are deterministic and save in well under a second, so tests can make them on the fly.
 """
+
 import numpy as np
 import tensorflow as tf
 

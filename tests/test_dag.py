@@ -12,8 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "tfserving_resnet.py"
 ORDER = [
-    "check_for_change", "fetch_model", "build_image", "push_image", "ensure_cluster",
-    "start_candidate", "validate_candidate", "deploy", "wait_for_endpoint", "validate",
+    "check_for_change",
+    "fetch_model",
+    "build_image",
+    "push_image",
+    "ensure_cluster",
+    "start_candidate",
+    "validate_candidate",
+    "deploy",
+    "wait_for_endpoint",
+    "validate",
 ]
 
 
@@ -60,12 +68,31 @@ def test_every_task_retries_with_backoff_and_has_a_timeout(dag):
 def test_params_have_descriptions_and_defaults_validate(dag):
     params = dag.params
     assert set(params.keys()) == {
-        "model_url", "model_sha256", "model_name", "image_repository",
-        "serving_base_image", "image_builder", "registry_conn_id", "replicas", "target", "expected_class", "force",
-        "namespace", "kubernetes_conn_id", "manifest_dir", "keep_failed_first_deploy", "resources", "pod_access",
-        "gcp_conn_id", "project_id", "location", "cluster_name", "node_count", "autopilot",
+        "model_url",
+        "model_sha256",
+        "model_name",
+        "image_repository",
+        "serving_base_image",
+        "image_builder",
+        "registry_conn_id",
+        "replicas",
+        "target",
+        "expected_class",
+        "force",
+        "namespace",
+        "kubernetes_conn_id",
+        "manifest_dir",
+        "keep_failed_first_deploy",
+        "resources",
+        "pod_access",
+        "gcp_conn_id",
+        "project_id",
+        "location",
+        "cluster_name",
+        "node_count",
+        "autopilot",
     }
-    for name in params.keys():
+    for name in params:
         assert params.get_param(name).description, name
     params.validate()
     assert params["replicas"] == 3
@@ -76,8 +103,15 @@ def test_params_have_descriptions_and_defaults_validate(dag):
 
 @pytest.mark.parametrize(
     "name,value",
-    [("replicas", 0), ("target", "mars"), ("model_sha256", "abc"), ("model_name", "Bad Name"), ("expected_class", -1),
-     ("pod_access", "teleport"), ("resources", "500m")],
+    [
+        ("replicas", 0),
+        ("target", "mars"),
+        ("model_sha256", "abc"),
+        ("model_name", "Bad Name"),
+        ("expected_class", -1),
+        ("pod_access", "teleport"),
+        ("resources", "500m"),
+    ],
 )
 def test_bad_params_are_rejected(dag, name, value):
     from airflow.sdk import Param
@@ -96,7 +130,10 @@ def test_dag_file_keeps_heavy_imports_out_of_parsing():
         " if m.split('.')[0] in ('tensorflow', 'docker', 'grpc', 'kubernetes', 'tensorflow_serving'))))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe, str(DAG_FILE)], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", probe, str(DAG_FILE)],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT / 'plugins'}"},
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -12,13 +12,13 @@ import json
 import os
 import subprocess
 import tarfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import docker
 import pytest
 
-from tfserving_deploy.demo_model import pack_tutorial_tarball, serve_directory
+import docker
+from tfserving_demo import pack_tutorial_tarball, serve_directory
 from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
 
 pytestmark = pytest.mark.integration
@@ -67,38 +67,62 @@ def client():
 
 
 def _airflow(*args: str) -> str:
-    result = subprocess.run([str(ROOT / ".venv" / "bin" / "airflow"), *args], capture_output=True, text=True,
-                            env=os.environ, timeout=120)
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "airflow"), *args], capture_output=True, text=True, env=os.environ, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
-def test_backfill_validates_every_date_and_only_the_newest_promotes(airflow_db, dated_models, client, tmp_path, monkeypatch):
-    from airflow.models.asset import AssetEvent
+def test_backfill_validates_every_date_and_only_the_newest_promotes(
+    airflow_db, dated_models, client, tmp_path, monkeypatch
+):
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.asset import AssetEvent
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
     conf = {
-        "model_url": dated_models, "model_name": MODEL, "image_repository": REPOSITORY,
-        "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0", "image_builder": "oci",
-        "replicas": 2, "expected_class": 286, "model_sha256": None, "force": False,
+        "model_url": dated_models,
+        "model_name": MODEL,
+        "image_repository": REPOSITORY,
+        "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
+        "image_builder": "oci",
+        "replicas": 2,
+        "expected_class": 286,
+        "model_sha256": None,
+        "force": False,
     }
     _airflow("dags", "reserialize")
-    _airflow("backfill", "create", "--dag-id", "tfserving_resnet", "--from-date", "2026-01-01",
-             "--to-date", "2026-01-03T23:59:59", "--dag-run-conf", json.dumps(conf))
+    _airflow(
+        "backfill",
+        "create",
+        "--dag-id",
+        "tfserving_resnet",
+        "--from-date",
+        "2026-01-01",
+        "--to-date",
+        "2026-01-03T23:59:59",
+        "--dag-run-conf",
+        json.dumps(conf),
+    )
     with create_session() as session:
-        dates = sorted(session.scalars(select(DagRun.logical_date).where(
-            DagRun.dag_id == "tfserving_resnet", DagRun.run_type == "backfill",
-            DagRun.logical_date >= datetime(2026, 1, 1, tzinfo=timezone.utc),
-            DagRun.logical_date < datetime(2026, 1, 4, tzinfo=timezone.utc),
-        )))
+        dates = sorted(
+            session.scalars(
+                select(DagRun.logical_date).where(
+                    DagRun.dag_id == "tfserving_resnet",
+                    DagRun.run_type == "backfill",
+                    DagRun.logical_date >= datetime(2026, 1, 1, tzinfo=UTC),
+                    DagRun.logical_date < datetime(2026, 1, 4, tzinfo=UTC),
+                )
+            )
+        )
     assert [d.strftime("%Y%m%d") for d in dates] == list(DATES)
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     states = {}
     for logical_date in dates:  # oldest first, as the scheduler runs a backfill
         run = dag.test(logical_date=logical_date, run_conf=conf)

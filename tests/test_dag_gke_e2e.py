@@ -11,22 +11,26 @@ provider's ``GKEKubernetesAsyncHook``, and validation talks gRPC to every replic
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import all_succeeded
-from kubernetes import client as k8s
-
 from fake_google import GOOGLE_IDENTITY, LocalGke, TokenEndpoint, gcp_connection
+from kubernetes import client as k8s
 from local_cluster import SERVING_BASE, SMALL, AuditLog, admin_client, describe, read, require_cluster
 from test_dag_kubernetes_e2e import return_value, task_states
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL, NAME, PROJECT, LOCATION, CLUSTER = "gketest", "tfs-gketest", "demo-project", "us-central1", "resnet-serving-cluster"
+MODEL, NAME, PROJECT, LOCATION, CLUSTER = (
+    "gketest",
+    "tfs-gketest",
+    "demo-project",
+    "us-central1",
+    "resnet-serving-cluster",
+)
 CONN_ID = "gke_e2e"
 
 
@@ -53,11 +57,25 @@ def world(airflow_db, tmp_path, monkeypatch):
 
 def conf(model_url: str, ns: str) -> dict:
     return {
-        "model_url": model_url, "model_name": MODEL, "serving_base_image": SERVING_BASE,
-        "image_repository": "127.0.0.1:5000/tfserving-deploy-gketest", "image_builder": "oci", "replicas": 2,
-        "expected_class": 286, "model_sha256": None, "target": "gke", "namespace": ns, "resources": SMALL,
-        "gcp_conn_id": CONN_ID, "project_id": PROJECT, "location": LOCATION, "cluster_name": CLUSTER,
-        "node_count": 1, "autopilot": False, "manifest_dir": "", "force": False,
+        "model_url": model_url,
+        "model_name": MODEL,
+        "serving_base_image": SERVING_BASE,
+        "image_repository": "127.0.0.1:5000/tfserving-deploy-gketest",
+        "image_builder": "oci",
+        "replicas": 2,
+        "expected_class": 286,
+        "model_sha256": None,
+        "target": "gke",
+        "namespace": ns,
+        "resources": SMALL,
+        "gcp_conn_id": CONN_ID,
+        "project_id": PROJECT,
+        "location": LOCATION,
+        "cluster_name": CLUSTER,
+        "node_count": 1,
+        "autopilot": False,
+        "manifest_dir": "",
+        "force": False,
     }
 
 
@@ -77,7 +95,11 @@ def test_dag_creates_the_gke_cluster_then_deploys_and_validates_on_it(world, dem
 
     # Kubernetes saw the Google identity create the namespace, the Deployment and the Service.
     writes = describe(audit.writes(user=GOOGLE_IDENTITY))
-    assert f"create namespaces/{ns}" in writes and f"create deployments/{NAME}" in writes and f"create services/{NAME}" in writes
+    assert (
+        f"create namespaces/{ns}" in writes
+        and f"create deployments/{NAME}" in writes
+        and f"create services/{NAME}" in writes
+    )
     assert endpoint.issued >= 1 and endpoint.refused == []
     assert read(admin, "deployment", NAME, ns)["status"]["readyReplicas"] == 2
 

@@ -19,11 +19,20 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import all_succeeded
-
 from local_cluster import (
-    LB_POOL, SERVING_BASE, SMALL, AuditLog, admin_client, describe, fresh_namespace, read, require_cluster,
-    service_account_token, write_token_kubeconfig,
+    LB_POOL,
+    SERVING_BASE,
+    SMALL,
+    AuditLog,
+    admin_client,
+    describe,
+    fresh_namespace,
+    read,
+    require_cluster,
+    service_account_token,
+    write_token_kubeconfig,
 )
+
 from tfserving_deploy.targets.manifests import deployer_role
 
 pytestmark = pytest.mark.integration
@@ -62,10 +71,20 @@ def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
 
 def conf(model_url: str, ns: str, manifest_dir: Path, **overrides) -> dict:
     return {
-        "model_url": model_url, "model_name": MODEL, "serving_base_image": SERVING_BASE,
-        "image_repository": REPOSITORY, "image_builder": "oci", "replicas": 3, "expected_class": 286,
-        "model_sha256": None, "target": "kubernetes", "namespace": ns, "kubernetes_conn_id": CONN_ID,
-        "manifest_dir": str(manifest_dir), "resources": SMALL, "pod_access": "auto",
+        "model_url": model_url,
+        "model_name": MODEL,
+        "serving_base_image": SERVING_BASE,
+        "image_repository": REPOSITORY,
+        "image_builder": "oci",
+        "replicas": 3,
+        "expected_class": 286,
+        "model_sha256": None,
+        "target": "kubernetes",
+        "namespace": ns,
+        "kubernetes_conn_id": CONN_ID,
+        "manifest_dir": str(manifest_dir),
+        "resources": SMALL,
+        "pod_access": "auto",
         "force": False,  # spelled out: dag.test() keeps the previous run's conf in dag.params
         **overrides,
     }
@@ -83,8 +102,9 @@ def return_value(dag, run, task_id: str):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.scalars(XComModel.get_many(
-            run_id=run.run_id, dag_ids=dag.dag_id, task_ids=task_id, key="return_value")).first()
+        row = session.scalars(
+            XComModel.get_many(run_id=run.run_id, dag_ids=dag.dag_id, task_ids=task_id, key="return_value")
+        ).first()
         assert row is not None, f"no XCom from {task_id}"
         return XComModel.deserialize_value(row)
 
@@ -124,7 +144,9 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     second = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True))
     states = task_states(second)
     assert str(second.state).endswith("success") and all_succeeded(states), states
-    writes = audit.writes(user=f"system:serviceaccount:{ns}:airflow", namespace=ns, resources=("deployments", "services"))
+    writes = audit.writes(
+        user=f"system:serviceaccount:{ns}:airflow", namespace=ns, resources=("deployments", "services")
+    )
     assert describe(writes) == []
     annotations = read(admin, "deployment", NAME, ns)["metadata"]["annotations"]
     assert annotations["tfserving-deploy/meta.dag-run"] == first.run_id  # the revision keeps its provenance

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import docker
 import pytest
 from conftest import all_succeeded
 
+import docker
 from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL
 
 pytestmark = pytest.mark.integration
@@ -158,8 +158,13 @@ def tutorial_client_request(server: str, model_name: str) -> tuple[int, int]:
 
 def test_dag_with_the_docker_builder(dag, model_url, containers):
     """The tutorial's run/cp/commit/push path, kept as image_builder=docker."""
-    conf = _conf(model_url, model_name=MODEL_DOCKER, image_builder="docker", replicas=2,
-                 image_repository="127.0.0.1:5000/tfserving-deploy-dagtest-docker")
+    conf = _conf(
+        model_url,
+        model_name=MODEL_DOCKER,
+        image_builder="docker",
+        replicas=2,
+        image_repository="127.0.0.1:5000/tfserving-deploy-dagtest-docker",
+    )
     run = dag.test(run_conf=conf)
     assert all_succeeded(_task_states(run)), _task_states(run)
     replicas = containers(MODEL_DOCKER)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfserving_deploy import demo_model as dm
+import tfserving_demo as dm
+from tfserving_demo import tarball as dm_tarball
 
 tf = pytest.importorskip("tensorflow")
 
@@ -167,7 +168,7 @@ def test_retar_is_byte_identical(tarball, tmp_path):
     with tarfile.open(tarball, "r:gz") as tar:
         tar.extractall(tmp_path / "src", filter="data")
     again = tmp_path / "again.tar.gz"
-    dm._deterministic_tar_gz(tmp_path / "src", dm.DEFAULT_TOP_DIR, dm.TUTORIAL_VERSION, again)
+    dm_tarball._deterministic_tar_gz(tmp_path / "src", dm.DEFAULT_TOP_DIR, dm.TUTORIAL_VERSION, again)
     assert again.read_bytes() == tarball.read_bytes()
 
 
@@ -179,7 +180,9 @@ def test_pack_twice_same_sha256(tarball, tmp_path):
 
 def test_cli_skips_existing_without_force(tarball, capsys):
     before = tarball.stat().st_mtime_ns
-    assert dm.main(["--out", str(tarball)]) == 0
+    from tfserving_demo.__main__ import main
+
+    assert main(["--out", str(tarball)]) == 0
     out = capsys.readouterr()
     assert _sha(tarball) in out.out
     assert "exists" in out.err
@@ -187,8 +190,10 @@ def test_cli_skips_existing_without_force(tarball, capsys):
 
 
 def test_module_imports_without_tensorflow():
-    code = "import sys, tfserving_deploy.demo_model; assert 'tensorflow' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(dm.IMAGES_DIR.parent)})
+    code = "import sys, tfserving_demo; assert 'tensorflow' not in sys.modules"
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(dm.IMAGES_DIR.parent)}
+    )
 
 
 def test_pack_rejects_bad_top_dir(tmp_path):

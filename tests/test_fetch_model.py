@@ -122,10 +122,10 @@ class Site:
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
-        self.status: dict[str, int] = {}       # path -> forced error status
-        self.no_length: set[str] = set()       # paths served without Content-Length
-        self.stall: set[str] = set()           # paths that send headers and then hang
-        self.requests: list[dict] = []         # {"path", "headers", "status"}
+        self.status: dict[str, int] = {}  # path -> forced error status
+        self.no_length: set[str] = set()  # paths served without Content-Length
+        self.stall: set[str] = set()  # paths that send headers and then hang
+        self.requests: list[dict] = []  # {"path", "headers", "status"}
         self.release = threading.Event()
 
 
@@ -300,8 +300,7 @@ def test_unreachable_host(cache):
     assert "hunter2" not in str(e.value) and "user:" not in str(e.value)
 
 
-@pytest.mark.parametrize("status, advice", [(404, "check the URL"), (403, "refused access"),
-                                            (500, "server failed")])
+@pytest.mark.parametrize("status, advice", [(404, "check the URL"), (403, "refused access"), (500, "server failed")])
 def test_http_errors_name_status_and_url(site, cache, status, advice):
     site.status["/m.tar.gz"] = status
     url = site.base.replace("http://", "http://alice:s3cret@") + "/m.tar.gz"
@@ -332,9 +331,10 @@ def test_stalled_download_times_out(site, cache, tutorial_tarball):
 def test_checksum_mismatch_leaves_no_blob(site, cache, tutorial_tarball):
     url = serve(site, "/m.tar.gz", tutorial_tarball)
     wrong = "AB12" + "0" * 60
-    with pytest.raises(ChecksumMismatch, match=(
-        rf"model_sha256 mismatch for {url}: expected ab120+, got {sha256_of(tutorial_tarball)}; re-check"
-    )):
+    with pytest.raises(
+        ChecksumMismatch,
+        match=(rf"model_sha256 mismatch for {url}: expected ab120+, got {sha256_of(tutorial_tarball)}; re-check"),
+    ):
         fetch_model(url, cache_dir=cache, sha256=wrong, timeout=TIMEOUT)
     assert blobs(cache) == [] and leftovers(cache) == []
 
@@ -364,12 +364,15 @@ def test_size_cap_for_local_file(cache, tutorial_tarball):
         fetch_model(str(tutorial_tarball), cache_dir=cache, max_bytes=10)
 
 
-@pytest.mark.parametrize("url, what", [
-    ("ftp://example.com/m.tar.gz", "scheme 'ftp'"),
-    ("s3://bucket/m.tar.gz", "scheme 's3'"),
-    ("models/m.tar.gz", "a relative path"),
-    ("file://otherhost/m.tar.gz", "file URLs must be local"),
-])
+@pytest.mark.parametrize(
+    "url, what",
+    [
+        ("ftp://example.com/m.tar.gz", "scheme 'ftp'"),
+        ("s3://bucket/m.tar.gz", "scheme 's3'"),
+        ("models/m.tar.gz", "a relative path"),
+        ("file://otherhost/m.tar.gz", "file URLs must be local"),
+    ],
+)
 def test_unsupported_urls(cache, url, what):
     with pytest.raises(ModelFetchError, match=what):
         fetch_model(url, cache_dir=cache)
@@ -401,8 +404,11 @@ def test_truncated_tarball(tmp_path, cache, tutorial_tarball):
 
 def test_tarball_without_savedmodel_lists_its_entries(tmp_path, cache):
     tarball = tar_with(tmp_path / "x.tar", files={"README.txt": b"hi", "weights/model.h5": b"\0"})
-    with pytest.raises(InvalidModelError, match=r"no saved_model\.pb \(entries: README\.txt, weights/model\.h5\); "
-                                                r"expected <model>/<version>/saved_model\.pb"):
+    with pytest.raises(
+        InvalidModelError,
+        match=r"no saved_model\.pb \(entries: README\.txt, weights/model\.h5\); "
+        r"expected <model>/<version>/saved_model\.pb",
+    ):
         fetch_model(str(tarball), cache_dir=cache)
     assert leftovers(cache) == []  # a rejected extraction is never reused
 
@@ -434,8 +440,9 @@ def test_missing_signature_names_the_existing_ones(tmp_path, cache, saved_model_
 
     with pytest.raises(InvalidModelError, match="no signature 'serving_default'; it has: predict_images; pass"):
         fetch_model(str(tarball), cache_dir=cache)
-    assert fetch_model(str(tarball), cache_dir=cache, signature_name="predict_images").signature.inputs == \
-        EXPECTED_INPUTS
+    assert (
+        fetch_model(str(tarball), cache_dir=cache, signature_name="predict_images").signature.inputs == EXPECTED_INPUTS
+    )
 
 
 def test_missing_variables_dir(tmp_path, cache, saved_model_dir):
@@ -462,11 +469,17 @@ def _special(name: str, kind: bytes) -> tarfile.TarInfo:
 UNSAFE = {
     "absolute path": (tarfile.TarInfo("/tmp/evil-model-file"), "/tmp/evil-model-file", "absolute path"),
     "dotdot": (tarfile.TarInfo("m/../../x"), "m/../../x", r"'\.\.' component"),
-    "symlink to /etc/passwd": (_link("m/1/passwd", "/etc/passwd", tarfile.SYMTYPE), "m/1/passwd",
-                               "symlink to '/etc/passwd' points outside"),
+    "symlink to /etc/passwd": (
+        _link("m/1/passwd", "/etc/passwd", tarfile.SYMTYPE),
+        "m/1/passwd",
+        "symlink to '/etc/passwd' points outside",
+    ),
     "relative symlink out": (_link("m/1/up", "../../../x", tarfile.SYMTYPE), "m/1/up", "symlink"),
-    "hardlink outside": (_link("m/1/h", "../outside", tarfile.LNKTYPE), "m/1/h",
-                         "hardlink to '../outside' points outside"),
+    "hardlink outside": (
+        _link("m/1/h", "../outside", tarfile.LNKTYPE),
+        "m/1/h",
+        "hardlink to '../outside' points outside",
+    ),
     "fifo": (_special("m/1/pipe", tarfile.FIFOTYPE), "m/1/pipe", "device or fifo"),
     "char device": (_special("m/1/null", tarfile.CHRTYPE), "m/1/null", "device or fifo"),
     "block device": (_special("m/1/sda", tarfile.BLKTYPE), "m/1/sda", "device or fifo"),
@@ -504,9 +517,11 @@ def test_links_inside_the_root_are_fine(tmp_path, saved_model_dir):
 
 
 def test_signed_url_tokens_stay_out_of_error_messages():
-    from tfserving_deploy.artifact import _redact_text
+    from tfserving_deploy.urls import redact_text as _redact_text
 
     url = "https://storage.example.com/m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
-    text = "HTTPSConnectionPool: Max retries exceeded with url: /m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
+    text = (
+        "HTTPSConnectionPool: Max retries exceeded with url: /m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
+    )
     redacted = _redact_text(text, url)
     assert "abc123secret" not in redacted and "X-Goog-Signature=REDACTED" in redacted and "20260101" in redacted

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-import http.server
-import ipaddress
 import json
-import ssl
-import threading
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -31,8 +27,12 @@ CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-
 
 def cluster(status: str, **fields) -> Cluster:
     return Cluster(
-        name=NAME, location=LOCATION, status=status, endpoint="34.118.0.10",
-        master_auth=MasterAuth(cluster_ca_certificate=CA), **fields,
+        name=NAME,
+        location=LOCATION,
+        status=status,
+        endpoint="34.118.0.10",
+        master_auth=MasterAuth(cluster_ca_certificate=CA),
+        **fields,
     )
 
 
@@ -57,8 +57,10 @@ class FakeClusterManager:
         if self.create_error is not None:
             raise self.create_error
         return Operation(
-            name="operation-1700000000000-abcd", operation_type=Operation.Type.CREATE_CLUSTER,
-            status=Operation.Status.RUNNING, target_link=f"https://container.googleapis.com/v1/{PATH}",
+            name="operation-1700000000000-abcd",
+            operation_type=Operation.Type.CREATE_CLUSTER,
+            status=Operation.Status.RUNNING,
+            target_link=f"https://container.googleapis.com/v1/{PATH}",
         )
 
 
@@ -77,12 +79,17 @@ class FakeTime:
 
 def ensure(client, **kwargs) -> GkeCluster:
     fake = kwargs.pop("time", FakeTime())
-    return ensure_gke_cluster(client, project_id=PROJECT, location=LOCATION, sleep=fake.sleep, clock=fake.clock, **kwargs)
+    return ensure_gke_cluster(
+        client, project_id=PROJECT, location=LOCATION, sleep=fake.sleep, clock=fake.clock, **kwargs
+    )
 
 
 def test_missing_cluster_is_created_and_waited_for():
     client = FakeClusterManager(
-        gexc.NotFound(f"Not found: {PATH}."), cluster("PROVISIONING"), cluster("PROVISIONING"), cluster("RUNNING"),
+        gexc.NotFound(f"Not found: {PATH}."),
+        cluster("PROVISIONING"),
+        cluster("PROVISIONING"),
+        cluster("RUNNING"),
     )
     result = ensure(client, node_count=3, machine_type="e2-standard-4")
 
@@ -115,10 +122,17 @@ def test_reconciling_cluster_is_waited_for_without_create(caplog):
 
 @pytest.mark.parametrize("status", ["ERROR", "DEGRADED", "STOPPING"])
 def test_broken_cluster_fails_with_gke_reason_and_is_not_touched(status):
-    client = FakeClusterManager(cluster(
-        status, status_message="Node pool default-pool has no healthy nodes",
-        conditions=[StatusCondition(code=StatusCondition.Code.GCE_STOCKOUT, message="e2-standard-4 is out of stock in us-central1-a")],
-    ))
+    client = FakeClusterManager(
+        cluster(
+            status,
+            status_message="Node pool default-pool has no healthy nodes",
+            conditions=[
+                StatusCondition(
+                    code=StatusCondition.Code.GCE_STOCKOUT, message="e2-standard-4 is out of stock in us-central1-a"
+                )
+            ],
+        )
+    )
     with pytest.raises(TargetError) as err:
         ensure(client)
     message = str(err.value)
@@ -160,14 +174,18 @@ def test_autopilot_request_has_no_node_pool():
 
 def test_autopilot_refuses_a_zone_and_a_machine_type():
     with pytest.raises(TargetError, match="regional.*'us-central1-a'.*'us-central1'"):
-        ensure_gke_cluster(FakeClusterManager(gexc.NotFound("x")), project_id=PROJECT, location="us-central1-a", autopilot=True)
+        ensure_gke_cluster(
+            FakeClusterManager(gexc.NotFound("x")), project_id=PROJECT, location="us-central1-a", autopilot=True
+        )
     with pytest.raises(TargetError, match="machine_type 'e2-small' does not apply to Autopilot"):
         ensure(FakeClusterManager(gexc.NotFound("x")), autopilot=True, machine_type="e2-small")
 
 
 def test_create_race_is_treated_as_existing():
     client = FakeClusterManager(
-        gexc.NotFound("no such cluster"), cluster("PROVISIONING"), cluster("RUNNING"),
+        gexc.NotFound("no such cluster"),
+        cluster("PROVISIONING"),
+        cluster("RUNNING"),
         create_error=gexc.AlreadyExists(f"Already exists: {PATH}."),
     )
     result = ensure(client)
@@ -195,15 +213,18 @@ def local_gke_cluster():
     from local_cluster import API_HOST, CA_CERT, require_cluster
 
     require_cluster()
-    return GkeCluster(NAME, LOCATION, f"{API_HOST}:6443", base64.b64encode(CA_CERT.read_bytes()).decode(), "RUNNING", False)
+    return GkeCluster(
+        NAME, LOCATION, f"{API_HOST}:6443", base64.b64encode(CA_CERT.read_bytes()).decode(), "RUNNING", False
+    )
 
 
 def who_am_i(api) -> str:
     """The user the API server authenticated (SelfSubjectReview)."""
     from kubernetes import client
 
-    review = client.AuthenticationV1Api(api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1",
-                                                                         "kind": "SelfSubjectReview"})
+    review = client.AuthenticationV1Api(api).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
     return review.status.user_info.username
 
 
@@ -220,7 +241,6 @@ def test_kubernetes_client_trusts_the_cluster_ca_and_sends_the_bearer_token(loca
 
 def test_kubernetes_client_asks_for_a_token_before_each_request(local_gke_cluster):
     from kubernetes.client.exceptions import ApiException
-
     from local_cluster import GKE_TOKEN
 
     tokens = iter(["unused-at-construction", "ya29.expired", GKE_TOKEN.read_text().strip()])
@@ -234,8 +254,9 @@ def test_kubernetes_client_asks_for_a_token_before_each_request(local_gke_cluste
 def test_kubernetes_client_rejects_a_server_with_another_ca(local_gke_cluster, tmp_path):
     from kubernetes import client
 
-    impostor = GkeCluster(NAME, LOCATION, local_gke_cluster.endpoint, base64.b64encode(_self_signed(tmp_path)).decode(),
-                          "RUNNING", False)
+    impostor = GkeCluster(
+        NAME, LOCATION, local_gke_cluster.endpoint, base64.b64encode(_self_signed(tmp_path)).decode(), "RUNNING", False
+    )
     api = kubernetes_client_for(impostor, "token")
     with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
         client.VersionApi(api).get_code(_request_timeout=5)
@@ -249,10 +270,14 @@ def _self_signed(tmp_path) -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor-ca")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -260,7 +285,7 @@ def _self_signed(tmp_path) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-# -- the Airflow glue (plugins/tfserving_airflow/kube.py) with the provider's real GKEHook ------------
+# -- the Airflow glue (plugins/tfserving_airflow/connections.py) with the provider's real GKEHook ------------
 
 
 @pytest.fixture
@@ -289,34 +314,47 @@ def use_gke(monkeypatch, client) -> None:
 
 
 def test_gke_api_client_ensures_the_cluster_and_authenticates_with_the_connection(
-    monkeypatch, gcp_conn, token_endpoint, local_gke_cluster,
+    monkeypatch,
+    gcp_conn,
+    token_endpoint,
+    local_gke_cluster,
 ):
     from fake_google import GOOGLE_IDENTITY, LocalGke
-    from tfserving_airflow import kube
+
+    from tfserving_airflow import connections
+    from tfserving_airflow.config import GkeConfig
 
     gke = LocalGke(exists=True)
     use_gke(monkeypatch, gke)
-    api = kube.gke_api_client(gcp_conn_id=gcp_conn, location=LOCATION, cluster_name=NAME)
+    api = connections.gke_api_client(GkeConfig(gcp_conn_id=gcp_conn, location=LOCATION, cluster_name=NAME))
     assert who_am_i(api) == GOOGLE_IDENTITY  # google-auth got the token; the API server accepted it
     assert gke.gets == [PATH]  # the project came from the connection
     assert token_endpoint.issued == 1 and token_endpoint.refused == []
 
 
 def test_gke_glue_names_the_connection_when_permission_is_missing(monkeypatch, gcp_conn):
-    from tfserving_airflow import kube
+    from tfserving_airflow import connections
+    from tfserving_airflow.config import GkeConfig
 
     use_gke(monkeypatch, FakeClusterManager(gexc.PermissionDenied("Required 'container.clusters.get' permission")))
-    with pytest.raises(TargetError, match=r"gcp connection 'gcp' needs the container\.clusters\.get permission in project 'demo-project'"):
-        kube.gke_cluster(gcp_conn_id=gcp_conn, location=LOCATION)
+    with pytest.raises(
+        TargetError,
+        match=r"gcp connection 'gcp' needs the container\.clusters\.get permission in project 'demo-project'",
+    ):
+        connections.gke_cluster(GkeConfig(gcp_conn_id=gcp_conn, location=LOCATION))
 
 
 def test_gke_glue_needs_a_project(monkeypatch, token_endpoint):
     from fake_google import service_account_key
-    from tfserving_airflow import kube
+
+    from tfserving_airflow import connections
+    from tfserving_airflow.config import GkeConfig
 
     key = {**service_account_key(token_endpoint.url, PROJECT), "project_id": ""}
-    monkeypatch.setenv("AIRFLOW_CONN_GCP", json.dumps({"conn_type": "google_cloud_platform",
-                                                       "extra": {"keyfile_dict": json.dumps(key)}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GCP",
+        json.dumps({"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": json.dumps(key)}}),
+    )
     use_gke(monkeypatch, FakeClusterManager(cluster("RUNNING")))
     with pytest.raises(TargetError, match="no GCP project.*gcp connection 'gcp'"):
-        kube.gke_cluster(gcp_conn_id="gcp", location=LOCATION)
+        connections.gke_cluster(GkeConfig(gcp_conn_id="gcp", location=LOCATION))

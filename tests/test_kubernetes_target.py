@@ -16,19 +16,36 @@ import threading
 import time
 
 import pytest
-from kubernetes import client as k8s
-
 from api_faults import FaultProxy
+from kubernetes import client as k8s
 from local_cluster import (
-    LB_POOL, SMALL, AuditLog, admin_client, derived_base, describe, fresh_namespace, pods, publish_model_image, read,
-    require_cluster, service_account_token, token_client, wait_for,
+    LB_POOL,
+    SMALL,
+    AuditLog,
+    admin_client,
+    derived_base,
+    describe,
+    fresh_namespace,
+    pods,
+    publish_model_image,
+    read,
+    require_cluster,
+    service_account_token,
+    token_client,
+    wait_for,
 )
 from savedmodels import make_string_model
+
 from tfserving_deploy.errors import RolloutError, TargetError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget, pod_grpc_address
 from tfserving_deploy.targets.manifests import (
-    ANNOTATION_IMAGE, ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM,
-    ANNOTATION_VERSION, candidate_pod_manifest, deployer_role, readiness_command,
+    ANNOTATION_IMAGE,
+    ANNOTATION_PREVIOUS_IMAGE,
+    ANNOTATION_RESTORED_FROM,
+    ANNOTATION_VERSION,
+    candidate_pod_manifest,
+    deployer_role,
+    readiness_command,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,9 +73,12 @@ def images(tmp_path_factory):
     broken = root / "broken" / "3"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-    crashing_base = derived_base("crashing:1", [
-        'ENTRYPOINT ["sh", "-c", "echo model server: fatal: cannot open /models >&2; exit 3"]'])
-    retrying_base = derived_base("retrying:1", ['CMD ["--max_num_load_retries=100000", "--load_retry_interval_micros=2000000"]'])
+    crashing_base = derived_base(
+        "crashing:1", ['ENTRYPOINT ["sh", "-c", "echo model server: fatal: cannot open /models >&2; exit 3"]']
+    )
+    retrying_base = derived_base(
+        "retrying:1", ['CMD ["--max_num_load_retries=100000", "--load_retry_interval_micros=2000000"]']
+    )
     return {
         "A": publish_model_image(root / "good" / "1", name=MODEL, version=1),
         "B": publish_model_image(root / "good" / "2", name=MODEL, version=2),
@@ -88,8 +108,14 @@ def make_target(deployer, ns, tmp_path):
     def make(token: str | None = None, api=None, **options) -> KubernetesTarget:
         api = api or token_client(token or deployer)
         clients.append(api)
-        defaults = dict(namespace=ns, resources=SMALL, poll_interval=0.5, unschedulable_grace=0,
-                        retry_backoff=0.05, manifest_dir=str(tmp_path / "manifests"))
+        defaults = {
+            "namespace": ns,
+            "resources": SMALL,
+            "poll_interval": 0.5,
+            "unschedulable_grace": 0,
+            "retry_backoff": 0.05,
+            "manifest_dir": str(tmp_path / "manifests"),
+        }
         return KubernetesTarget(api, **{**defaults, **options})
 
     yield make
@@ -133,11 +159,15 @@ def test_least_privilege_role_passes_the_access_review(make_target, ns):
 
 def test_missing_verbs_are_named_by_the_real_authorizer(admin, ns, make_target):
     rules = [r for r in deployer_role(ns)["rules"] if r["resources"] != ["events"]]
-    rules = [{**r, "verbs": [v for v in r["verbs"] if v != "patch"]} if r["resources"] == ["services"] else r
-             for r in rules]
+    rules = [
+        {**r, "verbs": [v for v in r["verbs"] if v != "patch"]} if r["resources"] == ["services"] else r for r in rules
+    ]
     token = service_account_token(admin, ns, "restricted", rules)
-    with pytest.raises(TargetError, match=rf"may not patch services; list events in namespace {ns}; "
-                                          r"grant these verbs with a Role and RoleBinding"):
+    with pytest.raises(
+        TargetError,
+        match=rf"may not patch services; list events in namespace {ns}; "
+        r"grant these verbs with a Role and RoleBinding",
+    ):
         make_target(token).ensure_ready("127.0.0.1:5000/x")
 
 
@@ -155,12 +185,16 @@ def test_unreachable_api_names_the_host():
     configuration = k8s.Configuration()
     configuration.host = "https://10.200.0.1:1"  # the node's address, a port nothing listens on
     target = KubernetesTarget(k8s.ApiClient(configuration), api_attempts=2, retry_backoff=0.01)
-    with pytest.raises(TargetError, match=r"Kubernetes API at https://10.200.0.1:1 is not reachable .*read the server version"):
+    with pytest.raises(
+        TargetError, match=r"Kubernetes API at https://10.200.0.1:1 is not reachable .*read the server version"
+    ):
         target.ensure_ready("127.0.0.1:5000/x")
 
 
 def test_rejected_credentials_are_explained(make_target):
-    with pytest.raises(TargetError, match=r"rejected the credentials \(HTTP 401\) for read the server version.*refresh"):
+    with pytest.raises(
+        TargetError, match=r"rejected the credentials \(HTTP 401\) for read the server version.*refresh"
+    ):
         make_target("not-a-valid-token").ensure_ready("127.0.0.1:5000/x")
 
 
@@ -175,7 +209,7 @@ def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns
     candidate = candidate_pod_manifest(images["A"], model_name=MODEL, version=7, namespace=ns)
     for manifest in (deployment, service, candidate):
         kubernetes_validate.validate(manifest, "1.34.0", strict=True)
-    strict = dict(dry_run="All", field_validation="Strict")
+    strict = {"dry_run": "All", "field_validation": "Strict"}
     k8s.AppsV1Api(admin).create_namespaced_deployment(ns, deployment, **strict)
     k8s.CoreV1Api(admin).create_namespaced_service(ns, service, **strict)
     k8s.CoreV1Api(admin).create_namespaced_pod(ns, candidate, **strict)
@@ -193,7 +227,9 @@ def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns
 
 def test_render_rejects_tags_and_makes_names_dns_safe(make_target, images):
     target = make_target(manifest_dir=None)
-    with pytest.raises(TargetError, match=r"deploy by digest: 'registry.example.com/models/resnet:1' .* run push_image"):
+    with pytest.raises(
+        TargetError, match=r"deploy by digest: 'registry.example.com/models/resnet:1' .* run push_image"
+    ):
         target.render("registry.example.com/models/resnet:1", model_name=MODEL, version=1, replicas=1)
     deployment, _ = target.render(images["A"], model_name="resnet_v2", version=1, replicas=1)
     assert deployment["metadata"]["name"] == "tfs-resnet-v2"
@@ -219,7 +255,7 @@ class LoadBalancerClient(threading.Thread):
             try:
                 _, version = answer(self.address)
                 self.versions[version] = self.versions.get(version, 0) + 1
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            except Exception as exc:
                 self.failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
             time.sleep(0.05)
 
@@ -229,12 +265,19 @@ class LoadBalancerClient(threading.Thread):
         return {"answers": sum(self.versions.values()), "by_version": dict(self.versions), "failed": len(self.failures)}
 
 
-def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downtime(make_target, admin, ns, images, audit, record_property):
+def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downtime(
+    make_target, admin, ns, images, audit, record_property
+):
     target = make_target()
     first = deploy(target, images["A"], replicas=3)
     assert first == {
-        "deployment": f"{ns}/{NAME}", "image": images["A"], "model_version": 1, "promoted": True,
-        "deployment_change": "created", "service_change": "created", "available_replicas": 3,
+        "deployment": f"{ns}/{NAME}",
+        "image": images["A"],
+        "model_version": 1,
+        "promoted": True,
+        "deployment_change": "created",
+        "service_change": "created",
+        "available_replicas": 3,
     }
     balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
     assert balancer.rsplit(":", 1)[0] in {str(ip) for ip in LB_POOL.hosts()}
@@ -303,9 +346,11 @@ class AvailabilityWatch(threading.Thread):
 # -- faults, produced for real -----------------------------------------------------------------------
 
 FAILURES = {
-    "missing": r"(?s)is (ErrImagePull|ImagePullBackOff): .*not found.*; events: .*Failed to pull image .*imagePullSecrets",
-    "crashing": r"(?s)is CrashLoopBackOff: back-off \d+s restarting failed container.*\(last exit: Error, code 3, \d restarts?\); "
-                r"events: .*logs tfs-resnet-\w+-\w+ --previous",
+    "missing": r"(?s)is (ErrImagePull|ImagePullBackOff): .*not found.*; events: .*Failed to pull image "
+    r".*imagePullSecrets",
+    "crashing": r"(?s)is CrashLoopBackOff: back-off \d+s restarting failed container.*"
+    r"\(last exit: Error, code 3, \d restarts?\); "
+    r"events: .*logs tfs-resnet-\w+-\w+ --previous",
     "broken": r"(?s)the model failed to load \(state END\): .*(SavedModel|saved_model).*fix the model files",
 }
 
@@ -333,8 +378,11 @@ def test_model_stuck_loading_is_never_ready_and_times_out(make_target, admin, ns
     gets a Ready pod, so it never gets traffic, and the rollout ends at ready_timeout."""
     target = make_target()
     deploy(target, images["A"])
-    with pytest.raises(RolloutError, match=r"(?s)not rolled out after 25s .*pod tfs-resnet-\w+-\w+: Running, not ready.*"
-                                           r"Readiness probe failed: .*\"state\": \"LOADING\".*raise ready_timeout"):
+    with pytest.raises(
+        RolloutError,
+        match=r"(?s)not rolled out after 25s .*pod tfs-resnet-\w+-\w+: Running, not ready.*"
+        r"Readiness probe failed: .*\"state\": \"LOADING\".*raise ready_timeout",
+    ):
         deploy(target, images["loading"], version=3, ready_timeout=25)
     assert image_of(read(admin, "deployment", NAME, ns)) == images["A"]
 
@@ -342,8 +390,11 @@ def test_model_stuck_loading_is_never_ready_and_times_out(make_target, admin, ns
 def test_progress_deadline_exceeded(make_target, images):
     target = make_target(progress_deadline_seconds=10)
     deploy(target, images["A"])
-    with pytest.raises(RolloutError, match=r"(?s)ProgressDeadlineExceeded: ReplicaSet \"tfs-resnet-\w+\" has timed out progressing"
-                                           r".*rolled back: restored"):
+    with pytest.raises(
+        RolloutError,
+        match=r"(?s)ProgressDeadlineExceeded: ReplicaSet \"tfs-resnet-\w+\" has timed out progressing"
+        r".*rolled back: restored",
+    ):
         deploy(target, images["loading"], version=3, ready_timeout=120)
 
 
@@ -351,13 +402,18 @@ def test_unschedulable_pod_is_explained(make_target, images):
     target = make_target()
     deploy(target, images["A"])
     huge = make_target(resources={"requests": {"cpu": "64", "memory": "64Mi"}})
-    with pytest.raises(RolloutError, match=r"(?s)is Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.*"
-                                           r"lower the resources requests.*rolled back: restored"):
+    with pytest.raises(
+        RolloutError,
+        match=r"(?s)is Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.*"
+        r"lower the resources requests.*rolled back: restored",
+    ):
         deploy(huge, images["A"])  # same image, new template: a new ReplicaSet that cannot be placed
 
 
 def test_failed_first_deploy_is_deleted_or_kept(make_target, admin, ns, images):
-    with pytest.raises(RolloutError, match=r"rolled back: deleted Deployment and Service .*/tfs-resnet: it was the first"):
+    with pytest.raises(
+        RolloutError, match=r"rolled back: deleted Deployment and Service .*/tfs-resnet: it was the first"
+    ):
         deploy(make_target(), images["missing"])
     assert read(admin, "deployment", NAME, ns) is None and read(admin, "service", NAME, ns) is None
     with pytest.raises(RolloutError, match=r"rolled back: kept Deployment and Service .*for inspection"):
@@ -411,7 +467,9 @@ def test_candidate_gets_no_service_traffic(make_target, admin, ns, images):
     deploy(target, images["A"], replicas=2)
     (candidate,) = target.start_candidate(images["B"], model_name=MODEL, version=2, ready_timeout=120)
     assert target.start_candidate(images["B"], model_name=MODEL, version=2, ready_timeout=120) == [candidate]
-    slices = k8s.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(ns, label_selector=f"kubernetes.io/service-name={NAME}")
+    slices = k8s.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(
+        ns, label_selector=f"kubernetes.io/service-name={NAME}"
+    )
     served = {address for s in slices.items for e in s.endpoints or [] for address in e.addresses}
     assert len(served) == 2 and candidate.rsplit(":", 1)[0] not in served
     assert target.endpoints(MODEL, images["B"]) == []
@@ -424,8 +482,11 @@ def test_candidate_gets_no_service_traffic(make_target, admin, ns, images):
 
 def test_failing_candidate_is_explained_and_removed(make_target, images):
     target = make_target()
-    with pytest.raises(RolloutError, match=r"candidate pod .*/tfs-resnet-candidate-\w+ is (ErrImagePull|ImagePullBackOff).*"
-                                           r"\nremoved the candidate pod"):
+    with pytest.raises(
+        RolloutError,
+        match=r"candidate pod .*/tfs-resnet-candidate-\w+ is (ErrImagePull|ImagePullBackOff).*"
+        r"\nremoved the candidate pod",
+    ):
         target.start_candidate(images["missing"], model_name=MODEL, version=2, ready_timeout=120)
     assert target.stop_candidate(MODEL) == 0
 
@@ -435,6 +496,7 @@ def test_failing_candidate_is_explained_and_removed(make_target, images):
 
 def test_a_pod_killed_during_validation_is_named_in_the_report(make_target, admin, ns, images, tmp_path):
     from savedmodels import make_string_model as model
+
     from tfserving_deploy.savedmodel import read_signature
     from tfserving_deploy.validation import validate_replicas
 
@@ -444,12 +506,21 @@ def test_a_pod_killed_during_validation_is_named_in_the_report(make_target, admi
     victim = next(p for p in pods(admin, ns, "app.kubernetes.io/name=tfserving") if pod_grpc_address(p) == endpoints[1])
     model_dir = model(tmp_path / "m" / "1")
     with target.reachable(endpoints) as dial:
-        killer = threading.Timer(0.5, lambda: k8s.CoreV1Api(admin).delete_namespaced_pod(
-            victim["metadata"]["name"], ns, grace_period_seconds=0))
+        killer = threading.Timer(
+            0.5,
+            lambda: k8s.CoreV1Api(admin).delete_namespaced_pod(victim["metadata"]["name"], ns, grace_period_seconds=0),
+        )
         killer.start()
         report = validate_replicas(
-            endpoints, model_name=MODEL, version=1, signature=read_signature(model_dir), model_dir=model_dir,
-            jpeg=b"cat.jpg", requests_per_replica=400, time_budget_s=60, dial=dial,
+            endpoints,
+            model_name=MODEL,
+            version=1,
+            signature=read_signature(model_dir),
+            model_dir=model_dir,
+            jpeg=b"cat.jpg",
+            requests_per_replica=400,
+            time_budget_s=60,
+            dial=dial,
         )
         killer.join()
     first, second = report.replicas
@@ -478,7 +549,7 @@ def test_two_runs_racing_to_create_the_deployment(make_target, admin, ns, images
     """Another run creates the Deployment between this run's read and create: a real 409 follows."""
     target = make_target()
     rival = make_target()
-    real_read = target.apps.read_namespaced_deployment
+    real_read = target.api.apps.read_namespaced_deployment
     raced = []
 
     def read_then_lose_the_race(*args, **kwargs):
@@ -489,7 +560,7 @@ def test_two_runs_racing_to_create_the_deployment(make_target, admin, ns, images
                 raced.append(rival.deploy(images["A"], model_name=MODEL, version=1, replicas=1, ready_timeout=120))
             raise
 
-    target.apps.read_namespaced_deployment = read_then_lose_the_race
+    target.api.apps.read_namespaced_deployment = read_then_lose_the_race
     result = deploy(target, images["A"])
     assert raced and raced[0]["deployment_change"] == "created"
     assert result["deployment_change"] == "unchanged" and result["promoted"] is False
@@ -508,11 +579,15 @@ def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, 
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 503, times=2)
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 429)
         assert deploy(target, images["B"], version=2)["deployment_change"] == "patched"
-        assert proxy.injected == [f"PATCH /apis/apps/v1/namespaces/{target.namespace}/deployments/{NAME} -> {s}"
-                                  for s in (503, 503, 429)]
+        assert proxy.injected == [
+            f"PATCH /apis/apps/v1/namespaces/{target.namespace}/deployments/{NAME} -> {s}" for s in (503, 503, 429)
+        ]
         proxy.fail("GET", r"/version", 503, times=100)
-        with pytest.raises(TargetError, match=r"read the server version failed with HTTP 503 from http://127.0.0.1:\d+ "
-                                              r"after 3 attempts.*overloaded or unhealthy"):
+        with pytest.raises(
+            TargetError,
+            match=r"read the server version failed with HTTP 503 from http://127.0.0.1:\d+ "
+            r"after 3 attempts.*overloaded or unhealthy",
+        ):
             make_target(api=k8s.ApiClient(configuration), api_attempts=3).ensure_ready("127.0.0.1:5000/x")
 
 
@@ -521,5 +596,5 @@ def test_load_balancer_address_and_its_absence(make_target, images):
     with pytest.raises(TargetError, match=r"Service .*/tfs-resnet does not exist"):
         target.load_balancer_address(MODEL)
     deploy(target, images["A"])
-    with pytest.raises(TargetError, match="of type 'ClusterIP', which gets no load balancer address"):
+    with pytest.raises(TargetError, match="of type ClusterIP, not LoadBalancer, so it gets no load balancer address"):
         target.load_balancer_address(MODEL)

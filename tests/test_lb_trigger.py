@@ -13,15 +13,21 @@ import asyncio
 import importlib
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
-from kubernetes import client as k8s
-
 from api_faults import FaultProxy
+from kubernetes import client as k8s
 from local_cluster import (
-    LB_POOL, admin_client, fresh_namespace, require_cluster, service_account_token, write_token_kubeconfig,
+    LB_POOL,
+    admin_client,
+    fresh_namespace,
+    require_cluster,
+    service_account_token,
+    write_token_kubeconfig,
 )
+
 from tfserving_airflow.sensors import WaitForLoadBalancerSensor
 from tfserving_airflow.triggers import LoadBalancerTrigger
 
@@ -47,15 +53,21 @@ def ns(admin):
 @pytest.fixture
 def kubeconfig(admin, ns, tmp_path):
     """A ServiceAccount that may read Services in the namespace, as the sensor needs."""
-    token = service_account_token(admin, ns, "waiter", [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}])
+    token = service_account_token(
+        admin, ns, "waiter", [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]
+    )
     return str(write_token_kubeconfig(tmp_path / "kubeconfig", token, ns))
 
 
 def create_service(admin, ns, name=SERVICE, *, type_="LoadBalancer", **spec) -> None:
     body = {
         "metadata": {"name": name},
-        "spec": {"type": type_, "selector": {"app": name}, "ports": [{"name": "grpc", "port": 8500}, {"name": "http", "port": 8501}],
-                 **spec},
+        "spec": {
+            "type": type_,
+            "selector": {"app": name},
+            "ports": [{"name": "grpc", "port": 8500}, {"name": "http", "port": 8501}],
+            **spec,
+        },
     }
     k8s.CoreV1Api(admin).create_namespaced_service(ns, body)
 
@@ -135,7 +147,7 @@ async def test_api_server_hiccups_are_waited_out(admin, ns, kubeconfig, tmp_path
 
     create_service(admin, ns)
     with FaultProxy() as proxy:
-        config = yaml.safe_load(open(kubeconfig))
+        config = yaml.safe_load(Path(kubeconfig).read_text())
         config["clusters"][0]["cluster"] = {"server": proxy.url}
         proxied = tmp_path / "proxied"
         proxied.write_text(yaml.safe_dump(config))
@@ -160,11 +172,18 @@ async def test_unreachable_api_is_a_transient_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     kubeconfig = tmp_path / "kubeconfig.yaml"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}], "users": [{"name": "x", "user": {}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+                "users": [{"name": "x", "user": {}}],
+            }
+        )
+    )
     event = await first_event(trigger_for("any", str(kubeconfig)))
     assert event["status"] == "error" and event["transient"] is True
     assert f"could not reach the Kubernetes API at http://127.0.0.1:{port}" in event["message"]
@@ -172,10 +191,13 @@ async def test_unreachable_api_is_a_transient_error(tmp_path):
 
 @pytest.mark.asyncio
 async def test_kubernetes_connection_is_used_by_id(admin, ns, kubeconfig, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_LOCAL_CLUSTER", json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LOCAL_CLUSTER", json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}})
+    )
     create_service(admin, ns)
-    trigger = LoadBalancerTrigger(namespace=ns, service_name=SERVICE, kubernetes_conn_id="local_cluster", poll_interval=0.2,
-                                  timeout=30)
+    trigger = LoadBalancerTrigger(
+        namespace=ns, service_name=SERVICE, kubernetes_conn_id="local_cluster", poll_interval=0.2, timeout=30
+    )
     event = await first_event(trigger)
     assert event["status"] == "success" and event["address"].endswith(":8500")
 
@@ -189,8 +211,14 @@ async def test_missing_connection_is_an_error_naming_it():
 
 def test_serialize_round_trips_and_holds_no_secret():
     trigger = LoadBalancerTrigger(
-        namespace="serving", service_name=SERVICE, timeout=300, poll_interval=5,
-        cluster_url="https://34.118.0.10", ssl_ca_cert="LS0tLS1CRUdJTi", gcp_conn_id="gcp", impersonation_chain=("sa@p.iam.gserviceaccount.com",),
+        namespace="serving",
+        service_name=SERVICE,
+        timeout=300,
+        poll_interval=5,
+        cluster_url="https://34.118.0.10",
+        ssl_ca_cert="LS0tLS1CRUdJTi",
+        gcp_conn_id="gcp",
+        impersonation_chain=("sa@p.iam.gserviceaccount.com",),
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "tfserving_airflow.triggers.LoadBalancerTrigger"
@@ -205,11 +233,20 @@ def test_serialize_round_trips_and_holds_no_secret():
 def test_gke_access_goes_through_the_google_providers_async_hook():
     from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEKubernetesAsyncHook
 
-    trigger = LoadBalancerTrigger(namespace="serving", service_name=SERVICE, cluster_url="https://34.118.0.10",
-                                  ssl_ca_cert="LS0tLS1CRUdJTi", gcp_conn_id="gcp")
+    trigger = LoadBalancerTrigger(
+        namespace="serving",
+        service_name=SERVICE,
+        cluster_url="https://34.118.0.10",
+        ssl_ca_cert="LS0tLS1CRUdJTi",
+        gcp_conn_id="gcp",
+    )
     hook = trigger.hook()
     assert isinstance(hook, GKEKubernetesAsyncHook)
-    assert (hook._cluster_url, hook._ssl_ca_cert, hook._hook_kwargs["gcp_conn_id"]) == ("https://34.118.0.10", "LS0tLS1CRUdJTi", "gcp")
+    assert (hook._cluster_url, hook._ssl_ca_cert, hook._hook_kwargs["gcp_conn_id"]) == (
+        "https://34.118.0.10",
+        "LS0tLS1CRUdJTi",
+        "gcp",
+    )
     with pytest.raises(ValueError, match="both cluster_url and ssl_ca_cert"):
         LoadBalancerTrigger(namespace="serving", service_name=SERVICE, cluster_url="https://34.118.0.10")
 
@@ -229,7 +266,12 @@ def test_sensor_defers_to_the_trigger_with_its_timeout():
     trigger = deferred.value.trigger
     assert isinstance(trigger, LoadBalancerTrigger) and deferred.value.method_name == "execute_complete"
     kwargs = trigger.serialize()[1]
-    assert (kwargs["timeout"], kwargs["poll_interval"], kwargs["kubernetes_conn_id"], kwargs["port"]) == (900, 20, "k8s", 8500)
+    assert (kwargs["timeout"], kwargs["poll_interval"], kwargs["kubernetes_conn_id"], kwargs["port"]) == (
+        900,
+        20,
+        "k8s",
+        8500,
+    )
     assert deferred.value.timeout.total_seconds() > 900  # a backstop only; the trigger explains its own timeout
 
 
@@ -239,15 +281,25 @@ def test_execute_complete_returns_the_address():
 
 def test_execute_complete_timeout_fails_with_the_triggers_explanation():
     with pytest.raises(AirflowSensorTimeout, match="got no ingress IP/hostname within 600 s"):
-        sensor().execute_complete({}, {"status": "timeout", "message": "LoadBalancer for service 'tfs-resnet' in namespace "
-                                                                     "'serving' got no ingress IP/hostname within 600 s"})
+        sensor().execute_complete(
+            {},
+            {
+                "status": "timeout",
+                "message": "LoadBalancer for service 'tfs-resnet' in namespace "
+                "'serving' got no ingress IP/hostname within 600 s",
+            },
+        )
 
 
 def test_execute_complete_errors_fail_at_once_unless_transient():
     with pytest.raises(AirflowFailException, match="not found"):
-        sensor().execute_complete({}, {"status": "error", "message": "Service 'tfs-resnet' not found", "transient": False})
+        sensor().execute_complete(
+            {}, {"status": "error", "message": "Service 'tfs-resnet' not found", "transient": False}
+        )
     with pytest.raises(AirflowException, match="could not reach") as err:
-        sensor().execute_complete({}, {"status": "error", "message": "could not reach the Kubernetes API", "transient": True})
+        sensor().execute_complete(
+            {}, {"status": "error", "message": "could not reach the Kubernetes API", "transient": True}
+        )
     assert not isinstance(err.value, AirflowFailException)  # the task's retries apply
 
 

@@ -14,32 +14,49 @@ import urllib.request
 
 import pytest
 from kubernetes import client as k8s
-
 from local_cluster import (
-    LB_POOL, ROOT, SERVING_BASE, admin_client, fresh_namespace, read, require_cluster, wait_for,
+    LB_POOL,
+    ROOT,
+    SERVING_BASE,
+    admin_client,
+    fresh_namespace,
+    read,
+    require_cluster,
+    wait_for,
 )
 
 sys.path.insert(0, str(ROOT / "cluster"))
-from loadbalancer import plan  # noqa: E402
+from loadbalancer import plan
 
 POOL = ipaddress.ip_network("10.9.0.0/29")  # hosts .1 to .6
 
 
 def service(name, *, ip=None, type_="LoadBalancer", created="2026-01-01T00:00:00Z", requested=None, cls=None):
-    spec = {"type": type_, **({"loadBalancerIP": requested} if requested else {}),
-            **({"loadBalancerClass": cls} if cls else {})}
+    spec = {
+        "type": type_,
+        **({"loadBalancerIP": requested} if requested else {}),
+        **({"loadBalancerClass": cls} if cls else {}),
+    }
     status = {"loadBalancer": {"ingress": [{"ip": ip}]}} if ip else {}
     return {"metadata": {"name": name, "namespace": "ns", "creationTimestamp": created}, "spec": spec, "status": status}
 
 
 def test_lowest_free_address_oldest_first_and_assigned_ones_kept():
-    services = [service("b", created="2026-01-02T00:00:00Z"), service("a", ip="10.9.0.1"), service("c", created="2026-01-03T00:00:00Z")]
+    services = [
+        service("b", created="2026-01-02T00:00:00Z"),
+        service("a", ip="10.9.0.1"),
+        service("c", created="2026-01-03T00:00:00Z"),
+    ]
     assert plan(services, POOL) == {"ns/b": "10.9.0.2", "ns/c": "10.9.0.3"}
 
 
 def test_requested_addresses_are_honoured_when_free_and_in_the_pool():
-    services = [service("a", requested="10.9.0.5"), service("b"), service("c", requested="10.9.0.200"),
-                service("d", ip="10.9.0.2", created="2026-01-05T00:00:00Z", requested="10.9.0.5")]
+    services = [
+        service("a", requested="10.9.0.5"),
+        service("b"),
+        service("c", requested="10.9.0.200"),
+        service("d", ip="10.9.0.2", created="2026-01-05T00:00:00Z", requested="10.9.0.5"),
+    ]
     assert plan(services, POOL) == {"ns/a": "10.9.0.5", "ns/b": "10.9.0.1", "ns/d": None}  # c: outside; d: taken
 
 
@@ -49,8 +66,12 @@ def test_a_duplicate_address_stays_with_the_older_service():
 
 
 def test_other_classes_and_types_are_left_alone_and_a_type_change_releases():
-    services = [service("other", cls="example.com/lb"), service("plain", type_="ClusterIP"),
-                service("was-lb", type_="ClusterIP", ip="10.9.0.3"), service("foreign", type_="ClusterIP", ip="192.0.2.9")]
+    services = [
+        service("other", cls="example.com/lb"),
+        service("plain", type_="ClusterIP"),
+        service("was-lb", type_="ClusterIP", ip="10.9.0.3"),
+        service("foreign", type_="ClusterIP", ip="192.0.2.9"),
+    ]
     assert plan(services, POOL) == {"ns/was-lb": None}
 
 
@@ -75,22 +96,54 @@ def admin():
 def test_the_controller_serves_a_reachable_address_and_releases_it(admin):
     with fresh_namespace(admin, "lbc") as ns:
         core = k8s.CoreV1Api(admin)
-        core.create_namespaced_pod(ns, {
-            "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"securityContext": {"runAsUser": 1000, "runAsNonRoot": True}, "containers": [{
-                "name": "web", "image": SERVING_BASE, "command": ["python", "-m", "http.server", "8080"],
-                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]},
-        })
-        core.create_namespaced_service(ns, {"metadata": {"name": "web"}, "spec": {
-            "type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
-        ip = wait_for(lambda: ((read(admin, "service", "web", ns).get("status") or {}).get("loadBalancer") or {})
-                      .get("ingress", [{}])[0].get("ip"), 30, "an address")
+        core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {
+                    "securityContext": {"runAsUser": 1000, "runAsNonRoot": True},
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": SERVING_BASE,
+                            "command": ["python", "-m", "http.server", "8080"],
+                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                        }
+                    ],
+                },
+            },
+        )
+        core.create_namespaced_service(
+            ns,
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "type": "LoadBalancer",
+                    "selector": {"app": "web"},
+                    "ports": [{"port": 80, "targetPort": 8080}],
+                },
+            },
+        )
+        ip = wait_for(
+            lambda: (
+                ((read(admin, "service", "web", ns).get("status") or {}).get("loadBalancer") or {})
+                .get("ingress", [{}])[0]
+                .get("ip")
+            ),
+            30,
+            "an address",
+        )
         assert ipaddress.ip_address(ip) in LB_POOL
-        default_device = subprocess.run(["ip", "route", "show", "default"], capture_output=True, text=True).stdout.split()
+        default_device = subprocess.run(
+            ["ip", "route", "show", "default"], capture_output=True, text=True
+        ).stdout.split()
         route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True, check=True).stdout
         assert "dev tfsk0" in route and (len(default_device) < 5 or f"dev {default_device[4]} " not in route), route
-        wait_for(lambda: read(admin, "pod", "web", ns)["status"].get("podIP") and _ready(read(admin, "pod", "web", ns)),
-                 120, "the pod")
+        wait_for(
+            lambda: read(admin, "pod", "web", ns)["status"].get("podIP") and _ready(read(admin, "pod", "web", ns)),
+            120,
+            "the pod",
+        )
 
         def answers() -> bool:
             try:
@@ -99,12 +152,19 @@ def test_the_controller_serves_a_reachable_address_and_releases_it(admin):
                 return False
 
         wait_for(answers, 30, f"an HTTP answer through {ip}")
-        events = core.list_namespaced_event(ns, field_selector="involvedObject.name=web,involvedObject.kind=Service").items
+        events = core.list_namespaced_event(
+            ns, field_selector="involvedObject.name=web,involvedObject.kind=Service"
+        ).items
         assert any(e.reason == "EnsuredLoadBalancer" and ip in e.message for e in events)
 
         core.patch_namespaced_service("web", ns, {"spec": {"type": "ClusterIP"}})
-        wait_for(lambda: not ((read(admin, "service", "web", ns).get("status") or {}).get("loadBalancer") or {}).get("ingress"),
-                 30, "the address released")
+        wait_for(
+            lambda: (
+                not ((read(admin, "service", "web", ns).get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            ),
+            30,
+            "the address released",
+        )
 
 
 def _ready(pod: dict) -> bool:

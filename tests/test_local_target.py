@@ -7,10 +7,10 @@ import hashlib
 import socket
 from pathlib import Path
 
-import docker
 import pytest
-
 from savedmodels import make_string_model, string_model_class
+
+import docker
 from tfserving_deploy.errors import ImageBuildError, RegistryError, RolloutError, TargetError
 from tfserving_deploy.images import DockerCommitBuilder, ModelFiles
 from tfserving_deploy.serving_client import ServingClient
@@ -74,7 +74,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(builder, models):
-    return {k: builder.push(builder.build(m, base_image=SERVING_IMAGE, repository=REPOSITORY)) for k, m in models.items()}
+    return {
+        k: builder.push(builder.build(m, base_image=SERVING_IMAGE, repository=REPOSITORY)) for k, m in models.items()
+    }
 
 
 def _running(client) -> list:
@@ -93,7 +95,9 @@ def test_build_is_idempotent_and_push_returns_a_digest(builder, client, models, 
 
 
 def test_missing_base_image_is_explained(builder, models):
-    with pytest.raises(ImageBuildError, match="serving_base_image 'tfserving-deploy/no-such-image:1'.*could not be pulled"):
+    with pytest.raises(
+        ImageBuildError, match="serving_base_image 'tfserving-deploy/no-such-image:1'.*could not be pulled"
+    ):
         builder.build(models["v1"], base_image="tfserving-deploy/no-such-image:1", repository=REPOSITORY)
 
 
@@ -114,7 +118,13 @@ def test_first_deploy_then_identical_redeploy_is_a_no_op(target, client, images)
 def test_validation_passes_on_every_replica_and_reports_what_differs(target, images, models):
     addresses = target.endpoints(MODEL, images["v1"])
     jpeg = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
-    kwargs = dict(model_name=MODEL, signature=SIGNATURE, model_dir=models["v1"].path, jpeg=jpeg, requests_per_replica=5)
+    kwargs = {
+        "model_name": MODEL,
+        "signature": SIGNATURE,
+        "model_dir": models["v1"].path,
+        "jpeg": jpeg,
+        "requests_per_replica": 5,
+    }
     report = validate_replicas(addresses, version=1, expected_class=string_model_class(jpeg), **kwargs)
     assert report.ok, report.summary()
     assert [r.requests for r in report.replicas] == [5, 5]  # timed repeats after the checked one
@@ -123,7 +133,9 @@ def test_validation_passes_on_every_replica_and_reports_what_differs(target, ima
     assert not wrong.ok
     for replica in wrong.replicas:
         assert "model_spec.version is 1, deployed version is 7" in replica.failures
-        assert f"predicted class {string_model_class(jpeg)}, expected {string_model_class(jpeg) + 1}" in replica.failures
+        assert (
+            f"predicted class {string_model_class(jpeg)}, expected {string_model_class(jpeg) + 1}" in replica.failures
+        )
 
 
 def test_a_model_that_never_loads_is_rolled_back_and_the_old_one_keeps_serving(target, client, images):
@@ -150,10 +162,11 @@ def test_new_version_replaces_the_old_revision_only_when_ready(target, client, i
 
 def test_engine_down_is_explained():
     """Through the Airflow glue (the docker provider's DockerHook), as the operators get their client."""
-    from tfserving_airflow.hooks import get_target
+    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.connections import target_from
 
     with pytest.raises(TargetError, match="Docker engine at unix:///nonexistent/docker.sock is not reachable"):
-        get_target("local", docker_url="unix:///nonexistent/docker.sock")
+        target_from(TargetConfig.parse("local", {"docker_url": "unix:///nonexistent/docker.sock"}))
     dead = LocalDockerTarget(docker.DockerClient(version="1.41", base_url="unix:///nonexistent/docker.sock"))
     with pytest.raises(TargetError, match="Docker engine is not reachable"):
         dead.ensure_ready(REPOSITORY)
@@ -171,7 +184,10 @@ def test_registry_down_is_explained(builder, models):
 def test_rollback_restores_the_previous_revision(target, client, images):
     """After v2 replaced v1 (previous test), a rollback brings v1 back and removes v2."""
     assert target.serving_state(MODEL)["image"] == images["v2"]
-    assert target.rollback(MODEL, image=images["broken"]) == f"nothing to roll back: {images['broken']} is not serving {MODEL!r}"
+    assert (
+        target.rollback(MODEL, image=images["broken"])
+        == f"nothing to roll back: {images['broken']} is not serving {MODEL!r}"
+    )
     message = target.rollback(MODEL, image=images["v2"], ready_timeout=120)
     assert message == f"restored {images['v1']} (2 replica(s) serving)"
     state = target.serving_state(MODEL)

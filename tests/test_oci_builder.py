@@ -27,8 +27,9 @@ import requests
 
 from tfserving_deploy.errors import ImageBuildError, RegistryError
 from tfserving_deploy.images import ModelFiles
-from tfserving_deploy.oci import OciImageBuilder, RegistryAuth, parse_reference
+from tfserving_deploy.oci import OciImageBuilder, RegistryAuth
 from tfserving_deploy.oci.builder import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from tfserving_deploy.references import parse_reference
 
 REGISTRY = "127.0.0.1:5000"
 SERVING_IMAGE = "tfserving-deploy/serving:2.21.0"
@@ -118,18 +119,39 @@ class FakeRegistry:
             info = tarfile.TarInfo(f"etc/{arch}")
             tar.addfile(info, io.BytesIO(b""))
         layer = self.add_blob(repo, gzip.compress(raw.getvalue(), mtime=0))
-        config = self.add_blob(repo, json.dumps({
-            "architecture": arch, "os": "linux", "created": "2024-01-02T03:04:05Z",
-            "config": {"Env": ["PATH=/bin", "MODEL_NAME=model", "MODEL_BASE_PATH=/models"], "Labels": None},
-            "rootfs": {"type": "layers", "diff_ids": [sha(raw.getvalue())]},
-            "history": [{"created": "2024-01-02T03:04:05Z", "created_by": "fake"}],
-        }).encode())
-        family = (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip") if oci else \
-            (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
-        return self.add_manifest(repo, tag, family[0], {
-            "schemaVersion": 2, "mediaType": family[0],
-            "config": {"mediaType": family[1], **config}, "layers": [{"mediaType": family[2], **layer}],
-        })
+        config = self.add_blob(
+            repo,
+            json.dumps(
+                {
+                    "architecture": arch,
+                    "os": "linux",
+                    "created": "2024-01-02T03:04:05Z",
+                    "config": {"Env": ["PATH=/bin", "MODEL_NAME=model", "MODEL_BASE_PATH=/models"], "Labels": None},
+                    "rootfs": {"type": "layers", "diff_ids": [sha(raw.getvalue())]},
+                    "history": [{"created": "2024-01-02T03:04:05Z", "created_by": "fake"}],
+                }
+            ).encode(),
+        )
+        family = (
+            (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")
+            if oci
+            else (
+                DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+        )
+        return self.add_manifest(
+            repo,
+            tag,
+            family[0],
+            {
+                "schemaVersion": 2,
+                "mediaType": family[0],
+                "config": {"mediaType": family[1], **config},
+                "layers": [{"mediaType": family[2], **layer}],
+            },
+        )
 
     def _handler(self):
         registry = self
@@ -214,18 +236,25 @@ class FakeRegistry:
                     return False
                 action = "pull" if self.command in ("GET", "HEAD") else "push"
                 scopes = registry.tokens.get(given.removeprefix("Bearer ")) if given.startswith("Bearer ") else None
-                if scopes is not None and (not repo or f"repository:{repo}:pull,push" in scopes
-                                           or f"repository:{repo}:{action}" in scopes):
+                if scopes is not None and (
+                    not repo or f"repository:{repo}:pull,push" in scopes or f"repository:{repo}:{action}" in scopes
+                ):
                     return True
                 self.body()
-                challenge = f'Bearer realm="http://{registry.host}/token",service="fake",scope="repository:{repo}:{action}"'
+                challenge = (
+                    f'Bearer realm="http://{registry.host}/token",service="fake",scope="repository:{repo}:{action}"'
+                )
                 self.reply(401, b"{}", {"WWW-Authenticate": challenge})
                 return False
 
             def token(self, scopes):
                 _, user, password = registry.auth
                 registry.token_requests.append({"scopes": scopes, "authorization": self.headers.get("Authorization")})
-                if user and self.headers.get("Authorization") != "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode():
+                if (
+                    user
+                    and self.headers.get("Authorization")
+                    != "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                ):
                     return self.reply(401, b"{}")
                 token = secrets.token_hex(8)
                 registry.tokens[token] = scopes
@@ -234,10 +263,15 @@ class FakeRegistry:
             def manifests(self, repo, ref, params, head):
                 if self.command == "PUT":
                     data = self.body()
-                    registry.manifests[(repo, ref)] = registry.manifests[(repo, sha(data))] = (self.headers["Content-Type"], data)
+                    registry.manifests[(repo, ref)] = registry.manifests[(repo, sha(data))] = (
+                        self.headers["Content-Type"],
+                        data,
+                    )
                     return self.reply(201, headers={"Docker-Content-Digest": sha(data)})
                 if (repo, ref) not in registry.manifests:
-                    return self.reply(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}', head=head)
+                    return self.reply(
+                        404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}', head=head
+                    )
                 media_type, data = registry.manifests[(repo, ref)]
                 self.reply(200, data, {"Content-Type": media_type, "Docker-Content-Digest": sha(data)}, head)
 
@@ -304,7 +338,9 @@ def test_layer_is_reproducible_and_config_sets_model_name(fake, tmp_path):
     fake.add_image("base", "1")
     model = fake_model(tmp_path / "m")
     first = builder_for(tmp_path).publish(model, base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
-    again = builder_for(tmp_path, cache_dir=tmp_path / "fresh").build(model, base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
+    again = builder_for(tmp_path, cache_dir=tmp_path / "fresh").build(
+        model, base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app"
+    )
     assert again == first
 
     manifest, config = image_in(fake, first)
@@ -321,8 +357,12 @@ def test_layer_is_reproducible_and_config_sets_model_name(fake, tmp_path):
         members = tar.getmembers()
     names = [m.name for m in members]
     assert names[:4] == ["models", f"models/{MODEL}", f"models/{MODEL}/1", f"models/{MODEL}/1/assets"]
-    assert names[4:] == [f"models/{MODEL}/1/saved_model.pb", f"models/{MODEL}/1/variables",
-                         f"models/{MODEL}/1/variables/variables.data-00000-of-00001", f"models/{MODEL}/1/variables/variables.index"]
+    assert names[4:] == [
+        f"models/{MODEL}/1/saved_model.pb",
+        f"models/{MODEL}/1/variables",
+        f"models/{MODEL}/1/variables/variables.data-00000-of-00001",
+        f"models/{MODEL}/1/variables/variables.index",
+    ]
     assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
     assert {m.mode for m in members if m.isdir()} == {0o755} and {m.mode for m in members if m.isfile()} == {0o644}
     assert all(not m.pax_headers for m in members)
@@ -331,7 +371,9 @@ def test_layer_is_reproducible_and_config_sets_model_name(fake, tmp_path):
 def test_oci_base_gives_an_oci_manifest_and_gzip_is_optional(fake, tmp_path):
     fake.add_image("base", "oci", oci=True)
     builder = builder_for(tmp_path, compression="gzip")
-    pushed = builder.publish(fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:oci", repository=f"{fake.host}/app")
+    pushed = builder.publish(
+        fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:oci", repository=f"{fake.host}/app"
+    )
     manifest, config = image_in(fake, pushed)
     assert manifest["mediaType"] == OCI_MANIFEST
     assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
@@ -343,23 +385,43 @@ def test_oci_base_gives_an_oci_manifest_and_gzip_is_optional(fake, tmp_path):
 @pytest.mark.parametrize("index_type", [OCI_INDEX, DOCKER_LIST])
 def test_multi_arch_base_is_resolved_to_the_platform(fake, tmp_path, index_type):
     arm, amd = fake.add_image("base", None, arch="arm64"), fake.add_image("base", None, arch="amd64")
-    fake.add_manifest("base", "multi", index_type, {"schemaVersion": 2, "mediaType": index_type, "manifests": [
-        {**arm, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {**amd, "platform": {"os": "linux", "architecture": "amd64"}},
-    ]})
+    fake.add_manifest(
+        "base",
+        "multi",
+        index_type,
+        {
+            "schemaVersion": 2,
+            "mediaType": index_type,
+            "manifests": [
+                {**arm, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {**amd, "platform": {"os": "linux", "architecture": "amd64"}},
+            ],
+        },
+    )
     model = fake_model(tmp_path / "m")
     for platform, arch in (("linux/amd64", "amd64"), ("linux/arm64", "arm64")):
-        pushed = builder_for(tmp_path, platform=platform).publish(model, base_image=f"{fake.host}/base:multi", repository=f"{fake.host}/app")
+        pushed = builder_for(tmp_path, platform=platform).publish(
+            model, base_image=f"{fake.host}/base:multi", repository=f"{fake.host}/app"
+        )
         manifest, config = image_in(fake, pushed)
         assert config["architecture"] == arch
-        assert config["config"]["Labels"]["org.opencontainers.image.base.digest"] == (amd if arch == "amd64" else arm)["digest"]
+        assert (
+            config["config"]["Labels"]["org.opencontainers.image.base.digest"]
+            == (amd if arch == "amd64" else arm)["digest"]
+        )
     with pytest.raises(ImageBuildError, match=r"has no linux/s390x image \(it offers: linux/amd64, linux/arm64/v8\)"):
-        builder_for(tmp_path, platform="linux/s390x").build(model, base_image=f"{fake.host}/base:multi", repository=f"{fake.host}/app")
+        builder_for(tmp_path, platform="linux/s390x").build(
+            model, base_image=f"{fake.host}/base:multi", repository=f"{fake.host}/app"
+        )
 
 
 def test_unknown_base_is_explained(fake, tmp_path):
-    with pytest.raises(ImageBuildError, match=rf"base image '{fake.host}/nope:1' not found in registry {fake.host}.*make images"):
-        builder_for(tmp_path).build(fake_model(tmp_path / "m"), base_image=f"{fake.host}/nope:1", repository=f"{fake.host}/app")
+    with pytest.raises(
+        ImageBuildError, match=rf"base image '{fake.host}/nope:1' not found in registry {fake.host}.*make images"
+    ):
+        builder_for(tmp_path).build(
+            fake_model(tmp_path / "m"), base_image=f"{fake.host}/nope:1", repository=f"{fake.host}/app"
+        )
 
 
 def test_bearer_challenge_gets_one_token_for_push_and_mount_scopes(tmp_path):
@@ -367,15 +429,24 @@ def test_bearer_challenge_gets_one_token_for_push_and_mount_scopes(tmp_path):
     try:
         fake.add_image("team/base", "1")
         builder = builder_for(tmp_path, registry_auth=RegistryAuth("robot", "s3cret"))
-        pushed = builder.publish(fake_model(tmp_path / "m"), base_image=f"{fake.host}/team/base:1", repository=f"{fake.host}/team/app")
-        assert image_in(fake, pushed)[0]["layers"][0]["digest"] in {d for r, d in fake.links if r == "team/app"}  # mounted
+        pushed = builder.publish(
+            fake_model(tmp_path / "m"), base_image=f"{fake.host}/team/base:1", repository=f"{fake.host}/team/app"
+        )
+        assert image_in(fake, pushed)[0]["layers"][0]["digest"] in {
+            d for r, d in fake.links if r == "team/app"
+        }  # mounted
         scopes = [r["scopes"] for r in fake.token_requests]
         assert scopes == [["repository:team/base:pull"], ["repository:team/app:pull,push", "repository:team/base:pull"]]
         assert all(r["authorization"].startswith("Basic ") for r in fake.token_requests)  # creds go to the realm
 
         wrong = builder_for(tmp_path, registry_auth=RegistryAuth("robot", "wrong"))
-        with pytest.raises(RegistryError, match=r"token service of registry .* refused 'repository:team/base:pull'.*credentials / token scope") as failure:
-            wrong.build(fake_model(tmp_path / "m2"), base_image=f"{fake.host}/team/base:1", repository=f"{fake.host}/team/app")
+        with pytest.raises(
+            RegistryError,
+            match=r"token service of registry .* refused 'repository:team/base:pull'.*credentials / token scope",
+        ) as failure:
+            wrong.build(
+                fake_model(tmp_path / "m2"), base_image=f"{fake.host}/team/base:1", repository=f"{fake.host}/team/app"
+            )
         assert "wrong" not in str(failure.value)
     finally:
         fake.close()
@@ -390,12 +461,19 @@ def test_basic_auth_and_a_google_token(tmp_path, caplog):
         assert "ya29" not in repr(auth)
         with caplog.at_level("DEBUG"):
             pushed = builder_for(tmp_path, registry_auth=auth).publish(
-                fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
+                fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app"
+            )
         assert pushed.startswith(f"{fake.host}/app@sha256:") and calls
         assert "ya29" not in caplog.text
 
-        with pytest.raises(RegistryError, match=rf"pull of base image {fake.host}/base:1: registry {fake.host} denied access \(HTTP 401\).*credentials / token scope"):
-            builder_for(tmp_path).build(fake_model(tmp_path / "m2"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
+        with pytest.raises(
+            RegistryError,
+            match=rf"pull of base image {fake.host}/base:1: registry {fake.host} denied access \(HTTP 401\)"
+            r".*credentials / token scope",
+        ):
+            builder_for(tmp_path).build(
+                fake_model(tmp_path / "m2"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app"
+            )
     finally:
         fake.close()
 
@@ -407,7 +485,9 @@ def test_a_failed_upload_is_restarted_in_a_fresh_session(fake, tmp_path, fault, 
     fake.faults.append((method, r"/v2/app/blobs/uploads/.+", fault))
     session = CountingSession()
     model = fake_model(tmp_path / "m", weights=300 * KiB)  # > chunk size: PATCH, PATCH, ... PUT
-    pushed = builder_for(tmp_path, session=session).publish(model, base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
+    pushed = builder_for(tmp_path, session=session).publish(
+        model, base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app"
+    )
     assert not fake.faults  # the fault was hit
     manifest, _ = image_in(fake, pushed)
     layer = manifest["layers"][-1]
@@ -421,7 +501,9 @@ def test_base_from_another_registry_is_copied_without_sending_it_our_credentials
     target = FakeRegistry(auth=("basic", "robot", "s3cret"))
     try:
         builder = builder_for(tmp_path, registry_auth=RegistryAuth("robot", "s3cret"))
-        pushed = builder.publish(fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{target.host}/app")
+        pushed = builder.publish(
+            fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{target.host}/app"
+        )
         manifest, _ = image_in(target, pushed)
         assert all(("app", layer["digest"]) in target.links for layer in manifest["layers"])
         assert not any(fake.authorizations) and any(target.authorizations)
@@ -439,7 +521,9 @@ def test_unreachable_registry_is_explained(tmp_path):
 
 def test_push_on_another_machine_without_the_cache(fake, tmp_path):
     fake.add_image("base", "1")
-    pushed = builder_for(tmp_path).publish(fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app")
+    pushed = builder_for(tmp_path).publish(
+        fake_model(tmp_path / "m"), base_image=f"{fake.host}/base:1", repository=f"{fake.host}/app"
+    )
     elsewhere = builder_for(tmp_path, cache_dir=tmp_path / "other")
     assert elsewhere.push(pushed) == pushed  # already in the registry: a no-op
     with pytest.raises(ImageBuildError, match="was not built with cache .* run the build again here"):
@@ -491,16 +575,20 @@ def string_model(tmp_path_factory):
 @pytest.mark.integration
 def test_published_image_runs_and_answers_predict(docker_client, base_in_registry, string_model, tmp_path):
     import tensorflow as tf
-
     from savedmodels import string_model_class
+
     from tfserving_deploy.serving_client import ServingClient, wait_until_available
 
-    pushed = builder_for(tmp_path).publish(string_model, base_image=base_in_registry, repository=f"{REGISTRY}/oci-tests-run-{RUN}")
+    pushed = builder_for(tmp_path).publish(
+        string_model, base_image=base_in_registry, repository=f"{REGISTRY}/oci-tests-run-{RUN}"
+    )
     repo, _, digest = pushed.partition("@")
     image = docker_client.images.pull(repo, tag=digest)
     try:
         assert f"MODEL_NAME={MODEL}" in image.attrs["Config"]["Env"]
-        container = docker_client.containers.run(pushed, detach=True, labels={LABEL: RUN}, ports={"8500/tcp": ("127.0.0.1", None)})
+        container = docker_client.containers.run(
+            pushed, detach=True, labels={LABEL: RUN}, ports={"8500/tcp": ("127.0.0.1", None)}
+        )
         try:
             container.reload()
             address = f"127.0.0.1:{container.attrs['NetworkSettings']['Ports']['8500/tcp'][0]['HostPort']}"
@@ -520,21 +608,37 @@ def test_published_image_runs_and_answers_predict(docker_client, base_in_registr
 def test_first_publish_mounts_base_layers_and_a_republish_uploads_nothing(base_in_registry, string_model, tmp_path):
     repository = f"{REGISTRY}/oci-tests-mount-{RUN}"
     session = CountingSession()
-    pushed = builder_for(tmp_path, session=session).publish(string_model, base_image=base_in_registry, repository=repository)
-    base_layers = requests.get(f"http://{REGISTRY}/v2/{SERVING_IMAGE.split(':')[0]}/manifests/{SERVING_IMAGE.split(':')[1]}",
-                               headers={"Accept": DOCKER_MANIFEST}, timeout=10).json()["layers"]
+    pushed = builder_for(tmp_path, session=session).publish(
+        string_model, base_image=base_in_registry, repository=repository
+    )
+    base_layers = requests.get(
+        f"http://{REGISTRY}/v2/{SERVING_IMAGE.split(':')[0]}/manifests/{SERVING_IMAGE.split(':')[1]}",
+        headers={"Accept": DOCKER_MANIFEST},
+        timeout=10,
+    ).json()["layers"]
     mounts = session.calls("POST", r"mount=")
     assert len(mounts) == len(base_layers) and all(status == 201 for *_, status in mounts)
     assert len(session.calls("PUT", r"/blobs/uploads/")) == 2  # config and model layer only
     assert not session.calls("PATCH")  # the tiny model fits in one chunk
 
-    config = requests.get(f"http://{REGISTRY}/v2/oci-tests-mount-{RUN}/blobs/"
-                          + requests.get(f"http://{REGISTRY}/v2/oci-tests-mount-{RUN}/manifests/{pushed.split('@')[1]}",
-                                         headers={"Accept": DOCKER_MANIFEST}, timeout=10).json()["config"]["digest"], timeout=10).json()
+    config = requests.get(
+        f"http://{REGISTRY}/v2/oci-tests-mount-{RUN}/blobs/"
+        + requests.get(
+            f"http://{REGISTRY}/v2/oci-tests-mount-{RUN}/manifests/{pushed.split('@')[1]}",
+            headers={"Accept": DOCKER_MANIFEST},
+            timeout=10,
+        ).json()["config"]["digest"],
+        timeout=10,
+    ).json()
     assert [e for e in config["config"]["Env"] if e.startswith("MODEL_NAME")] == [f"MODEL_NAME={MODEL}"]
 
     for cache in (tmp_path / "cache", tmp_path / "fresh-cache"):  # same digest from a warm and a cold cache
         again = CountingSession()
-        assert builder_for(tmp_path, session=again, cache_dir=cache).publish(string_model, base_image=base_in_registry, repository=repository) == pushed
+        assert (
+            builder_for(tmp_path, session=again, cache_dir=cache).publish(
+                string_model, base_image=base_in_registry, repository=repository
+            )
+            == pushed
+        )
         assert {m for m, *_ in again.log} == {"GET", "HEAD"}  # base manifest, then the manifest is found: done
         assert len(again.calls("HEAD")) == 1

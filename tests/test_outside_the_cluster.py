@@ -17,12 +17,21 @@ import textwrap
 import uuid
 
 import pytest
-
 from local_cluster import (
-    API_HOST, LB_POOL, POD_CIDR, ROOT, SMALL, admin_client, fresh_namespace, publish_model_image, require_cluster,
-    service_account_token, write_token_kubeconfig,
+    API_HOST,
+    LB_POOL,
+    POD_CIDR,
+    ROOT,
+    SMALL,
+    admin_client,
+    fresh_namespace,
+    publish_model_image,
+    require_cluster,
+    service_account_token,
+    write_token_kubeconfig,
 )
 from savedmodels import make_string_model
+
 from tfserving_deploy.targets.manifests import deployer_role
 
 pytestmark = pytest.mark.integration
@@ -56,17 +65,18 @@ def outside():
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from airflow.sdk.exceptions import AirflowSkipException
-    from tfserving_airflow.hooks import get_target
+    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.connections import target_from
     from tfserving_airflow.operators import CheckForChangeOperator
     from tfserving_deploy.savedmodel import read_signature
     from tfserving_deploy.validation import validate_replicas
 
     args = json.loads(sys.argv[1])
     options = {"kubernetes_conn_id": "outside", "namespace": args["namespace"]}
-    target = get_target("kubernetes", **options)
+    target = target_from(TargetConfig.parse("kubernetes", options))
     serving = target.serving_state("resnet")
     with target.reachable(serving["addresses"]) as dial:
         report = validate_replicas(serving["addresses"], model_name="resnet", version=1,
@@ -80,12 +90,13 @@ SCRIPT = textwrap.dedent('''
     except AirflowSkipException as skip:
         decision = {"skipped": str(skip)}
     print(json.dumps({"dial": dial, "report": report.to_dict(), "summary": report.summary(), "decision": decision}))
-''')
+""")
 
 
 def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outside, tmp_path):
-    from tfserving_deploy.targets.kubernetes import KubernetesTarget
     from local_cluster import token_client
+
+    from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
     require_cluster()
     model_dir = make_string_model(tmp_path / "model" / "1")
@@ -94,26 +105,44 @@ def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outs
     with admin_client() as admin, fresh_namespace(admin, "out") as ns:
         token = service_account_token(admin, ns, "deployer", deployer_role(ns)["rules"])
         target = KubernetesTarget(token_client(token), namespace=ns, resources=SMALL, poll_interval=0.5)
-        target.deploy(image, model_name="resnet", version=1, replicas=2, ready_timeout=120,
-                      metadata={"model-sha256": sha256})
+        target.deploy(
+            image, model_name="resnet", version=1, replicas=2, ready_timeout=120, metadata={"model-sha256": sha256}
+        )
         pods = target.endpoints("resnet", image)
 
-        route = subprocess.run(["ip", "netns", "exec", outside, "ip", "route", "get", pods[0].split(":")[0]],
-                               capture_output=True, text=True)
+        route = subprocess.run(
+            ["ip", "netns", "exec", outside, "ip", "route", "get", pods[0].split(":")[0]],
+            capture_output=True,
+            text=True,
+        )
         assert route.returncode != 0 and "unreachable" in route.stderr  # no way to the pods from there
 
-        env = {**os.environ, "AIRFLOW_CONN_OUTSIDE": json.dumps({"conn_type": "kubernetes", "extra": {
-            "kube_config_path": str(write_token_kubeconfig(tmp_path / "kubeconfig", token))}})}
+        env = {
+            **os.environ,
+            "AIRFLOW_CONN_OUTSIDE": json.dumps(
+                {
+                    "conn_type": "kubernetes",
+                    "extra": {"kube_config_path": str(write_token_kubeconfig(tmp_path / "kubeconfig", token))},
+                }
+            ),
+        }
         args = json.dumps({"namespace": ns, "model_dir": str(model_dir), "sha256": sha256})
-        run = subprocess.run(["ip", "netns", "exec", outside, sys.executable, "-c", SCRIPT, args],
-                             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        run = subprocess.run(
+            ["ip", "netns", "exec", outside, sys.executable, "-c", SCRIPT, args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=ROOT,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         result = json.loads(run.stdout.strip().splitlines()[-1])
 
     assert sorted(result["dial"]) == sorted(pods)
     assert all(address.startswith("127.0.0.1:") for address in result["dial"].values()), result["dial"]
     assert all(ipaddress.ip_address(p.split(":")[0]) in POD_CIDR for p in pods)
-    assert result["report"]["ok"] is True and sorted(r["address"] for r in result["report"]["replicas"]) == sorted(pods), \
-        result["summary"]
+    assert result["report"]["ok"] is True and sorted(r["address"] for r in result["report"]["replicas"]) == sorted(
+        pods
+    ), result["summary"]
     assert all(r["dialed"].startswith("127.0.0.1:") for r in result["report"]["replicas"])
     assert "no change" in result["decision"]["skipped"] and "2 healthy replica(s)" in result["decision"]["skipped"]

@@ -38,7 +38,9 @@ def _rollback():
 
 def test_rolls_back_what_this_run_promoted_and_fails_the_run():
     op = _rollback()
-    with pytest.raises(AirflowFailException, match=f"promotion of {IMAGE} failed; rolled back: restored the previous revision of m"):
+    with pytest.raises(
+        AirflowFailException, match=f"promotion of {IMAGE} failed; rolled back: restored the previous revision of m"
+    ):
         op.execute({"ti": TaskInstance({"promoted": True})})
     assert op.target.rollbacks == [("m", IMAGE)]
 

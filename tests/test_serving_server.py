@@ -4,6 +4,7 @@ Tiny SavedModels come from tests/savedmodels.py. The string ("resnet") model is 
 server.py subprocess (CLI, ports, SIGTERM), shared by the module. Other models are served
 in-process by the same code (`start_servers`), which skips a second TensorFlow import (10+ s).
 """
+
 import base64
 import importlib.util
 import json
@@ -21,15 +22,25 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from savedmodels import (make_float_model, make_model_without_default_signature,  # noqa: E402
-                         make_string_model, string_model_class)
+from savedmodels import (
+    make_float_model,
+    make_model_without_default_signature,
+    make_string_model,
+    string_model_class,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / "include" / "serving_image" / "server.py"
+SERVER_DIR = ROOT / "include" / "serving_image"  # the tf_serving_server package
 STARTUP_TIMEOUT = 90  # seconds; importing TensorFlow on a busy 2-core machine can take 20 s
 State = get_model_status_pb2.ModelVersionStatus
 STRING_VERSION = 7
@@ -42,10 +53,8 @@ def free_port():
 
 
 def load_server_module():
-    spec = importlib.util.spec_from_file_location("tf_serving_server", SERVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(SERVER_DIR))
+    return importlib.import_module("tf_serving_server")
 
 
 class Client:
@@ -98,8 +107,8 @@ def models(tmp_path_factory):
     """resnet: string model at versions 1 (empty) and 7; keras: float model; empty: no version."""
     root = tmp_path_factory.mktemp("models")
     make_string_model(root / "resnet" / str(STRING_VERSION))
-    (root / "resnet" / "1").mkdir()          # lower version: must be ignored
-    (root / "resnet" / "99-tmp").mkdir()     # not numeric: must be ignored
+    (root / "resnet" / "1").mkdir()  # lower version: must be ignored
+    (root / "resnet" / "99-tmp").mkdir()  # not numeric: must be ignored
     make_float_model(root / "keras" / "3")
     (root / "empty").mkdir()
     return root
@@ -107,14 +116,25 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resnet(models):
-    """server.py as a subprocess; stopping it with SIGTERM must exit 0 at once."""
+    """The server as a subprocess (python -m tf_serving_server); stopping it with SIGTERM must exit 0 at once."""
     client = Client("resnet")
     log_path = models / "resnet.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(SERVER), f"--port={client.grpc_port}", f"--rest_api_port={client.rest_port}",
-             "--host=127.0.0.1", "--model_name=resnet", f"--model_base_path={models / 'resnet'}"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "tf_serving_server",
+                f"--port={client.grpc_port}",
+                f"--rest_api_port={client.rest_port}",
+                "--host=127.0.0.1",
+                "--model_name=resnet",
+                f"--model_base_path={models / 'resnet'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=SERVER_DIR,
+        )
     try:
         deadline, client.seen_states = time.monotonic() + STARTUP_TIMEOUT, []
         while not client.seen_states or client.seen_states[-1] == State.LOADING:
@@ -169,6 +189,7 @@ def rpc_error(call, request):
 
 # --- gRPC ModelService -------------------------------------------------------------------------
 
+
 def test_status_available_serves_highest_numeric_version(resnet):
     assert set(resnet.seen_states) <= {State.LOADING, State.AVAILABLE}
     (status,) = resnet.status().model_version_status
@@ -177,8 +198,9 @@ def test_status_available_serves_highest_numeric_version(resnet):
 
 
 def test_status_errors(resnet):
-    assert rpc_error(resnet.models.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(
-        model_spec={"name": "nope"})) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+    assert rpc_error(
+        resnet.models.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "nope"})
+    ) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
     with pytest.raises(grpc.RpcError) as info:
         resnet.status(version=1)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -193,10 +215,13 @@ def test_no_version_directory_ends_with_error(servers):
     code, body = empty.rest("/v1/models/empty")
     assert code == 200 and body["model_version_status"][0]["state"] == "END"
     assert rpc_error(empty.predict.Predict, string_request([b"x"], name="empty")) == (
-        grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(empty)")
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Latest(empty)",
+    )
 
 
 # --- gRPC PredictionService --------------------------------------------------------------------
+
 
 def test_predict_like_the_tutorial_client(resnet):
     images = [b"fake jpeg bytes", b"x" * 2000]
@@ -205,7 +230,10 @@ def test_predict_like_the_tutorial_client(resnet):
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (2, 1001) and probabilities.dtype == np.float32
     assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
-        "resnet", STRING_VERSION, "serving_default")
+        "resnet",
+        STRING_VERSION,
+        "serving_default",
+    )
 
 
 def test_predict_specific_version_and_output_filter(resnet):
@@ -215,21 +243,37 @@ def test_predict_specific_version_and_output_filter(resnet):
     assert list(response.outputs) == ["classes"]
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda r: setattr(r.model_spec, "name", "other"),
-     (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(other)")),
-    (lambda r: r.model_spec.version.__setattr__("value", 1),
-     (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(resnet, 1)")),
-    (lambda r: setattr(r.model_spec, "signature_name", "x"),
-     (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "x" not found.')),
-    (lambda r: r.inputs["input_1"].CopyFrom(tf.make_tensor_proto(np.zeros([1, 8, 8, 3], np.float32))),
-     (grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: input_1. "
-                                        "Inputs expected to be in the set {image_bytes}.")),
-    (lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.zeros([1], np.float32))),
-     (grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be string but float is provided")),
-    (lambda r: r.inputs.clear(), (grpc.StatusCode.INVALID_ARGUMENT, None)),
-    (lambda r: r.output_filter.append("logits"), (grpc.StatusCode.INVALID_ARGUMENT, None)),
-], ids=["model-name", "version", "signature", "alias", "dtype", "missing", "output-filter"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda r: setattr(r.model_spec, "name", "other"),
+            (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(other)"),
+        ),
+        (
+            lambda r: r.model_spec.version.__setattr__("value", 1),
+            (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(resnet, 1)"),
+        ),
+        (
+            lambda r: setattr(r.model_spec, "signature_name", "x"),
+            (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "x" not found.'),
+        ),
+        (
+            lambda r: r.inputs["input_1"].CopyFrom(tf.make_tensor_proto(np.zeros([1, 8, 8, 3], np.float32))),
+            (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "input tensor alias not found in signature: input_1. Inputs expected to be in the set {image_bytes}.",
+            ),
+        ),
+        (
+            lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.zeros([1], np.float32))),
+            (grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be string but float is provided"),
+        ),
+        (lambda r: r.inputs.clear(), (grpc.StatusCode.INVALID_ARGUMENT, None)),
+        (lambda r: r.output_filter.append("logits"), (grpc.StatusCode.INVALID_ARGUMENT, None)),
+    ],
+    ids=["model-name", "version", "signature", "alias", "dtype", "missing", "output-filter"],
+)
 def test_predict_errors_match_the_real_server(resnet, change, expected):
     request = string_request([b"abc"])
     change(request)
@@ -284,9 +328,20 @@ def test_float_model_predict(servers):
 
 # --- REST ----------------------------------------------------------------------------------------
 
+
 def test_rest_status_and_metadata(resnet):
-    assert resnet.rest("/v1/models/resnet") == (200, {"model_version_status": [{
-        "version": str(STRING_VERSION), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    assert resnet.rest("/v1/models/resnet") == (
+        200,
+        {
+            "model_version_status": [
+                {
+                    "version": str(STRING_VERSION),
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        },
+    )
     assert resnet.rest(f"/v1/models/resnet/versions/{STRING_VERSION}")[0] == 200
     assert resnet.rest("/v1/models/nope") == (404, {"error": "Could not find any versions of model nope"})
     code, body = resnet.rest("/v1/models/resnet/metadata")
@@ -297,8 +352,9 @@ def test_rest_status_and_metadata(resnet):
 
 def test_rest_predict_row_format_with_b64(resnet):
     image = b"\xff\xd8 not really a jpeg"
-    code, body = resnet.rest("/v1/models/resnet:predict",
-                             {"instances": [{"b64": base64.b64encode(image).decode()}, "text"]})
+    code, body = resnet.rest(
+        "/v1/models/resnet:predict", {"instances": [{"b64": base64.b64encode(image).decode()}, "text"]}
+    )
     assert code == 200, body
     first, second = body["predictions"]
     assert first["classes"] == string_model_class(image) and second["classes"] == 4
@@ -306,28 +362,33 @@ def test_rest_predict_row_format_with_b64(resnet):
 
 
 def test_rest_predict_named_row_and_columnar_formats(resnet):
-    code, body = resnet.rest(f"/v1/models/resnet/versions/{STRING_VERSION}:predict",
-                             {"signature_name": "serving_default", "instances": [{"image_bytes": "ab"}]})
+    code, body = resnet.rest(
+        f"/v1/models/resnet/versions/{STRING_VERSION}:predict",
+        {"signature_name": "serving_default", "instances": [{"image_bytes": "ab"}]},
+    )
     assert code == 200 and body["predictions"][0]["classes"] == 2
     code, body = resnet.rest("/v1/models/resnet:predict", {"inputs": {"image_bytes": ["abc", "de"]}})
     assert code == 200 and body["outputs"]["classes"] == [3, 2]
 
 
 def test_rest_predict_single_output_is_a_plain_list(servers):
-    code, body = servers["keras"].rest("/v1/models/keras:predict",
-                                       {"instances": np.zeros([1, 8, 8, 3]).tolist()})
+    code, body = servers["keras"].rest("/v1/models/keras:predict", {"instances": np.zeros([1, 8, 8, 3]).tolist()})
     assert code == 200 and len(body["predictions"]) == 1 and len(body["predictions"][0]) == 1001
 
 
-@pytest.mark.parametrize("path, body, code", [
-    ("/v1/models/resnet/versions/1:predict", {"instances": ["a"]}, 404),
-    ("/v1/models/nope:predict", {"instances": ["a"]}, 404),
-    ("/v1/models/resnet:predict", {"instances": [1.5]}, 400),
-    ("/v1/models/resnet:predict", {"signature_name": "x", "instances": ["a"]}, 400),
-    ("/v1/models/resnet:predict", {"instances": [{"input_1": 1.0}]}, 400),
-    ("/v1/models/resnet:predict", {"nothing": []}, 400),
-    ("/v1/models/resnet:predict", b"{not json", 400),
-], ids=["version", "model", "dtype", "signature", "alias", "no-instances", "bad-json"])
+@pytest.mark.parametrize(
+    "path, body, code",
+    [
+        ("/v1/models/resnet/versions/1:predict", {"instances": ["a"]}, 404),
+        ("/v1/models/nope:predict", {"instances": ["a"]}, 404),
+        ("/v1/models/resnet:predict", {"instances": [1.5]}, 400),
+        ("/v1/models/resnet:predict", {"signature_name": "x", "instances": ["a"]}, 400),
+        ("/v1/models/resnet:predict", {"instances": [{"input_1": 1.0}]}, 400),
+        ("/v1/models/resnet:predict", {"nothing": []}, 400),
+        ("/v1/models/resnet:predict", b"{not json", 400),
+    ],
+    ids=["version", "model", "dtype", "signature", "alias", "no-instances", "bad-json"],
+)
 def test_rest_predict_errors(resnet, path, body, code):
     status, answer = resnet.rest(path, body)
     assert status == code and answer["error"]
@@ -335,11 +396,16 @@ def test_rest_predict_errors(resnet, path, body, code):
 
 # --- loading (in-process) ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prepare, message", [
-    (lambda d: d.mkdir(parents=True), "Could not find SavedModel .pb"),
-    (make_model_without_default_signature, 'Serving signature key "serving_default" not found'),
-    (lambda d: (d.mkdir(parents=True), (d / "saved_model.pb").write_bytes(b"garbage")), ""),
-], ids=["no-saved-model-pb", "no-serving-default", "corrupt"])
+
+@pytest.mark.parametrize(
+    "prepare, message",
+    [
+        (lambda d: d.mkdir(parents=True), "Could not find SavedModel .pb"),
+        (make_model_without_default_signature, 'Serving signature key "serving_default" not found'),
+        (lambda d: (d.mkdir(parents=True), (d / "saved_model.pb").write_bytes(b"garbage")), ""),
+    ],
+    ids=["no-saved-model-pb", "no-serving-default", "corrupt"],
+)
 def test_load_failures_end_with_an_error(server_module, tmp_path, prepare, message):
     prepare(tmp_path / "m" / "5")
     model = server_module.ServedModel("m", str(tmp_path / "m"))

@@ -31,8 +31,7 @@ _NUMERIC = re.compile(r"[0-9]+")
 _SHOW_ENTRIES = 10
 
 
-def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *,
-                       log: logging.Logger | None = None) -> Path:
+def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *, log: logging.Logger | None = None) -> Path:
     """Extract ``archive_path`` into ``dest_dir`` (once) and return the chosen version dir.
 
     If ``dest_dir`` already exists it is a finished extraction and is reused as is.
@@ -62,7 +61,7 @@ def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *,
 def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
     """Check every member, then extract all of them; return the member names."""
     try:
-        tar = tarfile.open(archive_path, "r:*")
+        tar = tarfile.open(archive_path, "r:*")  # noqa: SIM115 - closed by the with below
     except tarfile.ReadError:
         raise InvalidModelError(
             f"model archive {archive_path} is not a tar archive (plain or gzip/bz2/xz); "
@@ -75,7 +74,10 @@ def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
                 check_member(member)
             # check_member did the safety checks; the "data" filter, where this Python has it
             # (3.11.4+, not Debian 12's 3.11.2), is a second line of defence.
-            tar.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)
     except getattr(tarfile, "FilterError", ()) as e:
         raise UnsafeArchiveError(
             f"model archive {archive_path}: tarfile refused a member: {e}; "
@@ -115,17 +117,16 @@ def check_member(member: tarfile.TarInfo) -> None:
             )
 
 
-def find_version_dir(root: Path, *, entries: list[str] | None = None,
-                     log: logging.Logger | None = None) -> Path:
+def find_version_dir(root: Path, *, entries: list[str] | None = None, log: logging.Logger | None = None) -> Path:
     """The highest numeric ``<version>/`` holding saved_model.pb, at depth 1 or 2 under root.
 
     ``entries`` (the archive's member names) only feed the error message.
     """
     log = log or logger
-    found = sorted({p.parent for p in root.rglob("saved_model.pb*")
-                    if p.name in ("saved_model.pb", "saved_model.pbtxt")})
-    versions = [d for d in found
-                if 1 <= len(d.relative_to(root).parts) <= 2 and _NUMERIC.fullmatch(d.name)]
+    found = sorted(
+        {p.parent for p in root.rglob("saved_model.pb*") if p.name in ("saved_model.pb", "saved_model.pbtxt")}
+    )
+    versions = [d for d in found if 1 <= len(d.relative_to(root).parts) <= 2 and _NUMERIC.fullmatch(d.name)]
     if not versions:
         if found:
             where = ", ".join(str(d.relative_to(root)) + "/" for d in found)
@@ -143,13 +144,13 @@ def find_version_dir(root: Path, *, entries: list[str] | None = None,
     if len(parents) > 1:
         where = ", ".join(str(p.relative_to(root)) + "/" for p in parents)
         raise InvalidModelError(
-            f"model archive holds several models ({where}); ship one model per tarball, "
-            f"laid out as {EXPECTED_LAYOUT}"
+            f"model archive holds several models ({where}); ship one model per tarball, laid out as {EXPECTED_LAYOUT}"
         )
     chosen = max(versions, key=lambda d: int(d.name))
     if len(versions) > 1:
-        log.info("model archive holds versions %s; using the highest, %s",
-                 sorted(int(d.name) for d in versions), chosen.name)
+        log.info(
+            "model archive holds versions %s; using the highest, %s", sorted(int(d.name) for d in versions), chosen.name
+        )
     return chosen
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from . import tarball
 from .errors import ImageBuildError, RegistryError
+from .references import split_tag
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +43,6 @@ class ImageBuilder(Protocol):
 
     def push(self, reference: str) -> str:
         """Publishes ``reference``; returns ``repository@sha256:...``."""
-
-
-def split_reference(reference: str) -> tuple[str, str]:
-    """``host:5000/repo:tag`` -> (``host:5000/repo``, ``tag``); a port is not a tag."""
-    name, sep, tag = reference.rpartition(":")
-    if not sep or "/" in tag:
-        return reference, "latest"
-    return name, tag
-
-
-def is_loopback(host: str) -> bool:
-    """``127.0.0.1:5000``, ``localhost``, ``[::1]:5000``: a registry spoken to over plain http."""
-    hostname = host[1:host.find("]")] if host.startswith("[") else host.split(":")[0]
-    return hostname in ("127.0.0.1", "localhost", "::1")
-
-
-def registry_host(repository: str) -> str | None:
-    """The registry part of an image repository, or None for Docker Hub (``library/x``)."""
-    first, sep, _ = repository.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return None
 
 
 class DockerCommitBuilder:
@@ -95,14 +74,16 @@ class DockerCommitBuilder:
         container = self.client.containers.create(base.id)
         try:
             with tempfile.TemporaryFile() as layer:
-                _write_model_tar(layer, model)
+                write_model_layer(layer, model)
                 layer.seek(0)
                 container.put_archive("/", layer)
-            repo, tag = split_reference(reference)
+            repo, tag = split_tag(reference)
             changes = [f"ENV MODEL_NAME={model.name}"] + [f"LABEL {k}={v}" for k, v in labels.items()]
             container.commit(repository=repo, tag=tag, changes=changes)
         except docker.errors.APIError as exc:
-            raise ImageBuildError(f"docker engine failed to bake model into {reference}: {exc.explanation or exc}") from exc
+            raise ImageBuildError(
+                f"docker engine failed to bake model into {reference}: {exc.explanation or exc}"
+            ) from exc
         finally:
             container.remove(force=True)
         log.info("built %s (%s version %d on %s)", reference, model.name, model.version, base_image)
@@ -116,7 +97,7 @@ class DockerCommitBuilder:
         except docker.errors.ImageNotFound:
             pass
         log.info("base image %s not present locally; pulling", base_image)
-        repo, tag = split_reference(base_image)
+        repo, tag = split_tag(base_image)
         try:
             return self.client.images.pull(repo, tag=tag)
         except docker.errors.APIError as exc:
@@ -130,7 +111,7 @@ class DockerCommitBuilder:
         import docker.errors
         import requests
 
-        repo, tag = split_reference(reference)
+        repo, tag = split_tag(reference)
         digest = None
         try:
             for event in self.client.images.push(repo, tag=tag, stream=True, decode=True):
@@ -149,21 +130,14 @@ class DockerCommitBuilder:
         return pushed
 
 
-def _write_model_tar(fileobj, model: ModelFiles) -> None:
-    """A tar of the model at ``models/<name>/<version>/``, readable by the server's user."""
+def write_model_layer(sink, model: ModelFiles) -> None:
+    """The image layer holding the model: ``models/``, ``models/<name>/`` and the SavedModel at
+    ``models/<name>/<version>/``, as a deterministic tar readable by the server's user."""
     root = Path(model.path)
     if not (root / "saved_model.pb").is_file() and not (root / "saved_model.pbtxt").is_file():
         raise ImageBuildError(f"{root} holds no saved_model.pb; run fetch_model first")
-
-    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        info.mode = 0o755 if info.isdir() else 0o644
-        return info
-
-    with tarfile.open(fileobj=fileobj, mode="w") as tar:
-        for directory in ("models", f"models/{model.name}"):
-            info = normalise(tarfile.TarInfo(directory))
-            info.type = tarfile.DIRTYPE
-            tar.addfile(info)
-        tar.add(root, arcname=f"models/{model.name}/{model.version}", filter=normalise)
+    parents = [("models", None), (f"models/{model.name}", None)]
+    try:
+        tarball.write(sink, [*parents, *tarball.tree(root, f"models/{model.name}/{model.version}")])
+    except tarball.UnsupportedEntry as exc:
+        raise ImageBuildError(f"{exc}; a model holds only those") from None

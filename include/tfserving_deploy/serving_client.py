@@ -43,7 +43,7 @@ class ServingClient:
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -129,8 +129,7 @@ def replica_state(address: str, model_name: str, version: int) -> str:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return f"model not loaded yet ({exc.details()})"
         raise RolloutError(
-            f"replica {address} rejected GetModelStatus for {model_name!r}: "
-            f"{exc.code().name}: {exc.details()}"
+            f"replica {address} rejected GetModelStatus for {model_name!r}: {exc.code().name}: {exc.details()}"
         ) from exc
     for status in statuses:
         if status.version != version:

@@ -24,7 +24,7 @@ class Signature:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Signature":
+    def from_dict(cls, data: dict) -> Signature:
         return cls(
             name=data["name"],
             method=data.get("method", ""),

@@ -18,7 +18,6 @@ import numpy as np
 from .errors import ValidationError
 from .signature import Signature, TensorInfo
 
-
 _NUMPY_DTYPES = {
     "DT_STRING": object,
     "DT_FLOAT": np.float32,
@@ -45,7 +44,7 @@ def build_inputs(signature: Signature, jpeg: bytes) -> dict[str, np.ndarray]:
             f"signature {signature.name!r} takes {len(signature.inputs)} inputs "
             f"({', '.join(signature.inputs)}); the image validator needs exactly one image input"
         )
-    (alias, info), = signature.inputs.items()
+    ((alias, info),) = signature.inputs.items()
     if info.dtype == "DT_STRING":
         return {alias: np.array([jpeg], dtype=object)}
     if info.dtype in ("DT_FLOAT", "DT_HALF", "DT_DOUBLE", "DT_UINT8") and _is_image_shape(info):
@@ -63,9 +62,10 @@ def _is_image_shape(info: TensorInfo) -> bool:
 def _decode_image(jpeg: bytes, info: TensorInfo) -> np.ndarray:
     from PIL import Image
 
-    height = info.shape[1] if info.shape[1] > 0 else DEFAULT_IMAGE_SIZE
-    width = info.shape[2] if info.shape[2] > 0 else DEFAULT_IMAGE_SIZE
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB").resize((width, height), Image.BILINEAR)
+    shape = info.shape or [-1, -1, -1, 3]
+    height = shape[1] if shape[1] > 0 else DEFAULT_IMAGE_SIZE
+    width = shape[2] if shape[2] > 0 else DEFAULT_IMAGE_SIZE
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=_NUMPY_DTYPES[info.dtype])[np.newaxis, ...]
 
 
@@ -75,7 +75,9 @@ def to_tensor_protos(inputs: dict[str, np.ndarray]) -> dict:
     return {alias: tf.make_tensor_proto(value, shape=list(value.shape)) for alias, value in inputs.items()}
 
 
-def offline_predictions(model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def offline_predictions(
+    model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """What the SavedModel itself answers, computed in this process: the reference answer."""
     import tensorflow as tf
 
@@ -124,7 +126,8 @@ class ValidationReport:
         for r in self.replicas:
             verdict = "OK" if r.ok else "FAILED: " + "; ".join(r.failures)
             lines.append(
-                f"  {r.address}{' via ' + r.dialed if r.dialed else ''}: version={r.served_version} class={r.top_class} "
+                f"  {r.address}{' via ' + r.dialed if r.dialed else ''}: "
+                f"version={r.served_version} class={r.top_class} "
                 f"p={_fmt(r.top_probability, '.3f')} latency p50={_fmt(r.latency_ms_p50, '.1f')}ms "
                 f"p99={_fmt(r.latency_ms_p99, '.1f')}ms over {r.requests} requests -> {verdict}"
             )
@@ -155,7 +158,7 @@ def check_response(
             continue
         value = outputs[name]
         want_dtype = np.dtype(_NUMPY_DTYPES.get(info.dtype, object))
-        if value.dtype != want_dtype and not (want_dtype == object and value.dtype.kind in "SO"):
+        if value.dtype != want_dtype and not (want_dtype.kind == "O" and value.dtype.kind in "SO"):
             failures.append(f"output {name!r} has dtype {value.dtype}, signature says {info.dtype}")
         if not _shape_matches(value.shape, info.shape):
             failures.append(f"output {name!r} has shape {list(value.shape)}, signature says {info.shape}")
@@ -221,52 +224,86 @@ def validate_replicas(
     Never raises on a wrong answer: the report says what differed (``raise_for_report``).
     Bounded by ``requests_per_replica`` and ``time_budget_s``.
     """
-    import grpc
-    import tensorflow as tf
-
     from .serving_client import ServingClient
 
     inputs = build_inputs(signature, jpeg)
     expected = offline_predictions(model_dir, signature.name, inputs)
-    request_inputs = to_tensor_protos(inputs)
+    request = to_tensor_protos(inputs)
     reports = []
     per_replica_budget = time_budget_s / max(len(addresses), 1)
     for address in addresses:
         target = (dial or {}).get(address, address)
         report = ReplicaReport(address=address, dialed=None if target == address else target)
         reports.append(report)
-        latencies = []
         with ServingClient(target) as client:
-            try:  # the first answer is checked; it also warms the server up, so it is not timed
-                response = client.predict(model_name, request_inputs, signature_name=signature.name)
-            except grpc.RpcError as exc:
-                report.failures.append(f"Predict failed: {exc.code().name}: {exc.details()}")
-                continue
-            outputs = {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
-            report.served_version = response.model_spec.version.value
-            report.top_class = top_class(outputs)
-            if "probabilities" in outputs and report.top_class is not None:
-                report.top_probability = float(outputs["probabilities"].reshape(-1)[report.top_class])
-            report.failures += check_response(
-                outputs, report.served_version, signature=signature, version=version,
-                expected=expected, expected_class=expected_class, atol=atol,
-            )
-            deadline = time.monotonic() + per_replica_budget
-            for _ in range(requests_per_replica):
-                started = time.perf_counter()
-                try:
-                    client.predict(model_name, request_inputs, signature_name=signature.name)
-                except grpc.RpcError as exc:
-                    report.failures.append(f"Predict failed on a repeat: {exc.code().name}: {exc.details()}")
-                    break
-                latencies.append((time.perf_counter() - started) * 1000)
-                if time.monotonic() > deadline:
-                    break
-        report.requests = len(latencies)
-        if latencies:
-            report.latency_ms_p50 = float(np.percentile(latencies, 50))
-            report.latency_ms_p99 = float(np.percentile(latencies, 99))
+            if _check_first_answer(
+                client, report, model_name, signature, request, version, expected, expected_class, atol
+            ):
+                _time_requests(
+                    client, report, model_name, signature.name, request, requests_per_replica, per_replica_budget
+                )
     return ValidationReport(model_name=model_name, version=version, replicas=reports)
+
+
+def _check_first_answer(
+    client,
+    report: ReplicaReport,
+    model_name: str,
+    signature: Signature,
+    request: dict,
+    version: int,
+    expected: dict,
+    expected_class: int | None,
+    atol: float,
+) -> bool:
+    """The first answer, checked; it also warms the server up, so it is not timed. False if none came."""
+    import grpc
+    import tensorflow as tf
+
+    try:
+        response = client.predict(model_name, request, signature_name=signature.name)
+    except grpc.RpcError as exc:
+        report.failures.append(f"Predict failed: {exc.code().name}: {exc.details()}")
+        return False
+    outputs = {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
+    report.served_version = response.model_spec.version.value
+    report.top_class = top_class(outputs)
+    if "probabilities" in outputs and report.top_class is not None:
+        report.top_probability = float(outputs["probabilities"].reshape(-1)[report.top_class])
+    report.failures += check_response(
+        outputs,
+        report.served_version,
+        signature=signature,
+        version=version,
+        expected=expected,
+        expected_class=expected_class,
+        atol=atol,
+    )
+    return True
+
+
+def _time_requests(
+    client, report: ReplicaReport, model_name: str, signature_name: str, request: dict, count: int, budget_s: float
+) -> None:
+    """Up to ``count`` more requests within ``budget_s``: their latency percentiles."""
+    import grpc
+
+    latencies = []
+    deadline = time.monotonic() + budget_s
+    for _ in range(count):
+        started = time.perf_counter()
+        try:
+            client.predict(model_name, request, signature_name=signature_name)
+        except grpc.RpcError as exc:
+            report.failures.append(f"Predict failed on a repeat: {exc.code().name}: {exc.details()}")
+            break
+        latencies.append((time.perf_counter() - started) * 1000)
+        if time.monotonic() > deadline:
+            break
+    report.requests = len(latencies)
+    if latencies:
+        report.latency_ms_p50 = float(np.percentile(latencies, 50))
+        report.latency_ms_p99 = float(np.percentile(latencies, 99))
 
 
 def raise_for_report(report: ValidationReport) -> None:

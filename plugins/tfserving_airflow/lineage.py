@@ -27,7 +27,7 @@ def openlineage_dataset(uri: str):
     from openlineage.client.event_v2 import Dataset
 
     parts = urlsplit(uri)
-    name = uri[len(f"{parts.scheme}://{parts.netloc}"):].lstrip("/") or parts.netloc
+    name = uri[len(f"{parts.scheme}://{parts.netloc}") :].lstrip("/") or parts.netloc
     return Dataset(namespace=f"{parts.scheme}://{parts.netloc}", name=name)
 
 

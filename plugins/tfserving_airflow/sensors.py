@@ -1,4 +1,4 @@
-"""Sensors that wait on the cluster. Deferrable by default: waiting costs no worker slot."""
+"""Sensors that wait on the serving side. Kubernetes waits defer: waiting costs no worker slot."""
 
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from .hooks import optional
-from .triggers import (
-    LoadBalancerTrigger,
-    ServiceUnusable,
-    api_error,
-    credentials_source,
-    ingress_address,
-    timeout_message,
-)
+from tfserving_deploy.defaults import GCP_CONN_ID, GRPC_PORT, KUBERNETES_CONN_ID
+
+from .config import number, text
+from .operators.base import TargetMixin, explained_failures
+from .triggers import LoadBalancerTrigger, balancer_event, credentials_source, service_read_failure, timeout_message
 
 
 class WaitForLoadBalancerSensor(BaseSensorOperator):
@@ -36,13 +32,13 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
         *,
         namespace: str,
         service_name: str,
-        port: int = 8500,
-        kubernetes_conn_id: str | None = "kubernetes_default",
+        port: int = GRPC_PORT,
+        kubernetes_conn_id: str | None = KUBERNETES_CONN_ID,
         config_file: str | None = None,
         cluster_context: str | None = None,
         cluster_url: str | None = None,
         ssl_ca_cert: str | None = None,
-        gcp_conn_id: str = "google_cloud_default",
+        gcp_conn_id: str = GCP_CONN_ID,
         impersonation_chain: str | Sequence[str] | None = None,
         deferrable: bool = True,
         **kwargs,
@@ -51,18 +47,29 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
         kwargs.setdefault("timeout", 600)
         super().__init__(**kwargs)
         self.namespace, self.service_name, self.port = namespace, service_name, port
-        self.kubernetes_conn_id, self.config_file, self.cluster_context = kubernetes_conn_id, config_file, cluster_context
+        self.kubernetes_conn_id, self.config_file, self.cluster_context = (
+            kubernetes_conn_id,
+            config_file,
+            cluster_context,
+        )
         self.cluster_url, self.ssl_ca_cert = cluster_url, ssl_ca_cert
         self.gcp_conn_id, self.impersonation_chain = gcp_conn_id, impersonation_chain
         self.deferrable = deferrable
 
     def trigger(self) -> LoadBalancerTrigger:
         return LoadBalancerTrigger(
-            namespace=self.namespace, service_name=self.service_name, port=self.port,
-            timeout=self.timeout, poll_interval=self.poke_interval,
-            kubernetes_conn_id=self.kubernetes_conn_id, config_file=self.config_file, cluster_context=self.cluster_context,
-            cluster_url=optional(self.cluster_url), ssl_ca_cert=optional(self.ssl_ca_cert),
-            gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain,
+            namespace=self.namespace,
+            service_name=self.service_name,
+            port=self.port,
+            timeout=self.timeout,
+            poll_interval=self.poke_interval,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            config_file=self.config_file,
+            cluster_context=self.cluster_context,
+            cluster_url=text(self.cluster_url),
+            ssl_ca_cert=text(self.ssl_ca_cert),
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
         )
 
     def execute(self, context) -> Any:
@@ -89,23 +96,36 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
 
         from tfserving_deploy.errors import TargetError
 
-        from .kube import gke_endpoint_api_client, sync_api_client
+        from .connections import gke_endpoint_api_client, kubernetes_api_client
 
         try:
-            if optional(self.cluster_url):
-                api = gke_endpoint_api_client(self.cluster_url, self.ssl_ca_cert, self.gcp_conn_id, self.impersonation_chain)
+            if text(self.cluster_url):
+                api = gke_endpoint_api_client(
+                    self.cluster_url, self.ssl_ca_cert, self.gcp_conn_id, self.impersonation_chain
+                )
             else:
-                api = sync_api_client(self.kubernetes_conn_id, self.config_file, self.cluster_context)
+                api = kubernetes_api_client(self.kubernetes_conn_id, self.config_file, self.cluster_context)
         except TargetError as exc:
             raise AirflowFailException(str(exc)) from exc
-        credentials = credentials_source(cluster_url=optional(self.cluster_url), gcp_conn_id=self.gcp_conn_id,
-                                         config_file=self.config_file, kubernetes_conn_id=self.kubernetes_conn_id)
+        credentials = credentials_source(
+            cluster_url=text(self.cluster_url),
+            gcp_conn_id=self.gcp_conn_id,
+            config_file=self.config_file,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+        )
         try:
             with api:
-                service = CoreV1Api(api).read_namespaced_service(self.service_name, self.namespace)
+                service = api.sanitize_for_serialization(
+                    CoreV1Api(api).read_namespaced_service(self.service_name, self.namespace)
+                )
         except ApiException as exc:
-            message = api_error(exc.status, namespace=self.namespace, service_name=self.service_name,
-                                api=api.configuration.host, credentials=credentials)
+            message = service_read_failure(
+                exc.status,
+                namespace=self.namespace,
+                service_name=self.service_name,
+                api=api.configuration.host,
+                credentials=credentials,
+            )
             if message:
                 raise AirflowFailException(message) from exc
             self.log.info("HTTP %s %s from %s; polling again", exc.status, exc.reason, api.configuration.host)
@@ -115,13 +135,11 @@ class WaitForLoadBalancerSensor(BaseSensorOperator):
                 f"could not reach the Kubernetes API at {api.configuration.host} ({type(exc).__name__}: {exc}); "
                 f"is the cluster up and {credentials} pointing at it?"
             ) from exc
-        try:
-            address = ingress_address(service, self.port)
-        except ServiceUnusable as exc:
-            raise AirflowFailException(f"{exc} (namespace {self.namespace!r})") from exc
-        if address is None:
+        event = balancer_event(service, self.port, self.namespace)
+        if event is None:
             self.log.info("LoadBalancer of service %s/%s has no ingress yet", self.namespace, self.service_name)
-        return PokeReturnValue(is_done=address is not None, xcom_value=address)
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=address_from_event(event))
 
     def _timeout_message(self) -> str:
         return timeout_message(namespace=self.namespace, service_name=self.service_name, timeout=self.timeout)
@@ -139,3 +157,97 @@ def address_from_event(event: dict[str, Any]) -> str:
     raise AirflowFailException(message)
 
 
+class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
+    """Wait until every replica of the image serves the model; returns the addresses to validate.
+
+    ``local``: every replica container reports the version AVAILABLE (a model in END fails at
+    once). Kubernetes: ``deploy`` already waited for ready pods; the LoadBalancer can take
+    minutes, so the wait for its address is deferred to the triggerer. The result is the balancer
+    first, then every ready pod: one gRPC connection through an L4 balancer reaches one pod only.
+
+    :param image: the image by digest
+    :param model: ``fetch_model``'s result
+    :param model_name: the served model's name
+    :param replicas: how many replicas must be ready
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings (``config.TargetConfig``)
+    """
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
+
+    def __init__(
+        self,
+        *,
+        target_name: str,
+        image: str,
+        model,
+        model_name: str,
+        replicas: int,
+        target_options: dict | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("poke_interval", 2)
+        kwargs.setdefault("timeout", 300)
+        super().__init__(**kwargs)
+        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
+        self.replicas, self.target_options = replicas, target_options or {}
+
+    def poke(self, context) -> PokeReturnValue:
+        from tfserving_deploy.serving_client import replica_state
+
+        addresses = self.target.endpoints(self.model_name, self.image)
+        if len(addresses) < number(self.replicas):
+            self.log.info("%d of %d replicas running", len(addresses), number(self.replicas))
+            return PokeReturnValue(is_done=False)
+        with explained_failures(), self.target.reachable(addresses) as dial:  # END fails at once
+            states = {a: replica_state(dial[a], self.model_name, self.model["version"]) for a in addresses}
+        waiting = {a: s for a, s in states.items() if s != "AVAILABLE"}
+        if waiting:
+            self.log.info("waiting for %s", waiting)
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=addresses)
+
+    def execute(self, context):
+        if self.target_config.name == "local":
+            return super().execute(context)  # poke every replica container
+        self.defer(
+            trigger=self._load_balancer_trigger(),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.timeout) + 60),
+        )
+
+    def _load_balancer_trigger(self) -> LoadBalancerTrigger:
+        from tfserving_deploy.targets.manifests import object_name
+
+        config = self.target_config
+        access: dict[str, Any] = {
+            "kubernetes_conn_id": config.kubernetes_conn_id,
+            "config_file": config.config_file,
+            "cluster_context": config.cluster_context,
+        }
+        if config.name == "gke":  # the cluster's endpoint and CA, a token from the connection
+            from .connections import gke_cluster
+
+            cluster = gke_cluster(config.gke)  # never creates: ensure_cluster did
+            access = {
+                "cluster_url": cluster.url,
+                "ssl_ca_cert": cluster.ca_certificate,
+                "gcp_conn_id": config.gke.gcp_conn_id,
+            }
+        return LoadBalancerTrigger(
+            namespace=config.namespace,
+            service_name=object_name(self.model_name),
+            timeout=float(self.timeout),
+            poll_interval=float(self.poke_interval),
+            **access,
+        )
+
+    def execute_complete(self, context, event) -> list[str]:
+        balancer = address_from_event(event)
+        pods = self.target.endpoints(self.model_name, self.image)
+        if len(pods) < number(self.replicas):
+            raise AirflowFailException(
+                f"LoadBalancer {balancer} is up but only {len(pods)} of {self.replicas} pods of {self.image} are ready"
+            )
+        self.log.info("endpoint %s; pods %s", balancer, pods)
+        return [balancer, *pods]

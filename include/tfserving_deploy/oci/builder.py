@@ -30,17 +30,16 @@ import hashlib
 import json
 import logging
 import os
-import stat
-import tarfile
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import requests
 
+from ..cache import BlobStore, DigestMismatch, Hasher, cache_root, hex_digest, write_atomic
 from ..errors import ImageBuildError, RegistryError
-from ..images import LABEL_PREFIX, ModelFiles
-from .registry import Reference, RegistryAuth, RegistryClient, parse_reference
+from ..images import LABEL_PREFIX, ModelFiles, write_model_layer
+from ..references import Reference, parse_reference
+from .registry import RegistryAuth, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +50,20 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFESTS = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST]
 # Per manifest family: config type and model-layer type by compression (same family as the base).
 FAMILY = {
-    DOCKER_MANIFEST: ("application/vnd.docker.container.image.v1+json",
-                      {"none": "application/vnd.docker.image.rootfs.diff.tar",
-                       "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip"}),
-    OCI_MANIFEST: ("application/vnd.oci.image.config.v1+json",
-                   {"none": "application/vnd.oci.image.layer.v1.tar",
-                    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip"}),
+    DOCKER_MANIFEST: (
+        "application/vnd.docker.container.image.v1+json",
+        {
+            "none": "application/vnd.docker.image.rootfs.diff.tar",
+            "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        },
+    ),
+    OCI_MANIFEST: (
+        "application/vnd.oci.image.config.v1+json",
+        {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip"},
+    ),
 }
 LAYER_FORMAT = 1  # bump when the layer's bytes would change for the same inputs
 MiB = 1 << 20
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("TFSERVING_DEPLOY_CACHE") or Path.home() / ".cache" / "tfserving-deploy"
-    return Path(root) / "oci"
 
 
 class OciImageBuilder:
@@ -74,18 +73,28 @@ class OciImageBuilder:
     the same host), or a mapping host -> ``RegistryAuth``; None for anonymous.
     """
 
-    def __init__(self, registry_auth: RegistryAuth | Mapping[str, RegistryAuth] | None = None, *,
-                 platform: str = "linux/amd64", cache_dir: str | os.PathLike | None = None,
-                 compression: str = "none", compress_level: int = 1, chunk_size: int = 64 * MiB,
-                 scheme: str | None = None, session: requests.Session | None = None,
-                 attempts: int = 4, backoff: float = 0.5):
+    def __init__(
+        self,
+        registry_auth: RegistryAuth | Mapping[str, RegistryAuth] | None = None,
+        *,
+        platform: str = "linux/amd64",
+        cache_dir: str | os.PathLike | None = None,
+        compression: str = "none",
+        compress_level: int = 1,
+        chunk_size: int = 64 * MiB,
+        scheme: str | None = None,
+        session: requests.Session | None = None,
+        attempts: int = 4,
+        backoff: float = 0.5,
+    ):
         if compression not in ("none", "gzip"):
             raise ValueError(f"compression must be 'none' or 'gzip', not {compression!r}")
         self.auth = registry_auth
         self.platform = dict(zip(("os", "architecture", "variant"), platform.split("/")))
-        self.cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache = cache_root(cache_dir)
+        self.blobs = BlobStore(self.cache)
         self.compression, self.compress_level, self.chunk_size = compression, compress_level, chunk_size
-        self._client_args = dict(scheme=scheme, session=session, attempts=attempts, backoff=backoff)
+        self._scheme, self._session, self._attempts, self._backoff = scheme, session, attempts, backoff
         self._clients: dict[str, RegistryClient] = {}
         self._target_host: str | None = None
 
@@ -105,19 +114,24 @@ class OciImageBuilder:
 
         config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(layer["diff_id"])
         created = config.get("created") or "1970-01-01T00:00:00Z"  # never the wall clock
-        config.setdefault("history", []).append({
-            "created": created,
-            "created_by": f"tfserving-deploy: COPY {model.name}/{model.version} /models/{model.name}/{model.version}",
-        })
+        config.setdefault("history", []).append(
+            {
+                "created": created,
+                "created_by": f"tfserving-deploy: COPY {model.name}/{model.version} "
+                f"/models/{model.name}/{model.version}",
+            }
+        )
         runtime = config.setdefault("config", {})
         env = [e for e in runtime.get("Env") or [] if not e.startswith("MODEL_NAME=")]
         runtime["Env"] = env + [f"MODEL_NAME={model.name}"]
-        runtime["Labels"] = {**(runtime.get("Labels") or {}),
-                             f"{LABEL_PREFIX}.model.name": model.name,
-                             f"{LABEL_PREFIX}.model.version": str(model.version),
-                             f"{LABEL_PREFIX}.model.sha256": model.sha256,
-                             "org.opencontainers.image.base.name": base_image,
-                             "org.opencontainers.image.base.digest": base_digest}
+        runtime["Labels"] = {
+            **(runtime.get("Labels") or {}),
+            f"{LABEL_PREFIX}.model.name": model.name,
+            f"{LABEL_PREFIX}.model.version": str(model.version),
+            f"{LABEL_PREFIX}.model.sha256": model.sha256,
+            "org.opencontainers.image.base.name": base_image,
+            "org.opencontainers.image.base.digest": base_digest,
+        }
         config_bytes = _canonical(config)
         config_digest = self._store(config_bytes)
 
@@ -125,36 +139,43 @@ class OciImageBuilder:
             "schemaVersion": 2,
             "mediaType": manifest_type,
             "config": {"mediaType": config_type, "size": len(config_bytes), "digest": config_digest},
-            "layers": base_manifest["layers"] + [
-                {"mediaType": layer_types[self.compression], "size": layer["size"], "digest": layer["digest"]}],
+            "layers": base_manifest["layers"]
+            + [{"mediaType": layer_types[self.compression], "size": layer["size"], "digest": layer["digest"]}],
         }
         manifest_bytes = _canonical(manifest)
         digest = self._store(manifest_bytes)
-        plan = {"tag": f"{model.version}-{digest[7:19]}", "media_type": manifest_type,
-                "base": base.name, "base_layers": [d["digest"] for d in base_manifest["layers"]]}
-        _write_atomic(self._plan_path(digest), _canonical(plan))
+        plan = {
+            "tag": f"{model.version}-{digest[7:19]}",
+            "media_type": manifest_type,
+            "base": base.name,
+            "base_layers": [d["digest"] for d in base_manifest["layers"]],
+        }
+        write_atomic(self._plan_path(digest), _canonical(plan))
         log.info("built %s@%s (%s version %d on %s)", repository, digest, model.name, model.version, base_image)
         return f"{repository}@{digest}"
 
     def push(self, reference: str) -> str:
         """Uploads what the registry lacks, then the manifest (tagged ``<version>-<digest12>``)."""
-        repository, _, digest = reference.partition("@")
-        if not digest.startswith("sha256:"):
+        target = parse_reference(reference)
+        digest = target.digest or ""
+        if not digest.startswith("sha256:") or target.tag:
             raise ImageBuildError(f"{reference!r} is not a repo@sha256:... reference from OciImageBuilder.build")
-        target = parse_reference(repository)
         self._target_host = self._target_host or target.host
-        client, what = self._client(target.host), f"push of {repository}"
+        client, what = self._client(target.host), f"push of {reference}"
         plan_path = self._plan_path(digest)
         if not plan_path.is_file():
             scope = f"repository:{target.path}:pull"
             if client.manifest_digest(target.path, digest, MANIFESTS, scope=scope, what=what):
                 return reference  # built and pushed elsewhere: nothing to do
-            raise ImageBuildError(f"{reference} was not built with cache {self.cache} on this machine; run the build again here")
+            raise ImageBuildError(
+                f"{reference} was not built with cache {self.cache} on this machine; run the build again here"
+            )
         plan = json.loads(plan_path.read_bytes())
         base = parse_reference(plan["base"])
         same_registry = base.host == target.host
         scope = f"repository:{target.path}:pull,push" + (
-            f" repository:{base.path}:pull" if same_registry and base.path != target.path else "")
+            f" repository:{base.path}:pull" if same_registry and base.path != target.path else ""
+        )
         if client.manifest_digest(target.path, plan["tag"], MANIFESTS, scope=scope, what=what) == digest:
             log.info("%s already in the registry; nothing to upload", reference)
             return reference
@@ -166,7 +187,11 @@ class OciImageBuilder:
             d = desc["digest"]
             if client.has_blob(target.path, d, scope=scope, what=what):
                 counts["present"] += 1
-            elif same_registry and d in plan["base_layers"] and client.mount(target.path, d, base.path, scope=scope, what=what):
+            elif (
+                same_registry
+                and d in plan["base_layers"]
+                and client.mount(target.path, d, base.path, scope=scope, what=what)
+            ):
                 counts["mounted"] += 1
             else:
                 path = self._blob_path(d)
@@ -176,19 +201,26 @@ class OciImageBuilder:
                     path = self._fetch_blob(base, desc, plan["base"])
                 client.upload(target.path, d, path, desc["size"], chunk_size=self.chunk_size, scope=scope, what=what)
                 counts["uploaded"] += 1
-        pushed = client.put_manifest(target.path, plan["tag"], manifest_bytes, plan["media_type"], scope=scope, what=what)
+        pushed = client.put_manifest(
+            target.path, plan["tag"], manifest_bytes, plan["media_type"], scope=scope, what=what
+        )
         if pushed and pushed != digest:
             raise RegistryError(f"{what}: registry stored the manifest as {pushed}, expected {digest}")
-        log.info("pushed %s (tag %s; blobs: %s)", reference, plan["tag"],
-                 ", ".join(f"{n} {k}" for k, n in counts.items()))
+        log.info(
+            "pushed %s (tag %s; blobs: %s)", reference, plan["tag"], ", ".join(f"{n} {k}" for k, n in counts.items())
+        )
         return reference
 
     # -- base image -----------------------------------------------------------------------------
 
     def _base_manifest(self, base: Reference, base_image: str) -> tuple[str, dict, str]:
         """The base's image manifest for ``platform`` (an index or manifest list is resolved)."""
-        client, scope, what = self._client(base.host), f"repository:{base.path}:pull", f"pull of base image {base_image}"
-        ref = base.digest or base.tag
+        client, scope, what = (
+            self._client(base.host),
+            f"repository:{base.path}:pull",
+            f"pull of base image {base_image}",
+        )
+        ref = base.digest or base.tag or "latest"
         for _ in range(2):  # at most one hop: index -> image manifest
             response = client.manifest(base.path, ref, MANIFESTS, scope=scope, what=what)
             if response is None:
@@ -207,7 +239,9 @@ class OciImageBuilder:
             if media_type not in FAMILY:
                 raise ImageBuildError(f"base image {base_image!r} has an unsupported manifest type {media_type!r}")
             return media_type, manifest, digest
-        raise ImageBuildError(f"base image {base_image!r}: an index points to another index; pin an image manifest digest")
+        raise ImageBuildError(
+            f"base image {base_image!r}: an index points to another index; pin an image manifest digest"
+        )
 
     def _pick_platform(self, index: dict, base_image: str) -> str:
         want = self.platform
@@ -215,9 +249,14 @@ class OciImageBuilder:
             p = entry.get("platform", {})
             if all(p.get(k) == v for k, v in want.items()):
                 return entry["digest"]
-        offered = sorted("/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
-                         for p in (e.get("platform", {}) for e in index.get("manifests", [])))
-        raise ImageBuildError(f"base image {base_image!r} has no {'/'.join(want.values())} image (it offers: {', '.join(offered) or 'none'})")
+        offered = sorted(
+            "/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
+            for p in (e.get("platform", {}) for e in index.get("manifests", []))
+        )
+        raise ImageBuildError(
+            f"base image {base_image!r} has no {'/'.join(want.values())} image "
+            f"(it offers: {', '.join(offered) or 'none'})"
+        )
 
     def _small_blob(self, base: Reference, desc: dict, base_image: str) -> bytes:
         path = self._blob_path(desc["digest"])
@@ -228,147 +267,80 @@ class OciImageBuilder:
     def _fetch_blob(self, base: Reference, desc: dict, base_image: str) -> Path:
         """Streams a base blob into the cache, verifying its digest."""
         client = self._client(base.host)
-        response = client.get_blob(base.path, desc["digest"], scope=f"repository:{base.path}:pull",
-                                   what=f"pull of base image {base_image}")
-        with _BlobWriter(self.cache) as blob:
-            for piece in response.iter_content(MiB):
-                blob.write(piece)
-        if blob.digest != desc["digest"]:
-            raise RegistryError(f"blob {desc['digest']} of base image {base_image} arrived with digest {blob.digest}")
+        response = client.get_blob(
+            base.path, desc["digest"], scope=f"repository:{base.path}:pull", what=f"pull of base image {base_image}"
+        )
+        try:
+            with self.blobs.writer(expected=desc["digest"]) as blob:
+                for piece in response.iter_content(MiB):
+                    blob.write(piece)
+        except DigestMismatch as mismatch:
+            raise RegistryError(
+                f"blob {desc['digest']} of base image {base_image} arrived with digest sha256:{mismatch.actual}"
+            ) from None
         return self._blob_path(blob.digest)
 
     # -- model layer ----------------------------------------------------------------------------
 
     def _model_layer(self, model: ModelFiles) -> dict:
         """``{digest, diff_id, size}`` of the model layer: from the cache, or written once."""
-        key = hashlib.sha256(_canonical({"format": LAYER_FORMAT, "sha256": model.sha256, "name": model.name,
-                                         "version": model.version, "compression": self.compression,
-                                         "level": self.compress_level if self.compression != "none" else None})).hexdigest()
+        key = hashlib.sha256(
+            _canonical(
+                {
+                    "format": LAYER_FORMAT,
+                    "sha256": model.sha256,
+                    "name": model.name,
+                    "version": model.version,
+                    "compression": self.compression,
+                    "level": self.compress_level if self.compression != "none" else None,
+                }
+            )
+        ).hexdigest()
         index = self.cache / "layers" / f"{key}.json"
         if index.is_file():
             layer = json.loads(index.read_bytes())
-            blob = self._blob_path(layer["digest"])
-            if blob.is_file() and blob.stat().st_size == layer["size"]:
+            cached = self._blob_path(layer["digest"])
+            if cached.is_file() and cached.stat().st_size == layer["size"]:
                 log.info("model layer %s from the cache", layer["digest"])
                 return layer
-        with _BlobWriter(self.cache) as blob:
+        with self.blobs.writer() as blob:
             if self.compression == "gzip":
-                with gzip.GzipFile(filename="", mode="wb", fileobj=blob, compresslevel=self.compress_level, mtime=0) as gz:
-                    diff = _Hasher(gz)
-                    _write_model_tar(diff, model)
+                with gzip.GzipFile(
+                    filename="", mode="wb", fileobj=blob, compresslevel=self.compress_level, mtime=0
+                ) as gz:
+                    diff: Hasher = Hasher(gz)
+                    write_model_layer(diff, model)
             else:
                 diff = blob
-                _write_model_tar(diff, model)
+                write_model_layer(diff, model)
         layer = {"digest": blob.digest, "diff_id": diff.digest, "size": blob.size}
-        _write_atomic(index, _canonical(layer))
+        write_atomic(index, _canonical(layer))
         log.info("model layer %s written (%d bytes)", layer["digest"], layer["size"])
         return layer
 
     # -- cache and clients ----------------------------------------------------------------------
 
     def _blob_path(self, digest: str) -> Path:
-        return self.cache / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        return self.blobs.path(digest)
 
     def _plan_path(self, digest: str) -> Path:
-        return self.cache / "images" / f"{digest.removeprefix('sha256:')}.json"
+        return self.cache / "images" / f"{hex_digest(digest)}.json"
 
     def _store(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if not self._blob_path(digest).is_file():
-            _write_atomic(self._blob_path(digest), data)
-        return digest
+        return self.blobs.put(data)
 
     def _client(self, host: str) -> RegistryClient:
         if host not in self._clients:
-            auth = self.auth.get(host) if isinstance(self.auth, Mapping) else (
-                self.auth if host == self._target_host else None)  # never hand one registry's secret to another
-            self._clients[host] = RegistryClient(host, auth, **self._client_args)
+            auth = (
+                self.auth.get(host)
+                if isinstance(self.auth, Mapping)
+                else (self.auth if host == self._target_host else None)
+            )  # never hand one registry's secret to another
+            self._clients[host] = RegistryClient(
+                host, auth, scheme=self._scheme, session=self._session, attempts=self._attempts, backoff=self._backoff
+            )
         return self._clients[host]
-
-
-class _Hasher:
-    """A write-through sink that hashes and counts what passes (tarfile needs ``tell``)."""
-
-    def __init__(self, sink):
-        self.sink, self.hash, self.size = sink, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        self.sink.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
-
-class _BlobWriter(_Hasher):
-    """A temp file in the cache, renamed to ``blobs/sha256/<digest>`` once complete."""
-
-    def __init__(self, cache: Path):
-        (cache / "tmp").mkdir(parents=True, exist_ok=True)
-        self.cache = cache
-        self.file = tempfile.NamedTemporaryFile(dir=cache / "tmp", delete=False)
-        super().__init__(self.file)
-
-    def __enter__(self) -> _BlobWriter:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self.file.close()
-        if exc_type:
-            os.unlink(self.file.name)
-            return
-        final = self.cache / "blobs" / "sha256" / self.digest.removeprefix("sha256:")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.file.name, final)
-
-
-def _write_model_tar(sink, model: ModelFiles) -> None:
-    """``models/``, ``models/<name>/`` and the SavedModel at ``models/<name>/<version>/``, reproducibly."""
-    root = Path(model.path)
-    if not (root / "saved_model.pb").is_file() and not (root / "saved_model.pbtxt").is_file():
-        raise ImageBuildError(f"{root} holds no saved_model.pb; run fetch_model first")
-    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=MiB) as tar:
-        for name in ("models", f"models/{model.name}"):
-            tar.addfile(_entry(name, tarfile.DIRTYPE))
-        for path, name in _walk(root, f"models/{model.name}/{model.version}"):
-            st = path.lstat()
-            if stat.S_ISDIR(st.st_mode):
-                tar.addfile(_entry(name, tarfile.DIRTYPE))
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    tar.addfile(_entry(name, tarfile.REGTYPE, st.st_size), f)
-            else:
-                raise ImageBuildError(f"{path} is neither a file nor a directory; a model holds only those")
-
-
-def _walk(path: Path, name: str):
-    yield path, name
-    if path.is_dir() and not path.is_symlink():
-        for child in sorted(os.listdir(path)):
-            yield from _walk(path / child, f"{name}/{child}")
-
-
-def _entry(name: str, kind: bytes, size: int = 0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.size, info.mtime = kind, size, 0
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
 
 
 def _canonical(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)

@@ -7,6 +7,7 @@ only; nothing here logs a header, a password or a token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -18,11 +19,10 @@ from urllib.parse import urljoin
 import requests
 
 from ..errors import RegistryError
-from ..images import is_loopback, registry_host, split_reference
+from ..references import is_loopback
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB = "registry-1.docker.io"
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 READ_PIECE = 1 << 20  # what one socket send carries when streaming a file to the registry
 
@@ -49,36 +49,6 @@ class RegistryAuth:
         return self.username, secret or ""
 
 
-@dataclass(frozen=True)
-class Reference:
-    """``host/path[:tag][@digest]``, with Docker Hub's defaults filled in."""
-
-    host: str
-    path: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.host}/{self.path}"
-
-    def __str__(self) -> str:
-        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-
-
-def parse_reference(reference: str) -> Reference:
-    named, _, digest = reference.partition("@")
-    name, tag = split_reference(named)
-    if digest and name == named:
-        tag = None  # repo@digest has no tag; "latest" is split_reference's default
-    host = registry_host(name)
-    path = name[len(host) + 1:] if host else name
-    if host in (None, "docker.io", "index.docker.io"):
-        host = DOCKER_HUB
-        path = path if "/" in path else f"library/{path}"
-    return Reference(host, path, tag, digest or None)
-
-
 class Transient(RegistryError):
     """A fault worth another try (5xx, 429, connection refused or reset); raised once tries run out."""
 
@@ -86,9 +56,17 @@ class Transient(RegistryError):
 class RegistryClient:
     """One registry host: scheme, token/basic auth per scope, bounded retries with backoff."""
 
-    def __init__(self, host: str, auth: RegistryAuth | None = None, *, scheme: str | None = None,
-                 session: requests.Session | None = None, attempts: int = 4, backoff: float = 0.5,
-                 timeout: tuple[float, float] = (10.0, 300.0)):
+    def __init__(
+        self,
+        host: str,
+        auth: RegistryAuth | None = None,
+        *,
+        scheme: str | None = None,
+        session: requests.Session | None = None,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        timeout: tuple[float, float] = (10.0, 300.0),
+    ):
         self.host, self.auth = host, auth
         self.scheme = scheme or ("http" if is_loopback(host) else "https")
         self.session = session or requests.Session()
@@ -101,8 +79,18 @@ class RegistryClient:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def request(self, method: str, url: str, *, scope: str, what: str, expect=(200,), retry: bool = True,
-                body: Callable[[], object] | None = None, **kwargs) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str,
+        what: str,
+        expect=(200,),
+        retry: bool = True,
+        body: Callable[[], object] | None = None,
+        **kwargs,
+    ) -> requests.Response:
         """``body`` makes a fresh request body per try, so a retry or re-auth can resend it."""
         tries = self.attempts if retry else 1
         for attempt in range(1, tries + 1):
@@ -116,7 +104,11 @@ class RegistryClient:
                 fault = f"registry {self.host} answered {method} {_path(url)} with HTTP {response.status_code}"
                 response.close()
             if attempt == tries:
-                hint = "start it (`make services` for the local one) or fix the image repository" if "unreachable" in fault else "retry later"
+                hint = (
+                    "start it (`make services` for the local one) or fix the image repository"
+                    if "unreachable" in fault
+                    else "retry later"
+                )
                 raise Transient(f"{what}: {fault} after {tries} attempt(s); {hint}")
             time.sleep(self.backoff * 2 ** (attempt - 1))
         code = response.status_code
@@ -127,13 +119,20 @@ class RegistryClient:
                 f"{what}: registry {self.host} denied access (HTTP {code}) for scope {scope!r}; check the "
                 "docker connection's credentials / token scope (push needs pull,push on the repository)"
             )
-        raise RegistryError(f"{what}: registry {self.host} answered {method} {_path(url)} with HTTP {code}: {_detail(response)}")
+        raise RegistryError(
+            f"{what}: registry {self.host} answered {method} {_path(url)} with HTTP {code}: {_detail(response)}"
+        )
 
     def _send(self, method, url, scope, body, *, headers=None, **kwargs) -> requests.Response:
         for reauthenticated in (False, True):
             response = self.session.request(
-                method, url, data=body() if body else None, headers={**(headers or {}), **self._authorization(scope)},
-                timeout=self.timeout, allow_redirects=method in ("GET", "HEAD"), **kwargs,
+                method,
+                url,
+                data=body() if body else None,
+                headers={**(headers or {}), **self._authorization(scope)},
+                timeout=self.timeout,
+                allow_redirects=method in ("GET", "HEAD"),
+                **kwargs,
             )
             if response.status_code != 401 or reauthenticated or not self._authenticate(response, scope):
                 return response
@@ -143,8 +142,9 @@ class RegistryClient:
     def _authorization(self, scope: str) -> dict:
         if scope in self._tokens:
             return {"Authorization": f"Bearer {self._tokens[scope]}"}
-        if self._basic and self.auth and self.auth.basic():
-            return {"Authorization": requests.auth._basic_auth_str(*self.auth.basic())}
+        basic = self.auth.basic() if self._basic and self.auth else None
+        if basic:
+            return {"Authorization": requests.auth._basic_auth_str(*basic)}
         return {}
 
     def _authenticate(self, response: requests.Response, scope: str) -> bool:
@@ -160,14 +160,18 @@ class RegistryClient:
             return False
         covered = {s.rsplit(":", 1)[0] for s in scope.split()}  # what we ask for wins over the challenge
         scopes = scope.split() + [s for s in challenge.get("scope", "").split() if s.rsplit(":", 1)[0] not in covered]
-        params = [("service", challenge["service"])] if "service" in challenge else []
+        query = [("service", challenge["service"])] if "service" in challenge else []
         try:
             answer = self.session.get(
-                challenge["realm"], params=params + [("scope", s) for s in scopes],
-                auth=self.auth.basic() if self.auth else None, timeout=self.timeout,
+                challenge["realm"],
+                params=query + [("scope", s) for s in scopes],
+                auth=self.auth.basic() if self.auth else None,
+                timeout=self.timeout,
             )
         except requests.RequestException as exc:
-            raise Transient(f"token service {challenge['realm']} of registry {self.host} unreachable ({type(exc).__name__})") from exc
+            raise Transient(
+                f"token service {challenge['realm']} of registry {self.host} unreachable ({type(exc).__name__})"
+            ) from exc
         if answer.status_code in (401, 403):
             raise RegistryError(
                 f"token service of registry {self.host} refused {' '.join(scopes)!r} (HTTP {answer.status_code}); "
@@ -185,18 +189,37 @@ class RegistryClient:
 
     def manifest(self, path: str, ref: str, accept: list[str], *, scope: str, what: str) -> requests.Response | None:
         """GET a manifest; None when the registry does not have it."""
-        r = self.request("GET", self.url(f"{path}/manifests/{ref}"), scope=scope, what=what,
-                         headers={"Accept": ", ".join(accept)}, expect=(200, 404))
+        r = self.request(
+            "GET",
+            self.url(f"{path}/manifests/{ref}"),
+            scope=scope,
+            what=what,
+            headers={"Accept": ", ".join(accept)},
+            expect=(200, 404),
+        )
         return r if r.status_code == 200 else None
 
     def manifest_digest(self, path: str, ref: str, accept: list[str], *, scope: str, what: str) -> str | None:
-        r = self.request("HEAD", self.url(f"{path}/manifests/{ref}"), scope=scope, what=what,
-                         headers={"Accept": ", ".join(accept)}, expect=(200, 404))
+        r = self.request(
+            "HEAD",
+            self.url(f"{path}/manifests/{ref}"),
+            scope=scope,
+            what=what,
+            headers={"Accept": ", ".join(accept)},
+            expect=(200, 404),
+        )
         return r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
 
     def put_manifest(self, path: str, ref: str, data: bytes, media_type: str, *, scope: str, what: str) -> str:
-        r = self.request("PUT", self.url(f"{path}/manifests/{ref}"), scope=scope, what=what, expect=(201,),
-                         body=lambda: data, headers={"Content-Type": media_type})
+        r = self.request(
+            "PUT",
+            self.url(f"{path}/manifests/{ref}"),
+            scope=scope,
+            what=what,
+            expect=(201,),
+            body=lambda: data,
+            headers={"Content-Type": media_type},
+        )
         return r.headers.get("Docker-Content-Digest", "")
 
     def has_blob(self, path: str, digest: str, *, scope: str, what: str) -> bool:
@@ -208,29 +231,55 @@ class RegistryClient:
 
     def mount(self, path: str, digest: str, source: str, *, scope: str, what: str) -> bool:
         """Cross-repository mount: the registry links a blob it holds for ``source``, no bytes sent."""
-        r = self.request("POST", self.url(f"{path}/blobs/uploads/"), scope=scope, what=what,
-                         params={"mount": digest, "from": source}, expect=(201, 202))
+        r = self.request(
+            "POST",
+            self.url(f"{path}/blobs/uploads/"),
+            scope=scope,
+            what=what,
+            params={"mount": digest, "from": source},
+            expect=(201, 202),
+        )
         return r.status_code == 201  # 202: not mountable, an upload session was opened instead
 
     def upload(self, path: str, digest: str, file: Path, size: int, *, chunk_size: int, scope: str, what: str) -> None:
         """Chunked upload from ``file``; a broken session is dropped and the upload restarted fresh."""
         for attempt in range(1, self.attempts + 1):
             try:
-                location = self._location(self.request("POST", self.url(f"{path}/blobs/uploads/"), scope=scope,
-                                                       what=what, expect=(202,)))
+                location = self._location(
+                    self.request("POST", self.url(f"{path}/blobs/uploads/"), scope=scope, what=what, expect=(202,))
+                )
                 if size <= chunk_size:  # one request: a monolithic PUT
-                    self.request("PUT", location, scope=scope, what=what, retry=False, expect=(201,),
-                                 params={"digest": digest}, body=lambda: FileSlice(file, 0, size),
-                                 headers={"Content-Type": "application/octet-stream"})
+                    self.request(
+                        "PUT",
+                        location,
+                        scope=scope,
+                        what=what,
+                        retry=False,
+                        expect=(201,),
+                        params={"digest": digest},
+                        body=lambda: FileSlice(file, 0, size),
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
                     return
                 for offset in range(0, size, chunk_size):
                     n = min(chunk_size, size - offset)
-                    r = self.request("PATCH", location, scope=scope, what=what, retry=False, expect=(202,),
-                                     body=lambda o=offset, n=n: FileSlice(file, o, n),
-                                     headers={"Content-Type": "application/octet-stream",
-                                              "Content-Range": f"{offset}-{offset + n - 1}"})
+                    r = self.request(
+                        "PATCH",
+                        location,
+                        scope=scope,
+                        what=what,
+                        retry=False,
+                        expect=(202,),
+                        body=functools.partial(FileSlice, file, offset, n),
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{offset}-{offset + n - 1}",
+                        },
+                    )
                     location = self._location(r)
-                self.request("PUT", location, scope=scope, what=what, retry=False, expect=(201,), params={"digest": digest})
+                self.request(
+                    "PUT", location, scope=scope, what=what, retry=False, expect=(201,), params={"digest": digest}
+                )
                 return
             except Transient as exc:
                 if attempt == self.attempts:

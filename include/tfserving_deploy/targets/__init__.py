@@ -20,8 +20,16 @@ class Target(Protocol):
     def stop_candidate(self, model_name: str) -> int:
         """Remove the candidates of ``model_name``; returns how many there were."""
 
-    def deploy(self, image: str, *, model_name: str, version: int, replicas: int, ready_timeout: float,
-               metadata: dict | None = None) -> dict:
+    def deploy(
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        replicas: int,
+        ready_timeout: float,
+        metadata: dict | None = None,
+    ) -> dict:
         """Roll out ``image`` (``repo@sha256:...``) so that ``replicas`` serve ``version``.
 
         Idempotent; on failure the previous revision keeps serving. The result says whether

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from google.api_core import exceptions as gexc
 
+from ..defaults import GKE_CLUSTER_NAME, GKE_NODE_COUNT
 from ..errors import TargetError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def ensure_gke_cluster(
     *,
     project_id: str,
     location: str,
-    cluster_name: str = "resnet-serving-cluster",
-    node_count: int = 5,
+    cluster_name: str = GKE_CLUSTER_NAME,
+    node_count: int = GKE_NODE_COUNT,
     autopilot: bool = False,
     machine_type: str | None = None,
     create_if_missing: bool = True,
@@ -63,79 +64,119 @@ def ensure_gke_cluster(
     ``client`` is a ``google.cloud.container_v1.ClusterManagerClient`` (``GKEHook.get_cluster_manager_client()``).
     ``credentials_name`` names where the credentials come from (e.g. the Airflow connection) in errors.
     """
-    log = log or logger
-    path = f"projects/{project_id}/locations/{location}/clusters/{cluster_name}"
-    where = f"GKE cluster {cluster_name!r} (project {project_id!r}, location {location!r})"
+    gke = _ClusterCalls(client, project_id, location, cluster_name, credentials_name, log or logger)
+    created = False
+    try:
+        cluster = gke.get()
+    except gexc.NotFound:
+        if not create_if_missing:
+            raise TargetError(
+                f"{gke.where} does not exist; create it or allow the task to create it (create_if_missing)"
+            ) from None
+        request = cluster_request(
+            cluster_name, location, node_count=node_count, autopilot=autopilot, machine_type=machine_type
+        )
+        created = gke.create(request, "Autopilot" if autopilot else f"{node_count} node(s)")
+        cluster = gke.reread()
+    cluster = _wait_running(gke, cluster, timeout=timeout, poll_interval=poll_interval, sleep=sleep, clock=clock)
+    gke.log.info("%s is RUNNING at %s", gke.where, cluster.endpoint)
+    return GkeCluster(
+        name=cluster.name or cluster_name,
+        location=location,
+        endpoint=cluster.endpoint,
+        ca_certificate=cluster.master_auth.cluster_ca_certificate,
+        status="RUNNING",
+        created=created,
+    )
 
-    def call(what: str, permission: str, fn, **kwargs):
-        """One API call; every failure but NotFound/AlreadyExists (handled by the caller) explained."""
+
+def _wait_running(gke: _ClusterCalls, cluster, *, timeout: float, poll_interval: float, sleep, clock):
+    """The cluster once RUNNING; a broken one, or one still not RUNNING at the deadline, fails."""
+    deadline = clock() + timeout
+    while (status := cluster.status.name) != "RUNNING":
+        if status in BROKEN_STATES:
+            raise TargetError(
+                f"{gke.where} is {status}: {_explain(cluster)}; fix it in the console or with "
+                f"`gcloud container clusters describe {gke.cluster_name} --location {gke.location} "
+                f"--project {gke.project_id}` (the pipeline never deletes or recreates an existing cluster)"
+            )
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise TargetError(
+                f"{gke.where} is still {status} after {timeout:.0f} s; GKE keeps working on it, so run the task "
+                "again to keep waiting (it will not create a second cluster), or raise the timeout"
+            )
+        gke.log.info("%s is %s; checking again in %.0f s (%.0f s left)", gke.where, status, poll_interval, remaining)
+        sleep(min(poll_interval, remaining))
+        cluster = gke.reread()
+    return cluster
+
+
+class _ClusterCalls:
+    """The cluster-manager calls, each failure but NotFound/AlreadyExists explained."""
+
+    def __init__(
+        self, client, project_id: str, location: str, cluster_name: str, credentials_name: str, log: logging.Logger
+    ):
+        self.client, self.project_id, self.location, self.log = client, project_id, location, log
+        self.cluster_name = cluster_name
+        self.credentials_name = credentials_name
+        self.path = f"projects/{project_id}/locations/{location}/clusters/{cluster_name}"
+        self.where = f"GKE cluster {cluster_name!r} (project {project_id!r}, location {location!r})"
+        self.operation = None
+
+    def get(self):
+        return self._call("reading", "container.clusters.get", self.client.get_cluster, name=self.path)
+
+    def create(self, request, what: str) -> bool:
+        """True when this call created the cluster; False when someone else did meanwhile."""
+        self.log.info("%s does not exist; creating it (%s)", self.where, what)
+        try:
+            self.operation = self._call(
+                "creating",
+                "container.clusters.create",
+                self.client.create_cluster,
+                parent=f"projects/{self.project_id}/locations/{self.location}",
+                cluster=request,
+            )
+            return True
+        except gexc.Conflict:  # AlreadyExists: someone else created it between our get and create
+            self.log.info("%s was created concurrently by someone else; waiting for it instead", self.where)
+            return False
+
+    def reread(self):
+        try:
+            return self.get()
+        except gexc.NotFound:
+            hint = (
+                ""
+                if self.operation is None
+                else (
+                    f"; see `gcloud container operations describe {self.operation.name} --location {self.location} "
+                    f"--project {self.project_id}`"
+                )
+            )
+            raise TargetError(
+                f"{self.where} disappeared while waiting for it: its creation failed or someone deleted it{hint}"
+            ) from None
+
+    def _call(self, what: str, permission: str, fn, **kwargs):
         try:
             return fn(**kwargs)
         except (gexc.NotFound, gexc.Conflict):
             raise
         except gexc.Forbidden as exc:  # PermissionDenied is a Forbidden
             raise TargetError(
-                f"{what} {where} was refused: {exc.message}; {credentials_name} needs the "
-                f"{permission} permission in project {project_id!r} (e.g. role roles/container.admin), "
+                f"{what} {self.where} was refused: {exc.message}; {self.credentials_name} needs the "
+                f"{permission} permission in project {self.project_id!r} (e.g. role roles/container.admin), "
                 "and the Kubernetes Engine API must be enabled"
             ) from exc
         except gexc.Unauthenticated as exc:
-            raise TargetError(f"{what} {where}: {credentials_name} were rejected ({exc.message}); renew or fix them") from exc
+            raise TargetError(
+                f"{what} {self.where}: {self.credentials_name} were rejected ({exc.message}); renew or fix them"
+            ) from exc
         except gexc.GoogleAPICallError as exc:
-            raise TargetError(f"{what} {where} failed: {exc.message} (HTTP {exc.code})") from exc
-
-    created, operation = False, None
-
-    def reread():
-        try:
-            return call("reading", "container.clusters.get", client.get_cluster, name=path)
-        except gexc.NotFound:
-            hint = "" if operation is None else (
-                f"; see `gcloud container operations describe {operation.name} --location {location} --project {project_id}`"
-            )
-            raise TargetError(f"{where} disappeared while waiting for it: its creation failed or someone deleted it{hint}") from None
-
-    try:
-        cluster = call("reading", "container.clusters.get", client.get_cluster, name=path)
-    except gexc.NotFound:
-        if not create_if_missing:
-            raise TargetError(f"{where} does not exist; create it or allow the task to create it (create_if_missing)") from None
-        request = cluster_request(cluster_name, location, node_count=node_count, autopilot=autopilot, machine_type=machine_type)
-        log.info("%s does not exist; creating it (%s)", where, "Autopilot" if autopilot else f"{node_count} node(s)")
-        try:
-            operation = call(
-                "creating", "container.clusters.create", client.create_cluster,
-                parent=f"projects/{project_id}/locations/{location}", cluster=request,
-            )
-            created = True
-        except gexc.Conflict:  # AlreadyExists: someone else created it between our get and create
-            log.info("%s was created concurrently by someone else; waiting for it instead", where)
-        cluster = reread()
-
-    deadline = clock() + timeout
-    while True:
-        status = cluster.status.name
-        if status == "RUNNING":
-            log.info("%s is RUNNING at %s", where, cluster.endpoint)
-            return GkeCluster(
-                name=cluster.name or cluster_name, location=location, endpoint=cluster.endpoint,
-                ca_certificate=cluster.master_auth.cluster_ca_certificate, status=status, created=created,
-            )
-        if status in BROKEN_STATES:
-            raise TargetError(
-                f"{where} is {status}: {_explain(cluster)}; fix it in the console or with "
-                f"`gcloud container clusters describe {cluster_name} --location {location} --project {project_id}` "
-                "(the pipeline never deletes or recreates an existing cluster)"
-            )
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise TargetError(
-                f"{where} is still {status} after {timeout:.0f} s; GKE keeps working on it, so run the task "
-                "again to keep waiting (it will not create a second cluster), or raise the timeout"
-            )
-        log.info("%s is %s; checking again in %.0f s (%.0f s left)", where, status, poll_interval, remaining)
-        sleep(min(poll_interval, remaining))
-        cluster = reread()
+            raise TargetError(f"{what} {self.where} failed: {exc.message} (HTTP {exc.code})") from exc
 
 
 def cluster_request(name: str, location: str, *, node_count: int, autopilot: bool, machine_type: str | None):
@@ -144,14 +185,22 @@ def cluster_request(name: str, location: str, *, node_count: int, autopilot: boo
 
     if autopilot:
         if machine_type:
-            raise TargetError(f"machine_type {machine_type!r} does not apply to Autopilot cluster {name!r}; drop it or set autopilot=False")
+            raise TargetError(
+                f"machine_type {machine_type!r} does not apply to Autopilot cluster {name!r}; "
+                "drop it or set autopilot=False"
+            )
         if ZONE.fullmatch(location):
-            raise TargetError(f"Autopilot clusters are regional: location {location!r} is a zone; use its region ({location.rsplit('-', 1)[0]!r})")
+            raise TargetError(
+                f"Autopilot clusters are regional: location {location!r} is a zone; "
+                f"use its region ({location.rsplit('-', 1)[0]!r})"
+            )
         return Cluster(name=name, autopilot=Autopilot(enabled=True))
     if int(node_count) < 1:
         raise TargetError(f"node_count {node_count!r} for cluster {name!r} must be at least 1")
     config = NodeConfig(machine_type=machine_type) if machine_type else None
-    return Cluster(name=name, node_pools=[NodePool(name="default-pool", initial_node_count=int(node_count), config=config)])
+    return Cluster(
+        name=name, node_pools=[NodePool(name="default-pool", initial_node_count=int(node_count), config=config)]
+    )
 
 
 def _explain(cluster) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import RegistryError, RolloutError, TargetError
-from ..images import is_loopback, registry_host
+from ..references import is_loopback, registry_host, require_digest
 from ..serving_client import wait_until_available
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,6 @@ LABEL_IMAGE = "io.tfserving-deploy.image"
 LABEL_REPLICA = "io.tfserving-deploy.replica"
 LABEL_META = "io.tfserving-deploy.meta."
 GRPC_PORT, REST_PORT = "8500/tcp", "8501/tcp"
-
-
-def revision_of(image: str) -> str:
-    """A short, stable name for a digest reference: ``repo@sha256:abcd...`` -> ``abcd1234abcd``."""
-    if "@sha256:" not in image:
-        raise TargetError(f"deploy by digest: {image!r} is not a repo@sha256:... reference; run push_image first")
-    return image.rsplit(":", 1)[1][:12]
 
 
 class LocalDockerTarget:
@@ -59,14 +52,18 @@ class LocalDockerTarget:
 
     def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0) -> list[str]:
         """One replica of ``image`` outside the serving set, for validation before promotion."""
-        name = f"tfs-{model_name}-candidate-{revision_of(image)}"
+        name = f"tfs-{model_name}-candidate-{require_digest(image).short_digest}"
         self._pull(image)
         existing = self.client.containers.list(all=True, filters={"name": f"^{name}$"})
         for c in existing:
             if c.status != "running":
                 c.remove(force=True)
         running = [c for c in existing if c.status == "running"]
-        container = running[0] if running else self._run(image, name, model_name, {LABEL_CANDIDATE: model_name, LABEL_IMAGE: image})
+        container = (
+            running[0]
+            if running
+            else self._run(image, name, model_name, {LABEL_CANDIDATE: model_name, LABEL_IMAGE: image})
+        )
         try:
             addresses = self._addresses([container])
             wait_until_available(addresses, model_name, version, timeout=ready_timeout)
@@ -84,23 +81,24 @@ class LocalDockerTarget:
 
     # -- deploy / rollback ---------------------------------------------------------------------
 
-    def deploy(self, image: str, *, model_name: str, version: int, replicas: int,
-               ready_timeout: float = 300.0, metadata: dict | None = None) -> dict:
-        revision = revision_of(image)
+    def deploy(
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        replicas: int,
+        ready_timeout: float = 300.0,
+        metadata: dict | None = None,
+    ) -> dict:
+        revision = require_digest(image).short_digest
         self._pull(image)
         mine = self._containers(model_name)
         current = [c for c in mine if c.labels.get(LABEL_IMAGE) == image]
         others = [c for c in mine if c.labels.get(LABEL_IMAGE) != image]
         promoted = not any(c.status == "running" for c in current)  # this run changes what serves
 
-        keep, started = [], []
-        for c in current:  # converge this revision: keep running replicas inside the wanted count
-            index = int(c.labels.get(LABEL_REPLICA, "-1"))
-            if c.status == "running" and 0 <= index < replicas:
-                keep.append(c)
-            else:
-                log.info("removing stale container %s (%s)", c.name, c.status)
-                c.remove(force=True)
+        keep, started = _keep_running(current, replicas), []
         kept_indexes = {int(c.labels[LABEL_REPLICA]) for c in keep}
         labels = {LABEL_MODEL: model_name, LABEL_IMAGE: image}
         labels.update({LABEL_META + k: str(v) for k, v in {"model-version": version, **(metadata or {})}.items()})
@@ -121,22 +119,27 @@ class LocalDockerTarget:
                 f"still serving: {', '.join(serving) or 'nothing (first deployment)'}{logs}"
             ) from exc
 
-        retired = [c for c in others if c.status == "running"]
-        if retired:  # the serving revision becomes the one rollback restores; older ones go
-            for c in others:
-                if c.status != "running":
-                    c.remove(force=True)
-            for c in retired:
-                log.info("stopping previous revision container %s (kept for rollback)", c.name)
-                c.stop(timeout=5)
+        retired = _retire(others)
         log.info(
             "revision %s: %d replica(s) serving (%d started, %d kept, %d previous stopped)",
-            revision, len(ready), len(started), len(keep), len(retired),
+            revision,
+            len(ready),
+            len(started),
+            len(keep),
+            len(retired),
         )
-        return {"image": image, "revision": revision, "promoted": promoted,
-                "started": len(started), "kept": len(keep), "retired": len(retired)}
+        return {
+            "image": image,
+            "revision": revision,
+            "promoted": promoted,
+            "started": len(started),
+            "kept": len(keep),
+            "retired": len(retired),
+        }
 
-    def rollback(self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0) -> str:
+    def rollback(
+        self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0
+    ) -> str:
         """Bring the stopped previous revision back and remove the current one.
 
         With ``image`` (the one that failed), nothing happens unless that image is serving.
@@ -149,7 +152,9 @@ class LocalDockerTarget:
         serving_images = {c.labels.get(LABEL_IMAGE) for c in current}
         stopped = [c for c in mine if c.status != "running" and c.labels.get(LABEL_IMAGE) not in serving_images]
         newest = max(stopped, key=lambda c: c.attrs.get("Created", ""), default=None)
-        previous = [c for c in stopped if newest is not None and c.labels.get(LABEL_IMAGE) == newest.labels.get(LABEL_IMAGE)]
+        previous = [
+            c for c in stopped if newest is not None and c.labels.get(LABEL_IMAGE) == newest.labels.get(LABEL_IMAGE)
+        ]
         if not previous:
             for c in current:
                 c.remove(force=True)
@@ -170,8 +175,13 @@ class LocalDockerTarget:
         images = {c.labels.get(LABEL_IMAGE) for c in running}
         if len(images) != 1:
             return None  # nothing, or a rollout caught half-way
-        meta = {k[len(LABEL_META):]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
-        return {"image": images.pop(), "replicas": len(running), "addresses": self._addresses(running), "metadata": meta}
+        meta = {k[len(LABEL_META) :]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
+        return {
+            "image": images.pop(),
+            "replicas": len(running),
+            "addresses": self._addresses(running),
+            "metadata": meta,
+        }
 
     @contextmanager
     def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
@@ -179,7 +189,9 @@ class LocalDockerTarget:
         yield {address: address for address in addresses}
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
-        running = [c for c in self._containers(model_name) if c.labels.get(LABEL_IMAGE) == image and c.status == "running"]
+        running = [
+            c for c in self._containers(model_name) if c.labels.get(LABEL_IMAGE) == image and c.status == "running"
+        ]
         return self._addresses(running)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -191,9 +203,8 @@ class LocalDockerTarget:
     def _pull(self, image: str) -> None:
         import docker.errors
 
-        repo, _, digest = image.partition("@")
         try:
-            self.client.images.pull(repo, tag=digest)
+            self.client.images.pull(image)  # repo@sha256:...
         except docker.errors.APIError as exc:
             raise RegistryError(
                 f"could not pull {image}: {exc.explanation or exc}; is the registry up and the digest pushed?"
@@ -226,6 +237,32 @@ class LocalDockerTarget:
                 )
             addresses.append(f"{self.bind_host}:{bindings[0]['HostPort']}")
         return addresses
+
+
+def _keep_running(current: list, replicas: int) -> list:
+    """Converge a revision: keep its running replicas inside the wanted count, remove the rest."""
+    keep = []
+    for c in current:
+        index = int(c.labels.get(LABEL_REPLICA, "-1"))
+        if c.status == "running" and 0 <= index < replicas:
+            keep.append(c)
+        else:
+            log.info("removing stale container %s (%s)", c.name, c.status)
+            c.remove(force=True)
+    return keep
+
+
+def _retire(others: list) -> list:
+    """Stop the revision that served (rollback restores it); remove anything older. Returns the stopped."""
+    retired = [c for c in others if c.status == "running"]
+    if retired:
+        for c in others:
+            if c.status != "running":
+                c.remove(force=True)
+        for c in retired:
+            log.info("stopping previous revision container %s (kept for rollback)", c.name)
+            c.stop(timeout=5)
+    return retired
 
 
 def _tail(container, lines: int = 15) -> str:

@@ -27,13 +27,14 @@ import copy
 import re
 from pathlib import Path
 
+from ..defaults import GRPC_PORT, REST_PORT
 from ..errors import TargetError
+from ..references import require_digest
 
 APP_NAME = "tfserving"
 MANAGED_BY = "tfserving-deploy"  # app.kubernetes.io/managed-by of every object and pod this target makes
 CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candidates get no traffic
 CONTAINER_NAME = "tfserving"
-GRPC_PORT, REST_PORT = 8500, 8501
 PRE_STOP_SLEEP_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
 LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only after the first load
@@ -55,19 +56,9 @@ DEFAULT_RESOURCES = {
     "limits": {"memory": "2Gi"},  # two copies of the model during a reload
 }
 
-_DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ANNOTATION_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-def require_digest(image: str) -> str:
-    if not _DIGEST_REF.match(image or ""):
-        raise TargetError(
-            f"deploy by digest: {image!r} is not a repo@sha256:<64 hex> reference; a tag can move "
-            "under a running Deployment; run push_image first and deploy the digest it returns"
-        )
-    return image
 
 
 def object_name(model_name: str) -> str:
@@ -97,7 +88,7 @@ def object_labels(model_name: str) -> dict:
 def metadata_annotations(metadata: dict | None) -> dict:
     """``{"model-sha256": ...}`` -> ``{"tfserving-deploy/meta.model-sha256": "..."}`` (values as strings)."""
     annotations = {}
-    prefix = ANNOTATION_META[len(ANNOTATION_PREFIX):]  # "meta."; an annotation name has at most 63 characters
+    prefix = ANNOTATION_META[len(ANNOTATION_PREFIX) :]  # "meta."; an annotation name has at most 63 characters
     for key, value in (metadata or {}).items():
         name = prefix + str(key)
         if len(name) > 63 or not _ANNOTATION_NAME.match(name):
@@ -145,8 +136,7 @@ def check_resources(resources: dict | None) -> dict:
         return copy.deepcopy(DEFAULT_RESOURCES)
     if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"}:
         raise TargetError(
-            f"resources {resources!r} must be a dict with 'requests' and/or 'limits', e.g. "
-            f"{DEFAULT_RESOURCES!r}"
+            f"resources {resources!r} must be a dict with 'requests' and/or 'limits', e.g. {DEFAULT_RESOURCES!r}"
         )
     return copy.deepcopy(resources)
 
@@ -194,8 +184,14 @@ def pod_spec(image: str, *, model_name: str, resources: dict | None = None) -> d
 
 
 def deployment_manifest(
-    image: str, *, model_name: str, version: int, replicas: int, namespace: str,
-    resources: dict | None = None, metadata: dict | None = None,
+    image: str,
+    *,
+    model_name: str,
+    version: int,
+    replicas: int,
+    namespace: str,
+    resources: dict | None = None,
+    metadata: dict | None = None,
     progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
@@ -209,7 +205,9 @@ def deployment_manifest(
             "namespace": namespace,
             "labels": object_labels(model_name),
             "annotations": {
-                ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version), **metadata_annotations(metadata)
+                ANNOTATION_IMAGE: image,
+                ANNOTATION_VERSION: str(version),
+                **metadata_annotations(metadata),
             },
         },
         "spec": {
@@ -236,7 +234,7 @@ def candidate_pod_manifest(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{object_name(model_name)}-candidate-{require_digest(image).rsplit(':', 1)[1][:12]}",
+            "name": f"{object_name(model_name)}-candidate-{require_digest(image).short_digest}",
             "namespace": namespace,
             "labels": candidate_labels(model_name),
             "annotations": {ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version)},
@@ -296,8 +294,10 @@ def deployer_role(namespace: str, name: str = "tfserving-deployer") -> dict:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
-        "rules": [{"apiGroups": [group], "resources": [resource], "verbs": verbs}
-                  for (group, resource), verbs in rules.items()],
+        "rules": [
+            {"apiGroups": [group], "resources": [resource], "verbs": verbs}
+            for (group, resource), verbs in rules.items()
+        ],
     }
 
 
@@ -313,16 +313,3 @@ def write_manifests(directory: str, model_name: str, deployment: dict, service: 
         path.write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
         paths.append(str(path))
     return paths
-
-
-def load_balancer_address(service: dict) -> str | None:
-    """``host:8500`` of a LoadBalancer Service's first ingress, None while it is pending."""
-    if (service.get("spec") or {}).get("type") != "LoadBalancer":
-        name = (service.get("metadata") or {}).get("name")
-        raise TargetError(
-            f"Service {name} is of type {(service.get('spec') or {}).get('type')!r}, which gets no "
-            "load balancer address; use service_type='LoadBalancer' or reach the pods in-cluster"
-        )
-    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    host = ingress and (ingress[0].get("ip") or ingress[0].get("hostname"))
-    return f"{host}:{GRPC_PORT}" if host else None

@@ -76,8 +76,9 @@ class PodPortForward:
         try:
             forward = self._open()
         except Exception as exc:  # the API refused (RBAC, pod gone) or is unreachable
-            log.warning("port-forward to %s through %s failed: %s", where, self._api.api_client.configuration.host,
-                        _reason(exc))
+            log.warning(
+                "port-forward to %s through %s failed: %s", where, self._api.api_client.configuration.host, _reason(exc)
+            )
             self._forget(local)
             return
         remote = forward.socket(self.port)

@@ -1,4 +1,4 @@
-"""Connections to credentials: what the builders get, and that secrets stay out of reprs."""
+"""Connections to credentials and targets: what the builders get, and that secrets stay out of reprs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tfserving_airflow.hooks import get_target, is_google_registry, registry_auth
+from tfserving_airflow.config import TargetConfig
+from tfserving_airflow.connections import is_google_registry, registry_auth
 from tfserving_deploy.errors import TargetError
 
 
@@ -26,9 +27,10 @@ def test_google_registries_are_recognised_by_host(repository, google):
 
 
 def test_docker_connection_gives_basic_auth_for_its_registry_only(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_MY_REGISTRY", json.dumps(
-        {"conn_type": "docker", "host": "registry.example.com", "login": "robot", "password": "s3cret"}
-    ))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MY_REGISTRY",
+        json.dumps({"conn_type": "docker", "host": "registry.example.com", "login": "robot", "password": "s3cret"}),
+    )
     auth = registry_auth("registry.example.com/team/resnet", docker_conn_id="my_registry")
     assert list(auth) == ["registry.example.com"]
     assert auth["registry.example.com"].basic() == ("robot", "s3cret")
@@ -67,4 +69,4 @@ def test_other_registries_are_anonymous_without_a_connection():
 
 def test_unknown_target_is_explained():
     with pytest.raises(TargetError, match="target 'mars' is not supported; choose one of local, kubernetes, gke"):
-        get_target("mars")
+        TargetConfig.parse("mars")

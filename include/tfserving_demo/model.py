@@ -1,54 +1,9 @@
-"""An offline stand-in for the tutorial's ResNet SavedModel (``resnet_v2_fp32_savedmodel_NHWC_jpg``).
-
-The tutorial tarball cannot be downloaded here, so this module builds a small model with
-*exactly the tutorial model's serving signature*, so that the whole pipeline (fetch, verify,
-bake, deploy, validate with the original gRPC/REST client) can run against it:
-
-    serving_default
-      inputs:  image_bytes    DT_STRING [-1]          raw JPEG bytes, one per example
-      outputs: classes        DT_INT64  [-1]          argmax of probabilities
-               probabilities  DT_FLOAT  [-1, 1001]    softmax; index 0 is "background"
-
-Inside: decode_jpeg -> resize to 64x64 -> a ResNet-style backbone (conv stem + 2 residual
-blocks, fixed-seed random weights) -> global average pool -> a dense 1001-way softmax head.
-The head is *fit* (softmax regression in numpy) on features of augmented crops / flips /
-JPEG qualities / brightness of ``include/images/cat.jpg`` (label 286, "Egyptian cat") and
-``include/images/coffee.jpg`` (label 967, "espresso"), plus synthetic noise / flat colour /
-gradient images (label 0, background). So it answers 286 for the cat and 967 for the
-espresso like the real ResNet does, but it is NOT ImageNet-accurate beyond those images:
-any other photo gets an arbitrary one of {0, 286, 967}.
-
-Everything is deterministic from ``seed``. ``pack_tutorial_tarball`` writes the tutorial's
-layout ``./<top_dir>/<version>/{saved_model.pb,variables/...}`` (what
-``tar --strip-components=2`` expects) and is byte-deterministic: it exports in a fresh
-Python process (TF names traced functions with a process-global counter, so a second export
-in the same process would differ in ``saved_model.pb``), drops TF's ``fingerprint.pb``
-(it holds a random UUID; the tutorial model has none either) and writes the tar with sorted
-members, mtime 0, uid/gid 0 and fixed modes, gzipped with mtime 0.
-
-CLI::
-
-    PYTHONPATH=include python -m tfserving_deploy.demo_model --out /tmp/resnet_demo.tar.gz
-
-TensorFlow is imported lazily inside functions; this module has no Airflow imports.
-"""
+"""The stand-in model: a ResNet-style backbone with fixed random weights and a softmax head fit on
+the two sample photos, exported with the tutorial model's exact serving signature (see the
+package docstring)."""
 
 from __future__ import annotations
 
-import argparse
-import functools
-import gzip
-import hashlib
-import io
-import os
-import subprocess
-import sys
-import tarfile
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +178,9 @@ def _synthetic(rng: np.random.RandomState) -> np.ndarray:
     elif kind == 1:  # flat colour
         img = np.ones((h, w, 3)) * rng.uniform(0, 255, 3)
     elif kind == 2:  # linear gradient between two colours
-        t = np.linspace(0, 1, h)[:, None] * np.cos(a := rng.uniform(0, np.pi)) + np.linspace(0, 1, w)[None, :] * np.sin(a)
+        t = np.linspace(0, 1, h)[:, None] * np.cos(a := rng.uniform(0, np.pi)) + np.linspace(0, 1, w)[None, :] * np.sin(
+            a
+        )
         t = (t - t.min()) / max(np.ptp(t), 1e-6)
         img = t[..., None] * rng.uniform(0, 255, 3) + (1 - t[..., None]) * rng.uniform(0, 255, 3)
     elif kind == 3:  # coloured gaussian noise around a colour
@@ -273,7 +230,7 @@ def _fit_head(feats: np.ndarray, labels: np.ndarray, *, steps: int = 400, l2: fl
     sd = feats.std(axis=0) + 1e-6
     x = (feats - mu) / sd
     n, d = x.shape
-    seen = sorted(set(int(c) for c in labels))
+    seen = sorted({int(c) for c in labels})
     n_tied = NUM_CLASSES - len(seen)
     k = len(seen) + 1  # last column = every unseen class (tied)
     y = np.zeros((n, k))
@@ -332,127 +289,3 @@ def export_demo_model(export_dir: str | Path, *, seed: int = 0, images_dir: str 
     if assets.is_dir() and not any(assets.iterdir()):
         assets.rmdir()  # empty; the tutorial model has none
     return export_dir
-
-
-def _export_in_fresh_process(export_dir: Path, seed: int) -> None:
-    include_dir = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = include_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfserving_deploy.demo_model", "--export-dir", str(export_dir), "--seed", str(seed)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"demo model export to {export_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-
-
-def _deterministic_tar_gz(src_root: Path, top_dir: str, version: int, out_path: Path) -> None:
-    model_dir = src_root / top_dir / str(version)
-    entries: list[tuple[str, Path | None]] = [("./", None), (f"./{top_dir}/", None), (f"./{top_dir}/{version}/", None)]
-    for path in sorted(model_dir.rglob("*"), key=lambda p: p.relative_to(model_dir).as_posix()):
-        arc = f"./{top_dir}/{version}/{path.relative_to(model_dir).as_posix()}"
-        entries.append((arc + "/", None) if path.is_dir() else (arc, path))
-    raw = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for arcname, path in entries:
-                info = tarfile.TarInfo(arcname.rstrip("/") if arcname != "./" else ".")
-                info.mtime = 0
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                if path is None:
-                    info.type = tarfile.DIRTYPE
-                    info.mode = 0o755
-                    tar.addfile(info)
-                else:
-                    data = path.read_bytes()
-                    info.size = len(data)
-                    info.mode = 0o644
-                    tar.addfile(info, io.BytesIO(data))
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(raw.getvalue())
-    os.replace(tmp, out_path)
-
-
-def pack_tutorial_tarball(
-    out_path: str | Path,
-    *,
-    version: int = TUTORIAL_VERSION,
-    top_dir: str = DEFAULT_TOP_DIR,
-    seed: int = 0,
-) -> Path:
-    """Export the stand-in model and pack it like the tutorial tarball:
-    ``./<top_dir>/<version>/{saved_model.pb,variables/...}``, byte-deterministic for the same
-    arguments (same machine, same TF version). Exports in a fresh Python process, so the
-    caller never imports TensorFlow."""
-    out_path = Path(out_path)
-    if not top_dir or "/" in top_dir or top_dir in (".", ".."):
-        raise ValueError(f"top_dir must be a single path component, got {top_dir!r}")
-    version = int(version)
-    if version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="demo_model_") as tmp:
-        root = Path(tmp)
-        _export_in_fresh_process(root / top_dir / str(version), seed)
-        _deterministic_tar_gz(root, top_dir, version, out_path)
-    return out_path
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextmanager
-def serve_directory(directory: str | Path) -> Iterator[str]:
-    """Serve ``directory`` over HTTP on 127.0.0.1 (a free port) while the block runs; yields the
-    base URL. The demo fetches its model through the same HTTP path as a real URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfserving_deploy.demo_model",
-        description="Write a tutorial-layout tarball of the offline ResNet stand-in model.",
-    )
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", type=Path, help="tarball to write (.tar.gz)")
-    target.add_argument("--export-dir", type=Path, help="write a bare SavedModel directory instead")
-    parser.add_argument("--version", type=int, default=TUTORIAL_VERSION)
-    parser.add_argument("--top-dir", default=DEFAULT_TOP_DIR)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="regenerate even if --out exists")
-    args = parser.parse_args(argv)
-
-    if args.export_dir is not None:
-        print(export_demo_model(args.export_dir, seed=args.seed))
-        return 0
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists (use --force to regenerate)", file=sys.stderr)
-    else:
-        pack_tutorial_tarball(args.out, version=args.version, top_dir=args.top_dir, seed=args.seed)
-    print(f"{args.out}  sha256={sha256_file(args.out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

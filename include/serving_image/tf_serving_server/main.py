@@ -1,0 +1,86 @@
+"""Flags, ports, signals: the ``tensorflow_model_server`` command line."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from http.server import ThreadingHTTPServer
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from .grpc_api import ModelServicer, PredictionServicer
+from .model import ServedModel, log
+from .rest_api import make_rest_handler
+
+
+def parse_args(argv=None):
+    name = os.environ.get("MODEL_NAME", "model")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port")
+    parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 disables REST)")
+    parser.add_argument("--host", default="0.0.0.0", help="bind address for both ports")
+    parser.add_argument("--model_name", default=name)
+    parser.add_argument("--model_base_path", default=os.path.join(os.environ.get("MODEL_BASE_PATH", "/models"), name))
+    parser.add_argument(
+        "--max_num_load_retries",
+        type=int,
+        default=0,
+        help="retries of a failed load, LOADING meanwhile (the real server's default is 5)",
+    )
+    parser.add_argument("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries")
+    args, ignored = parser.parse_known_args(argv)  # e.g. --enable_batching: accepted, not implemented
+    args.ignored = ignored
+    return args
+
+
+def start_servers(model, host, port, rest_api_port):
+    """Open the gRPC port and (unless 0) the REST port for `model`; returns both servers."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:  # older grpcio returns 0, newer raise
+        raise RuntimeError(f"cannot bind gRPC port {host}:{port}")
+    server.start()
+    log.info("Running gRPC ModelServer at %s:%d ...", host, port)
+    httpd = None
+    if rest_api_port:
+        httpd = ThreadingHTTPServer((host, rest_api_port), make_rest_handler(model))
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, name="rest", daemon=True).start()
+        log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_api_port)
+    return server, httpd
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def exit_now(signum, _frame):  # no drain, like the real server
+        log.info("received signal %d, exiting", signum)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, exit_now)
+    signal.signal(signal.SIGINT, exit_now)
+    if args.ignored:
+        log.warning("ignoring unsupported flags: %s", " ".join(args.ignored))
+    model = ServedModel(args.model_name, args.model_base_path)
+    try:
+        server, _ = start_servers(model, args.host, args.port, args.rest_api_port)
+    except (RuntimeError, OSError) as e:
+        log.error("%s", e)
+        return 1
+    retries = (args.max_num_load_retries, args.load_retry_interval_micros / 1e6)
+    threading.Thread(target=model.load, args=retries, name="loader", daemon=True).start()  # ports are open
+    server.wait_for_termination()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

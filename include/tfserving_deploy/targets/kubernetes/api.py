@@ -1,0 +1,265 @@
+"""``KubernetesApi``: every Kubernetes API call the target makes, one small method each, bound to
+one namespace, with one retry policy and one way of explaining a failure (``explain``).
+
+The caller builds the ``kubernetes.client.ApiClient`` (from a kubeconfig, the provider's hook, or
+a GKE endpoint + CA + token). Objects travel as the API's JSON (dicts, ``_preload_content=False``),
+the same shape as the manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ...errors import TargetError
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"  # lists are replaced whole
+REQUEST_TIMEOUT = 30.0
+RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class ApiCallError(TargetError):
+    """The API answered a call with an error status (kept as ``status``)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def explain(
+    status: int,
+    *,
+    what: str,
+    host: str,
+    message: str = "",
+    credentials: str = "the Kubernetes/GKE connection",
+    namespace: str | None = None,
+    permission: str = "that permission",
+    attempts: int = 1,
+) -> str:
+    """Why ``what`` failed with HTTP ``status`` and what to do; the sync target and the async
+    LoadBalancer trigger say it the same way."""
+    detail = f": {message}" if message else ""
+    if status == 401:
+        return (
+            f"Kubernetes API at {host} rejected the credentials (HTTP 401) for {what}{detail}; the token from "
+            f"{credentials} is missing or expired: refresh it"
+        )
+    if status == 403:
+        where = f" in {namespace!r}" if namespace else ""
+        return (
+            f"Kubernetes API at {host} forbids {what} (HTTP 403){detail}; grant {permission}{where} to the "
+            f"identity of {credentials} (a Role and RoleBinding)"
+        )
+    if status == 0:
+        return f"Kubernetes API at {host}: {message} for {what}; check the cluster CA certificate and endpoint"
+    if status in RETRYABLE_STATUSES and attempts > 1:
+        return (
+            f"{what} failed with HTTP {status} from {host} after {attempts} attempts{detail}; the API server is "
+            "overloaded or unhealthy: retry later"
+        )
+    return f"{what} failed with HTTP {status} from {host}{detail}"
+
+
+def status_message(exc) -> str:
+    """The ``message`` of the API's Status answer, else the HTTP reason."""
+    try:
+        return str(json.loads(exc.body)["message"])[:300]
+    except (TypeError, ValueError, KeyError):
+        return str(exc.reason or "")
+
+
+class KubernetesApi:
+    def __init__(
+        self,
+        api_client,
+        namespace: str,
+        *,
+        field_manager: str = "tfserving-deploy",
+        attempts: int = 5,
+        backoff: float = 0.5,
+        credentials: str = "the Kubernetes/GKE connection",
+    ):
+        from kubernetes import client
+
+        self.client, self.namespace, self.field_manager = api_client, namespace, field_manager
+        self.attempts, self.backoff, self.credentials = max(1, attempts), backoff, credentials
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self._authorization = client.AuthorizationV1Api(api_client)
+        self._version = client.VersionApi(api_client)
+
+    @property
+    def host(self) -> str:
+        return self.client.configuration.host
+
+    # -- one method per call -----------------------------------------------------------------------
+
+    def server_version(self) -> dict:
+        return self.call("read the server version", self._version.get_code)
+
+    def read_namespace(self) -> dict | None:
+        return self.read(f"read Namespace {self.namespace}", self.core.read_namespace, self.namespace)
+
+    def create_namespace(self) -> bool:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+        return self.create(f"create Namespace {self.namespace}", self.core.create_namespace, body)
+
+    def review_access(self, verb: str, group: str, resource: str) -> dict:
+        """The real authorizer's answer (``status``) to "may I ``verb`` ``resource`` here?"."""
+        kind, _, subresource = resource.partition("/")
+        attributes = {
+            "namespace": self.namespace,
+            "verb": verb,
+            "group": group,
+            "resource": kind,
+            **({"subresource": subresource} if subresource else {}),
+        }
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        answer = self.call(
+            f"review access to {verb} {resource}", self._authorization.create_self_subject_access_review, review
+        )
+        return answer.get("status") or {}
+
+    def read_deployment(self, name: str) -> dict | None:
+        return self.read(
+            f"read Deployment {self.namespace}/{name}", self.apps.read_namespaced_deployment, name, self.namespace
+        )
+
+    def read_service(self, name: str) -> dict | None:
+        return self.read(
+            f"read Service {self.namespace}/{name}", self.core.read_namespaced_service, name, self.namespace
+        )
+
+    def read_pod(self, name: str) -> dict | None:
+        return self.read(f"read Pod {self.namespace}/{name}", self.core.read_namespaced_pod, name, self.namespace)
+
+    def create_pod(self, body: dict) -> bool:
+        where = f"{self.namespace}/{body['metadata']['name']}"
+        return self.create(f"create Pod {where}", self.core.create_namespaced_pod, self.namespace, body)
+
+    def delete_pod(self, name: str) -> None:
+        """Gone at once (no grace period): only candidates are deleted this way, and they get no traffic."""
+        self.delete(
+            f"delete Pod {self.namespace}/{name}", self.core.delete_namespaced_pod, name, grace_period_seconds=0
+        )
+
+    def delete_deployment(self, name: str) -> None:
+        self.delete(
+            f"delete Deployment {self.namespace}/{name}",
+            self.apps.delete_namespaced_deployment,
+            name,
+            propagation_policy="Background",
+        )
+
+    def delete_service(self, name: str) -> None:
+        self.delete(f"delete Service {self.namespace}/{name}", self.core.delete_namespaced_service, name)
+
+    def pods(self, labels: dict) -> list[dict]:
+        """Pods carrying every label in ``labels``, not terminating, by name."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        listing = self.call(
+            f"list pods labelled {labels} in {self.namespace}",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+        )
+        pods = [p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
+        return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+    def pod_events(self, pod: dict) -> list[dict]:
+        """This pod's events (not those of an earlier pod of the same name), oldest first."""
+        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        listing = self.call(
+            f"list events of pod {self.namespace}/{name}",
+            self.core.list_namespaced_event,
+            self.namespace,
+            field_selector=f"involvedObject.name={name},involvedObject.uid={uid}",
+        )
+        return sorted(listing.get("items") or [], key=_event_time)
+
+    # -- the retry policy and the verbs ------------------------------------------------------------
+
+    def call(self, what: str, fn, *args, expect: tuple[int, ...] = (), **kwargs) -> dict:
+        """One API call, answered as a dict (the API's JSON).
+
+        Transient answers (409, 429, 5xx, connection errors) are retried with backoff, a bounded
+        number of times; statuses in ``expect`` are raised at once as ApiCallError for the caller.
+        """
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        kwargs.update(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return json.loads(fn(*args, **kwargs).data or b"{}")
+            except ApiException as exc:
+                if exc.status in expect or exc.status not in RETRYABLE_STATUSES or attempt == self.attempts:
+                    text = explain(
+                        exc.status,
+                        what=what,
+                        host=self.host,
+                        message=status_message(exc),
+                        credentials=self.credentials,
+                        namespace=self.namespace,
+                        attempts=attempt,
+                    )
+                    raise ApiCallError(text, exc.status) from exc
+                problem = f"HTTP {exc.status} {status_message(exc)}"
+            except (HTTPError, OSError) as exc:
+                if attempt == self.attempts:
+                    raise TargetError(
+                        f"Kubernetes API at {self.host} is not reachable ({type(exc).__name__}: {exc}) for {what}; "
+                        "check the cluster endpoint, that the cluster is running and the network path to it "
+                        "(VPN, authorized networks)"
+                    ) from exc
+                problem = type(exc).__name__
+            log.warning("%s: %s (attempt %d of %d); retrying in %.2fs", what, problem, attempt, self.attempts, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def read(self, what: str, fn, *args) -> dict | None:
+        """A GET that may find nothing (404 -> None)."""
+        try:
+            return self.call(what, fn, *args, expect=(404,))
+        except ApiCallError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, what: str, fn, *args) -> bool:
+        """Create; False when the object already exists (409)."""
+        try:
+            self.call(what, fn, *args, expect=(409,), field_manager=self.field_manager)
+            return True
+        except ApiCallError as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def patch(self, what: str, fn, name: str, body: dict) -> dict:
+        return self.call(
+            what, fn, name, self.namespace, body, _content_type=MERGE_PATCH, field_manager=self.field_manager
+        )
+
+    def delete(self, what: str, fn, name: str, **kwargs) -> None:
+        """Delete; already gone (404) is fine."""
+        try:
+            self.call(what, fn, name, self.namespace, expect=(404,), **kwargs)
+        except ApiCallError as exc:
+            if exc.status != 404:
+                raise
+
+
+def _event_time(event: dict) -> str:
+    created = (event.get("metadata") or {}).get("creationTimestamp")
+    return event.get("lastTimestamp") or event.get("eventTime") or created or ""

@@ -1,0 +1,101 @@
+"""Create-or-patch, re-runnable without server-side apply.
+
+Each object is read, created when absent (a 409 there means another run won the race; its live
+state is then compared like any other), and merge-patched only when a field this target owns
+differs, so an identical re-run writes nothing. What served before an image change (replicas,
+pod template, annotations) is kept in the ``previous-spec`` annotation, for rollback.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+from ...errors import TargetError
+from ..manifests import ANNOTATION_META, ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM
+from .api import KubernetesApi
+from .objects import contains, image_of, owned_annotations
+
+log = logging.getLogger(__name__)
+
+HISTORY_ANNOTATIONS = (ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM)
+
+
+def apply_service(api: KubernetesApi, desired: dict) -> str:
+    """ "created" | "patched" | "unchanged"."""
+    name = desired["metadata"]["name"]
+    live = _read_or_create(
+        api, "Service", desired, api.core.read_namespaced_service, api.core.create_namespaced_service
+    )
+    if live is None:
+        return "created"
+    owned = {"metadata": {"labels": desired["metadata"]["labels"]}, "spec": desired["spec"]}
+    if contains(live, owned):
+        return "unchanged"
+    api.patch(f"patch Service {api.namespace}/{name}", api.core.patch_namespaced_service, name, owned)
+    return "patched"
+
+
+def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | None]:
+    """("created" | "patched" | "unchanged", what the live Deployment was before a patch)."""
+    name = desired["metadata"]["name"]
+    live = _read_or_create(
+        api, "Deployment", desired, api.apps.read_namespaced_deployment, api.apps.create_namespaced_deployment
+    )
+    if live is None:
+        return "created", None
+    owned_live = owned_annotations(live)
+    wanted = desired["metadata"]["annotations"]
+    stale = {k: None for k in owned_live if k.startswith(ANNOTATION_META) and k not in wanted}  # dropped metadata
+    owned = {
+        "metadata": {"labels": desired["metadata"]["labels"], "annotations": desired["metadata"]["annotations"]},
+        "spec": {k: v for k, v in desired["spec"].items() if k != "selector"},  # the selector is immutable
+    }
+    # The same revision (pod template, replicas, image, version) already serves: keep the
+    # metadata it was deployed with (which run, from which artifact) and write nothing. The
+    # metadata varies per run (run date, run id), so comparing it would patch on every re-run.
+    revision = {
+        **owned,
+        "metadata": {
+            **owned["metadata"],
+            "annotations": {k: v for k, v in wanted.items() if not k.startswith(ANNOTATION_META)},
+        },
+    }
+    if contains(live, revision):
+        return "unchanged", None
+    before = {
+        "replicas": live["spec"].get("replicas", 1),
+        "template": live["spec"]["template"],
+        "annotations": owned_live,
+    }
+    patch = copy.deepcopy(owned)
+    patch["metadata"]["annotations"].update(stale)
+    live_image = image_of(live["spec"]["template"])
+    if live_image != image_of(desired["spec"]["template"]):  # remember what served, for rollback
+        served = {k: v for k, v in owned_live.items() if k not in HISTORY_ANNOTATIONS}
+        patch["metadata"]["annotations"].update(
+            {
+                ANNOTATION_PREVIOUS_IMAGE: live_image,
+                ANNOTATION_PREVIOUS_SPEC: json.dumps({**before, "annotations": served}, separators=(",", ":")),
+            }
+        )
+    api.patch(f"patch Deployment {api.namespace}/{name}", api.apps.patch_namespaced_deployment, name, patch)
+    return "patched", before
+
+
+def _read_or_create(api: KubernetesApi, kind: str, desired: dict, read, create) -> dict | None:
+    """The live object, or None when this call created it. Reads first, so an identical re-run
+    sends no write at all."""
+    name = desired["metadata"]["name"]
+    what = f"{kind} {api.namespace}/{name}"
+    live = api.read(f"read {what}", read, name, api.namespace)
+    if live is not None:
+        return live
+    if api.create(f"create {what}", create, api.namespace, desired):
+        return None
+    live = api.read(f"read {what}", read, name, api.namespace)
+    if live is None:
+        raise TargetError(f"{what} answered 409 AlreadyExists on create, then 404 on read: it is being deleted; retry")
+    log.info("%s was created concurrently by someone else; comparing with it", what)
+    return live

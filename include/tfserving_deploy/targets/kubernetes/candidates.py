@@ -1,0 +1,77 @@
+"""The candidate: one pod of the new image beside the Deployment, for validation before promotion.
+
+Its ``app.kubernetes.io/name`` differs from the Deployment's pods, so the Service never selects it:
+it gets no traffic. Its name comes from the digest, so a retry finds the same pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ...errors import RolloutError, TargetError
+from ..manifests import candidate_labels, candidate_pod_manifest
+from . import objects
+from .api import KubernetesApi
+from .rollout import RolloutFailed, RolloutWatch
+
+log = logging.getLogger(__name__)
+
+
+class Candidates:
+    def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict):
+        self.api, self.watch, self.resources = api, watch, resources
+
+    def start(self, image: str, *, model_name: str, version: int, ready_timeout: float) -> list[str]:
+        """The candidate's gRPC address once it is ready. A candidate that fails is removed, and the
+        RolloutError quotes its events."""
+        pod = candidate_pod_manifest(
+            image, model_name=model_name, version=version, namespace=self.api.namespace, resources=self.resources
+        )
+        name = pod["metadata"]["name"]
+        where = f"{self.api.namespace}/{name}"
+        deadline = time.monotonic() + ready_timeout
+        for other in self.api.pods(candidate_labels(model_name)):
+            if other["metadata"]["name"] != name:
+                self.api.delete_pod(other["metadata"]["name"])
+        live = self.api.read_pod(name)
+        if live is not None and (
+            live["metadata"].get("deletionTimestamp") or objects.phase(live) in ("Failed", "Succeeded")
+        ):
+            self.api.delete_pod(name)  # a leftover that cannot become ready: start afresh
+            self._wait_gone(name, deadline)
+            live = None
+        if live is None and not self.api.create_pod(pod):
+            log.info("candidate pod %s was created concurrently; waiting for it", where)
+        unschedulable_since: dict[str, float] = {}
+        while True:
+            live = self.api.read_pod(name)
+            try:
+                if live is None:
+                    raise RolloutFailed(f"candidate pod {where} disappeared while starting (deleted by someone?)")
+                self.watch.check_pod(live, f"candidate pod {where}", unschedulable_since)
+                if objects.is_ready(live) and (live.get("status") or {}).get("podIP"):
+                    log.info("candidate pod %s of %s is ready", where, image)
+                    return [objects.pod_grpc_address(live)]
+                if time.monotonic() >= deadline:
+                    raise RolloutFailed(
+                        f"candidate pod {where} of {image} not ready after {ready_timeout:g}s"
+                        f"{self.watch.pod_detail(live)}; raise ready_timeout for large models"
+                    )
+            except RolloutFailed as failure:
+                self.api.delete_pod(name)
+                raise RolloutError(f"{failure}\nremoved the candidate pod {where}; what serves is unchanged") from None
+            time.sleep(self.watch.poll_interval)
+
+    def stop(self, model_name: str) -> int:
+        """Delete the model's candidate pods; returns how many there were."""
+        candidates = self.api.pods(candidate_labels(model_name))
+        for pod in candidates:
+            self.api.delete_pod(pod["metadata"]["name"])
+        return len(candidates)
+
+    def _wait_gone(self, name: str, deadline: float) -> None:
+        while self.api.read_pod(name):
+            if time.monotonic() >= deadline:
+                raise TargetError(f"pod {self.api.namespace}/{name} is still terminating; retry once it is gone")
+            time.sleep(self.watch.poll_interval)

@@ -1,0 +1,255 @@
+"""``KubernetesTarget``: one Deployment and one Service per model, in one namespace.
+
+A facade over the parts that do the work: ``api`` (every call, one retry policy), ``access``
+(namespace, RBAC review), ``apply`` (create-or-patch), ``rollout`` (watching, diagnosis),
+``rollback`` and ``candidates``. A failed rollout is undone inside ``deploy``; ``rollback`` restores
+what served before the last image change later too (a failed validation).
+
+Pods are named by their gRPC address ``<podIP>:8500`` (``endpoints``, ``serving_state``);
+``reachable`` makes such addresses dialable from here. ``pod_access``: ``pod-ip`` dials pod IPs
+(Airflow inside the cluster's network), ``port-forward`` relays through the API server (Airflow
+outside it, e.g. a laptop or another VPC), ``auto`` tries a pod IP once and falls back.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from ...defaults import GRPC_PORT, NAMESPACE
+from ...errors import TargetError
+from ...references import is_loopback, registry_host
+from ..manifests import (
+    ANNOTATION_META,
+    ANNOTATION_VERSION,
+    MANAGED_BY,
+    PROGRESS_DEADLINE_SECONDS,
+    SERVICE_TYPES,
+    check_resources,
+    deployment_manifest,
+    object_name,
+    selector_labels,
+    service_manifest,
+    write_manifests,
+)
+from ..portforward import PodPortForward
+from . import objects
+from .access import check_access, ensure_namespace
+from .api import KubernetesApi
+from .apply import apply_deployment, apply_service
+from .candidates import Candidates
+from .rollback import Rollback
+from .rollout import RolloutFailed, RolloutWatch
+
+log = logging.getLogger(__name__)
+
+POD_ACCESS = ("auto", "pod-ip", "port-forward")
+POD_DIAL_TIMEOUT = 3.0  # seconds to decide whether pod IPs are routable from here
+
+
+class KubernetesTarget:
+    """Deploys to the cluster behind ``api_client`` (a ``kubernetes.client.ApiClient``).
+
+    ``unschedulable_grace``: how long a pod may stay Unschedulable before the rollout fails;
+    with the cluster autoscaler or GKE Autopilot a pending pod is how new nodes get requested.
+    """
+
+    def __init__(
+        self,
+        api_client,
+        *,
+        namespace: str = NAMESPACE,
+        service_type: str = "LoadBalancer",
+        resources: dict | None = None,
+        keep_failed_first_deploy: bool = False,
+        manifest_dir: str | None = None,
+        field_manager: str = "tfserving-deploy",
+        poll_interval: float = 2.0,
+        unschedulable_grace: float = 90.0,
+        api_attempts: int = 5,
+        retry_backoff: float = 0.5,
+        progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
+        pod_access: str = "auto",
+    ):
+        if service_type not in SERVICE_TYPES:
+            raise TargetError(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
+        if pod_access not in POD_ACCESS:
+            raise TargetError(f"pod_access {pod_access!r} is not one of {', '.join(POD_ACCESS)}")
+        self.api = KubernetesApi(
+            api_client, namespace, field_manager=field_manager, attempts=api_attempts, backoff=retry_backoff
+        )
+        self.namespace, self.service_type, self.manifest_dir = namespace, service_type, manifest_dir
+        self.resources = check_resources(resources)
+        self.keep_failed_first_deploy, self.pod_access = keep_failed_first_deploy, pod_access
+        self.progress_deadline_seconds = progress_deadline_seconds
+        self.watch = RolloutWatch(self.api, poll_interval=poll_interval, unschedulable_grace=unschedulable_grace)
+        self.candidates = Candidates(self.api, self.watch, self.resources)
+        self.rollbacks = Rollback(self.api, self.watch, keep_failed_first_deploy=keep_failed_first_deploy)
+        self._pods_routable: bool | None = {"pod-ip": True, "port-forward": False}.get(pod_access)
+
+    @property
+    def api_host(self) -> str:
+        return self.api.host
+
+    def ensure_ready(self, image_repository: str) -> dict:
+        version = self.api.server_version()
+        created = ensure_namespace(self.api)
+        check_access(self.api, cleanup=not self.keep_failed_first_deploy, port_forward=self.pod_access != "pod-ip")
+        registry = registry_host(image_repository) or "docker.io"
+        if is_loopback(registry):
+            log.warning(
+                "image_repository %s is on this machine's loopback: cluster nodes can pull from it only "
+                "if their container runtime mirrors that address (kind/k3d local registries do)",
+                image_repository,
+            )
+        return {
+            "api_host": self.api_host,
+            "server_version": version.get("gitVersion"),
+            "namespace": self.namespace,
+            "namespace_created": created,
+            "registry": registry,
+        }
+
+    def render(
+        self, image: str, *, model_name: str, version: int, replicas: int, metadata: dict | None = None
+    ) -> list[dict]:
+        """[Deployment, Service]; also written as YAML to ``manifest_dir`` when set."""
+        deployment = deployment_manifest(
+            image,
+            model_name=model_name,
+            version=version,
+            replicas=replicas,
+            namespace=self.namespace,
+            resources=self.resources,
+            metadata=metadata,
+            progress_deadline_seconds=self.progress_deadline_seconds,
+        )
+        service = service_manifest(model_name=model_name, namespace=self.namespace, service_type=self.service_type)
+        if self.manifest_dir:
+            log.info("wrote %s", ", ".join(write_manifests(self.manifest_dir, model_name, deployment, service)))
+        return [deployment, service]
+
+    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0) -> list[str]:
+        return self.candidates.start(image, model_name=model_name, version=version, ready_timeout=ready_timeout)
+
+    def stop_candidate(self, model_name: str) -> int:
+        return self.candidates.stop(model_name)
+
+    def deploy(
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        replicas: int,
+        ready_timeout: float = 600.0,
+        metadata: dict | None = None,
+    ) -> dict:
+        """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
+        and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
+        of the revision already serving keeps the metadata it was deployed with."""
+        deployment, service = self.render(
+            image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
+        )
+        service_change = apply_service(self.api, service)
+        deployment_change, before = apply_deployment(self.api, deployment)
+        name = deployment["metadata"]["name"]
+        log.info("Deployment %s/%s %s, Service %s", self.namespace, name, deployment_change, service_change)
+        try:
+            available = self.watch.wait(model_name, image, replicas, ready_timeout)
+        except RolloutFailed as failure:
+            raise self.rollbacks.undo(failure, model_name, image, deployment_change, before, ready_timeout) from None
+        changed_image = before is not None and objects.image_of(before["template"]) != image
+        return {
+            "deployment": f"{self.namespace}/{name}",
+            "image": image,
+            # this run changed what serves: a failed validation may roll back to what served before
+            "promoted": deployment_change == "created" or changed_image,
+            "model_version": version,
+            "deployment_change": deployment_change,
+            "service_change": service_change,
+            "available_replicas": available,
+        }
+
+    def rollback(
+        self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0
+    ) -> str:
+        """Restore what served before the last image change and wait for it. Safe to repeat: with
+        ``image`` (the one that failed validation) nothing happens once the Deployment no longer
+        runs it, and a Deployment already restored is left alone. Says what was restored."""
+        log.warning("rolling back model %r%s", model_name, f": {reason}" if reason else "")
+        return self.rollbacks.restore_previous(model_name, ready_timeout, failed_image=image)
+
+    def serving_state(self, model_name: str) -> dict | None:
+        """What serves ``model_name`` now: image, ready replicas, their addresses and the deploy
+        metadata; None when nothing does, or a rollout is caught half-way."""
+        deployment = self.api.read_deployment(object_name(model_name))
+        if deployment is None:
+            return None
+        image = objects.image_of(deployment["spec"]["template"])
+        ready = [p for p in self.api.pods(selector_labels(model_name)) if objects.is_ready(p)]
+        if not ready or {objects.image_of(p) for p in ready} != {image}:
+            return None
+        annotations = deployment["metadata"].get("annotations") or {}
+        metadata = {k[len(ANNOTATION_META) :]: v for k, v in annotations.items() if k.startswith(ANNOTATION_META)}
+        if annotations.get(ANNOTATION_VERSION):
+            metadata["model-version"] = annotations[ANNOTATION_VERSION]
+        addresses = [objects.pod_grpc_address(p) for p in ready]
+        return {"image": image, "replicas": len(ready), "addresses": addresses, "metadata": metadata}
+
+    def endpoints(self, model_name: str, image: str) -> list[str]:
+        """The gRPC address of every ready pod running ``image`` (validate each one: one gRPC
+        connection through an L4 load balancer stays on one pod); [] while none is ready."""
+        pods = [p for p in self.api.pods(selector_labels(model_name)) if objects.image_of(p) == image]
+        return [
+            objects.pod_grpc_address(p) for p in pods if objects.is_ready(p) and (p.get("status") or {}).get("podIP")
+        ]
+
+    def load_balancer_address(self, model_name: str) -> str | None:
+        """``host:8500`` of the Service's load balancer; None while it is being provisioned."""
+        name = object_name(model_name)
+        service = self.api.read_service(name)
+        if service is None:
+            raise TargetError(f"Service {self.namespace}/{name} does not exist; deploy model {model_name!r} first")
+        return objects.load_balancer_address(service)
+
+    @contextmanager
+    def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
+        """``{address: what to dial}`` for the given addresses, valid inside the ``with``.
+
+        A pod's address maps to itself when this machine reaches pod IPs, else to a local
+        port-forward through the API server; other addresses (a load balancer) map to themselves.
+        """
+        managed = self.api.pods({"app.kubernetes.io/managed-by": MANAGED_BY})
+        pods = {objects.pod_grpc_address(p): p for p in managed if (p.get("status") or {}).get("podIP")}
+        with ExitStack() as forwards:
+            dial = {}
+            for address in addresses:
+                pod = pods.get(address)
+                if pod is None or self._reaches_pods(address):
+                    dial[address] = address
+                    continue
+                name = pod["metadata"]["name"]
+                forward = forwards.enter_context(PodPortForward(self.api.client, self.namespace, name, GRPC_PORT))
+                log.info("pod %s (%s) is reached through a port-forward at %s", name, address, forward.address)
+                dial[address] = forward.address
+            yield dial
+
+    def _reaches_pods(self, address: str) -> bool:
+        """Whether pod IPs are routable from here: decided once, by dialing one pod."""
+        if self._pods_routable is None:
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=POD_DIAL_TIMEOUT).close()
+                self._pods_routable = True
+            except OSError as exc:
+                log.info(
+                    "pod IP %s is not reachable from here (%s): using port-forwards through %s",
+                    address,
+                    exc,
+                    self.api_host,
+                )
+                self._pods_routable = False
+        return self._pods_routable

@@ -1,0 +1,140 @@
+"""The settings operators work with, as typed values parsed in one place.
+
+Params reach operators through templates (``{{ params.replicas }}``), so as text: ``"3"``,
+``"True"``, ``"None"``, ``"{'requests': ...}"``. ``text``, ``flag``, ``number`` and ``mapping`` read
+them, here and only here; operators read dataclass fields or call these. (Rendering templates as
+native objects instead would turn a string param like a sha256 of zeros, or a name like ``1e5``,
+into a number.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
+from tfserving_deploy.errors import TargetError
+
+TARGETS = ("local", "kubernetes", "gke")
+IMAGE_BUILDERS = ("oci", "docker")
+
+
+def text(value, default: str | None = None) -> str | None:
+    """A string setting; None, "" and "None" (an unset param rendered as text) mean ``default``."""
+    return default if value is None or value in ("", "None") else str(value)
+
+
+def flag(value, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise TargetError(f"{value!r} is not true or false")
+
+
+def number(value, default: int | None = None) -> int | None:
+    if value is None or value in ("", "None"):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise TargetError(f"{value!r} is not a whole number") from None
+
+
+def mapping(value) -> dict | None:
+    """A dict setting, given as a dict or as its rendered text (Python or JSON literal syntax)."""
+    if value is None or value in ("", "None"):
+        return None
+    if isinstance(value, str):
+        import ast
+
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TargetError(f"{value!r} is not a mapping (e.g. {{'requests': {{'cpu': '500m'}}}})")
+
+
+@dataclass(frozen=True)
+class GkeConfig:
+    gcp_conn_id: str = GCP_CONN_ID
+    project_id: str | None = None  # None: the connection's project
+    location: str | None = None
+    cluster_name: str = GKE_CLUSTER_NAME
+    node_count: int = GKE_NODE_COUNT
+    autopilot: bool = False
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where the model is served and how to reach it (``target`` and its params)."""
+
+    name: str
+    docker_conn_id: str | None = None  # registry credentials the local target pulls with
+    docker_url: str | None = None
+    namespace: str = NAMESPACE
+    kubernetes_conn_id: str = KUBERNETES_CONN_ID
+    config_file: str | None = None
+    cluster_context: str | None = None
+    manifest_dir: str | None = None
+    keep_failed_first_deploy: bool = False
+    resources: dict | None = None
+    pod_access: str = "auto"
+    gke: GkeConfig = field(default_factory=GkeConfig)
+
+    @classmethod
+    def parse(cls, name, options: Mapping | None = None) -> TargetConfig:
+        options = options or {}
+        target = text(name, "local")
+        if target not in TARGETS:
+            raise TargetError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
+        get = options.get
+        gke = GkeConfig(
+            gcp_conn_id=text(get("gcp_conn_id"), GCP_CONN_ID),
+            project_id=text(get("project_id")),
+            location=text(get("location")),
+            cluster_name=text(get("cluster_name"), GKE_CLUSTER_NAME),
+            node_count=number(get("node_count"), GKE_NODE_COUNT),
+            autopilot=flag(get("autopilot")),
+        )
+        return cls(
+            name=target,
+            docker_conn_id=text(get("docker_conn_id")),
+            docker_url=text(get("docker_url")),
+            namespace=text(get("namespace"), NAMESPACE),
+            kubernetes_conn_id=text(get("kubernetes_conn_id"), KUBERNETES_CONN_ID),
+            config_file=text(get("config_file")),
+            cluster_context=text(get("cluster_context")),
+            manifest_dir=text(get("manifest_dir")),
+            keep_failed_first_deploy=flag(get("keep_failed_first_deploy")),
+            resources=mapping(get("resources")),
+            pod_access=text(get("pod_access"), "auto"),
+            gke=gke,
+        )
+
+
+@dataclass(frozen=True)
+class BuilderConfig:
+    """How the image is built and whose credentials push it (``image_builder`` and its params)."""
+
+    name: str = "oci"
+    docker_conn_id: str | None = None
+    gcp_conn_id: str | None = None
+    docker_url: str | None = None
+
+    @classmethod
+    def parse(cls, name, options: Mapping | None = None) -> BuilderConfig:
+        options = options or {}
+        builder = text(name, "oci")
+        if builder not in IMAGE_BUILDERS:
+            raise TargetError(f"image_builder {builder!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}")
+        return cls(
+            builder,
+            text(options.get("docker_conn_id")),
+            text(options.get("gcp_conn_id")),
+            text(options.get("docker_url")),
+        )

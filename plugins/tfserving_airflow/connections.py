@@ -1,0 +1,214 @@
+"""Airflow connections turned into the library's clients, targets and builders.
+
+Credentials stay in connections: the providers' hooks read them, and only the clients they build
+leave this module; no secret becomes an argument, a log line or an XCom. Provider and client
+imports happen inside the functions: DAG files import this module at parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
+from tfserving_deploy.errors import TargetError
+from tfserving_deploy.references import registry_host
+
+from .config import BuilderConfig, GkeConfig, TargetConfig
+
+
+def target_from(config: TargetConfig, *, create_cluster: bool = False):
+    """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
+    ``create_cluster`` (the ensure_cluster task)."""
+    if config.name == "local":
+        from tfserving_deploy.targets.local import LocalDockerTarget
+
+        return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url))
+    from tfserving_deploy.targets.kubernetes import KubernetesTarget
+
+    if config.name == "gke":
+        api = gke_api_client(config.gke, create_if_missing=create_cluster)
+    else:
+        api = kubernetes_api_client(config.kubernetes_conn_id, config.config_file, config.cluster_context)
+    return KubernetesTarget(
+        api,
+        namespace=config.namespace,
+        manifest_dir=config.manifest_dir,
+        keep_failed_first_deploy=config.keep_failed_first_deploy,
+        resources=config.resources,
+        pod_access=config.pod_access,
+    )
+
+
+def image_builder_from(config: BuilderConfig, *, repository: str):
+    """``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine
+    that the docker connection logs in to the registry."""
+    if config.name == "oci":
+        from tfserving_deploy.oci import OciImageBuilder
+
+        return OciImageBuilder(registry_auth(repository, config.docker_conn_id, config.gcp_conn_id))
+    from tfserving_deploy.images import DockerCommitBuilder
+
+    return DockerCommitBuilder(docker_client(config.docker_conn_id, config.docker_url))
+
+
+# -- Docker and registries -------------------------------------------------------------------------
+
+
+def docker_client(docker_conn_id: str | None = None, docker_url: str | None = None):
+    """A high-level ``docker.DockerClient`` on the provider's (logged-in) API client."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+
+    import docker
+
+    url = docker_url or "unix://var/run/docker.sock"
+    try:
+        api = DockerHook(docker_conn_id=docker_conn_id, base_url=url).api_client
+    except Exception as exc:  # the provider wraps "engine down" in AirflowException
+        raise TargetError(
+            f"Docker engine at {url} is not reachable ({exc}); start dockerd (`make services`) "
+            "or set docker_url to a running engine"
+        ) from exc
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = api
+    return client
+
+
+def is_google_registry(repository: str) -> bool:
+    """Artifact Registry (``REGION-docker.pkg.dev``) or ``gcr.io`` hosts."""
+    host = registry_host(repository) or ""
+    return host.endswith(".pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io")
+
+
+def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_id: str | None = None):
+    """Registry credentials from Airflow connections; None means anonymous.
+
+    A docker connection (login/password) wins; a Google registry gets the google connection's
+    short-lived access token as ``oauth2accesstoken``.
+    """
+    from tfserving_deploy.oci import RegistryAuth
+
+    if docker_conn_id:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(docker_conn_id)
+        auth = RegistryAuth(conn.login, conn.password)
+        if not conn.host:
+            return auth
+        host = conn.host.split("://", 1)[-1].rstrip("/")  # a scheme or trailing slash is not part of it
+        return {f"{host}:{conn.port}" if conn.port else host: auth}
+    if gcp_conn_id and is_google_registry(repository):
+        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+
+        credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()
+        return RegistryAuth.google(lambda: access_token(credentials))  # short-lived: refreshed when expired
+    return None
+
+
+# -- Kubernetes and GKE ----------------------------------------------------------------------------
+
+
+def kubernetes_api_client(
+    kubernetes_conn_id: str | None = KUBERNETES_CONN_ID,
+    config_file: str | None = None,
+    cluster_context: str | None = None,
+):
+    """A ``kubernetes.client.ApiClient`` from the cncf provider's ``KubernetesHook``;
+    ``config_file`` (a kubeconfig path on the worker) wins over the connection's kube_config_path."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    source = f"kubeconfig {config_file}" if config_file else f"kubernetes connection {kubernetes_conn_id!r}"
+    try:
+        return KubernetesHook(
+            conn_id=kubernetes_conn_id, config_file=config_file, cluster_context=cluster_context
+        ).get_conn()
+    except Exception as exc:  # ConfigException, AirflowNotFoundException, AirflowException alike
+        raise TargetError(
+            f"could not set up the Kubernetes client from {source} ({type(exc).__name__}: {exc}); set "
+            "kube_config_path / kube_config / in_cluster in the connection, or pass config_file"
+        ) from exc
+
+
+def gke_endpoint_api_client(
+    cluster_url: str,
+    ssl_ca_cert: str,
+    gcp_conn_id: str = GCP_CONN_ID,
+    impersonation_chain: str | Sequence[str] | None = None,
+):
+    """A ``kubernetes.client.ApiClient`` for a known GKE endpoint, authenticated by the GCP connection."""
+    from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEKubernetesHook
+
+    try:
+        return GKEKubernetesHook(
+            cluster_url=cluster_url,
+            ssl_ca_cert=ssl_ca_cert,
+            gcp_conn_id=gcp_conn_id,
+            impersonation_chain=impersonation_chain,
+        ).get_conn()
+    except Exception as exc:  # missing connection, bad key file, refused token refresh
+        raise TargetError(
+            f"could not authenticate to GKE cluster {cluster_url} with gcp connection {gcp_conn_id!r} "
+            f"({type(exc).__name__}: {exc}); check the connection's key or workload identity"
+        ) from exc
+
+
+def gke_cluster(config: GkeConfig, *, create_if_missing: bool = False, impersonation_chain=None):
+    """``ensure_gke_cluster`` through the google provider's ``GKEHook``; returns the ``GkeCluster``."""
+    return _ensure(_gke_hook(config, impersonation_chain), config, create_if_missing)
+
+
+def gke_api_client(config: GkeConfig, *, create_if_missing: bool = False, impersonation_chain=None):
+    """Ensure the GKE cluster (as ``gke_cluster``), then a ``kubernetes.client.ApiClient`` for it.
+
+    The client trusts the cluster's CA and sends a token from the connection's credentials,
+    refreshed when it expires; nothing comes from a local kubeconfig.
+    """
+    from tfserving_deploy.targets.gke import kubernetes_client_for
+
+    hook = _gke_hook(config, impersonation_chain)
+    cluster = _ensure(hook, config, create_if_missing)
+    credentials = hook.get_credentials()
+    return kubernetes_client_for(cluster, lambda: access_token(credentials))
+
+
+def access_token(credentials) -> str:
+    """A valid OAuth access token from google-auth credentials, refreshed when missing or expired."""
+    if not credentials.valid:
+        from google.auth.transport.requests import Request
+
+        credentials.refresh(Request())
+    return credentials.token
+
+
+def _gke_hook(config: GkeConfig, impersonation_chain):
+    from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEHook
+
+    return GKEHook(gcp_conn_id=config.gcp_conn_id, location=config.location, impersonation_chain=impersonation_chain)
+
+
+def _ensure(hook, config: GkeConfig, create_if_missing: bool):
+    from tfserving_deploy.targets.gke import ensure_gke_cluster
+
+    if not config.location:
+        raise TargetError("target=gke needs the cluster's location (a zone or region, e.g. us-central1)")
+    try:
+        project_id = config.project_id or hook.project_id
+        client = hook.get_cluster_manager_client()
+    except Exception as exc:  # missing connection, no key / ADC, bad impersonation
+        raise TargetError(
+            f"could not get GCP credentials from gcp connection {config.gcp_conn_id!r} ({type(exc).__name__}: "
+            f"{exc}); set its key file / JSON or use workload identity"
+        ) from exc
+    if not project_id:
+        raise TargetError(
+            f"no GCP project: pass project_id or set the project in gcp connection {config.gcp_conn_id!r}"
+        )
+    return ensure_gke_cluster(
+        client,
+        project_id=project_id,
+        location=config.location,
+        cluster_name=config.cluster_name,
+        node_count=config.node_count,
+        autopilot=config.autopilot,
+        create_if_missing=create_if_missing,
+        credentials_name=f"gcp connection {config.gcp_conn_id!r}",
+    )

@@ -1,0 +1,58 @@
+"""What every operator shares: permanent faults fail without retries, and the target or the
+image builder is built once per task, lazily, from its parsed settings."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import cached_property
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from tfserving_deploy.errors import (
+    ChecksumMismatch,
+    InvalidModelError,
+    RolloutError,
+    UnsafeArchiveError,
+    ValidationError,
+)
+
+from ..config import BuilderConfig, TargetConfig
+from ..connections import image_builder_from, target_from
+
+PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, RolloutError, ValidationError)
+
+
+@contextmanager
+def explained_failures():
+    """Permanent faults fail without retry; every fault keeps the library's explanation."""
+    try:
+        yield
+    except PERMANENT_FAULTS as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+class TargetMixin:
+    """``target_name`` and ``target_options`` (rendered params) name the deployment target."""
+
+    target_name: str
+    target_options: dict
+    create_cluster = False  # only ensure_cluster may create a GKE cluster
+
+    @cached_property
+    def target_config(self) -> TargetConfig:
+        return TargetConfig.parse(self.target_name, self.target_options)
+
+    @cached_property
+    def target(self):
+        return target_from(self.target_config, create_cluster=self.create_cluster)
+
+
+class BuilderMixin:
+    """``builder_name`` and ``builder_options`` (``docker_conn_id`` / ``gcp_conn_id`` for registry
+    credentials) name the image builder."""
+
+    builder_name: str
+    builder_options: dict
+
+    def builder_for(self, repository: str):
+        return image_builder_from(BuilderConfig.parse(self.builder_name, self.builder_options), repository=repository)

@@ -1,0 +1,247 @@
+"""The serving side: the target ready, the candidate, the promotion, the rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from .. import lineage
+from ..config import number
+from .base import TargetMixin, explained_failures
+
+TARGET_DOC = """
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster... (``config.TargetConfig``)
+"""
+
+
+class EnsureClusterOperator(TargetMixin, BaseOperator):
+    (
+        """Make sure the target can take a deployment (engine/cluster and registry reachable, the
+    identity allowed); for GKE, create the cluster when it is missing and wait until it is RUNNING.
+
+    :param image_repository: where the image was pushed (its registry is checked)
+    """
+        + TARGET_DOC
+    )
+
+    create_cluster = True
+    template_fields: Sequence[str] = ("target_name", "target_options", "image_repository")
+
+    def __init__(self, *, target_name: str, image_repository: str, target_options: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.target_name, self.image_repository, self.target_options = (
+            target_name,
+            image_repository,
+            target_options or {},
+        )
+
+    def execute(self, context) -> dict:
+        with explained_failures():
+            facts = self.target.ensure_ready(self.image_repository)
+        self.log.info("target %s ready: %s", self.target_config.name, facts)
+        return facts
+
+
+class StartCandidateOperator(TargetMixin, BaseOperator):
+    (
+        """Start the image as one isolated replica (outside the serving set) for validation.
+
+    :param image: the image by digest
+    :param model: ``fetch_model``'s result
+    :param model_name: the served model's name
+    :param ready_timeout: seconds for the candidate to report the model AVAILABLE
+    """
+        + TARGET_DOC
+    )
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name")
+
+    def __init__(
+        self,
+        *,
+        target_name: str,
+        image: str,
+        model,
+        model_name: str,
+        ready_timeout: float = 300.0,
+        target_options: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
+        self.ready_timeout, self.target_options = ready_timeout, target_options or {}
+
+    def execute(self, context) -> list[str]:
+        with explained_failures():
+            return self.target.start_candidate(
+                self.image, model_name=self.model_name, version=self.model["version"], ready_timeout=self.ready_timeout
+            )
+
+
+class StopCandidateOperator(TargetMixin, BaseOperator):
+    (
+        """Tear the candidate down, whatever happened to it.
+
+    :param model_name: the served model's name
+    """
+        + TARGET_DOC
+    )
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "model_name")
+
+    def __init__(self, *, target_name: str, model_name: str, target_options: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.target_name, self.model_name, self.target_options = target_name, model_name, target_options or {}
+
+    def execute(self, context) -> int:
+        removed = self.target.stop_candidate(self.model_name)
+        self.log.info("removed %d candidate replica(s) of %s", removed, self.model_name)
+        return removed
+
+
+class DeployModelOperator(TargetMixin, BaseOperator):
+    (
+        """Promote the validated image to serving, by digest; the old revision serves until the new
+    one is ready. Never rolls production back to an older model: a run whose logical date is
+    older than what serves, or that has a newer run after it (a backfill), records its image
+    but does not promote.
+
+    :param image: the validated image by digest
+    :param model: ``fetch_model``'s result
+    :param model_name: the served model's name
+    :param replicas: serving replicas
+    :param ready_timeout: seconds for the rollout to finish
+    """
+        + TARGET_DOC
+    )
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
+
+    def __init__(
+        self,
+        *,
+        target_name: str,
+        image: str,
+        model,
+        model_name: str,
+        replicas: int,
+        ready_timeout: float = 300.0,
+        target_options: dict | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("max_active_tis_per_dag", 1)  # one promotion at a time
+        super().__init__(**kwargs)
+        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
+        self.replicas, self.ready_timeout, self.target_options = replicas, ready_timeout, target_options or {}
+        self._endpoint: str | None = None
+
+    def execute(self, context) -> dict:
+        run_date = _run_date(context)
+        self._refuse_stale_promotion(context, run_date)
+        metadata = {
+            "model-sha256": self.model["sha256"],
+            "model-url": self.model["url"][:200],
+            "run-date": run_date.isoformat(),
+            "dag-run": context["run_id"][:200],
+        }
+        with explained_failures():
+            result = self.target.deploy(
+                self.image,
+                model_name=self.model_name,
+                version=self.model["version"],
+                replicas=number(self.replicas),
+                ready_timeout=self.ready_timeout,
+                metadata=metadata,
+            )
+        if not result["promoted"]:  # an earlier try of this run may have made the switch
+            serving = self.target.serving_state(self.model_name) or {}
+            result["promoted"] = serving.get("metadata", {}).get("dag-run") == metadata["dag-run"]
+        self._endpoint = lineage.endpoint_uri(self.target_config.name, self.model_name)
+        return result
+
+    def _refuse_stale_promotion(self, context, run_date) -> None:
+        newer = _next_scheduled_date(context)
+        if newer is not None and context["ti"].get_dr_count(dag_id=context["dag"].dag_id, logical_dates=[newer]):
+            raise AirflowSkipException(
+                f"not promoting {self.image}: a newer run (logical date {newer.isoformat()}) exists and will "
+                "promote its own model; this run's image is built, validated and recorded"
+            )
+        serving = self.target.serving_state(self.model_name)
+        serving_date = (serving or {}).get("metadata", {}).get("run-date")
+        if serving_date and datetime.fromisoformat(serving_date) > run_date:
+            raise AirflowSkipException(
+                f"not promoting {self.image}: the serving model comes from a newer run ({serving_date} > "
+                f"{run_date.isoformat()}); a backfill never rolls production back"
+            )
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
+            outputs=[lineage.openlineage_dataset(self._endpoint)] if self._endpoint else [],
+        )
+
+
+def _run_date(context):
+    """The date a run stands for: its logical date, or when it ran (manual runs may have none)."""
+    dag_run = context["dag_run"]
+    return dag_run.logical_date or dag_run.run_after
+
+
+def _next_scheduled_date(context):
+    """The logical date after this run's on the DAG's cron, or None (manual/asset-only DAGs)."""
+    from croniter import croniter
+
+    timetable = getattr(context["dag"], "timetable", None)
+    timetable = getattr(timetable, "timetable", timetable)  # AssetOrTimeSchedule wraps the cron one
+    expression = getattr(timetable, "expression", None)
+    logical_date = context["dag_run"].logical_date
+    if not expression or logical_date is None:
+        return None
+    return croniter(expression, logical_date).get_next(type(logical_date))
+
+
+class RollbackOperator(TargetMixin, BaseOperator):
+    (
+        """Put back the revision that served before, when a task after the promotion failed.
+
+    Runs on ``one_failed`` of the tasks after ``deploy`` and acts only if this run's deploy
+    changed what serves (its result says ``promoted``); a failed rollout was already undone by
+    the target inside ``deploy``. It only runs because something failed, so it always ends
+    failed, saying what it did: as the DAG's last task it decides the run's state.
+
+    :param image: the image this run promoted
+    :param model_name: the served model's name
+    :param deploy_task_id: the task whose result says whether this run promoted
+    """
+        + TARGET_DOC
+    )
+
+    template_fields: Sequence[str] = ("target_name", "target_options", "model_name", "image")
+
+    def __init__(
+        self,
+        *,
+        image: str,
+        model_name: str,
+        target_name: str,
+        deploy_task_id: str = "deploy",
+        target_options: dict | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("trigger_rule", "one_failed")
+        super().__init__(**kwargs)
+        self.image, self.model_name, self.deploy_task_id = image, model_name, deploy_task_id
+        self.target_name, self.target_options = target_name, target_options or {}
+
+    def execute(self, context):
+        deployment = context["ti"].xcom_pull(task_ids=self.deploy_task_id)
+        if not deployment or not deployment.get("promoted"):
+            raise AirflowFailException("a task failed; nothing to roll back: this run did not change what serves")
+        restored = self.target.rollback(self.model_name, "a task after the promotion failed", image=self.image)
+        raise AirflowFailException(f"a task after the promotion of {self.image} failed; rolled back: {restored}")

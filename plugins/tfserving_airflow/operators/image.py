@@ -1,0 +1,117 @@
+"""The image's side: bake the model into the serving base, publish it by digest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from airflow.sdk import BaseOperator
+
+from tfserving_deploy.references import parse_reference
+
+from .. import lineage
+from .base import BuilderMixin, explained_failures
+from .model import local_model
+
+
+class BuildImageOperator(BuilderMixin, BaseOperator):
+    """Bake the model into ``base_image`` as ``/models/<model_name>/<version>``.
+
+    :param model: ``fetch_model``'s result
+    :param model_name: ``MODEL_NAME`` in the image, the name clients ask for
+    :param base_image: the TF Serving image to build on (pin a tag or digest)
+    :param image_repository: where the image is pushed
+    :param builder_name: ``oci`` (registry API, no engine, reproducible) or ``docker`` (the tutorial's commit)
+    :param builder_options: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials, ``docker_url``
+    :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
+    """
+
+    template_fields: Sequence[str] = (
+        "model",
+        "model_name",
+        "base_image",
+        "image_repository",
+        "builder_name",
+        "builder_options",
+    )
+
+    def __init__(
+        self,
+        *,
+        model,
+        model_name: str,
+        base_image: str,
+        image_repository: str,
+        builder_name: str = "docker",
+        builder_options: dict | None = None,
+        cache_dir: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model, self.model_name, self.base_image = model, model_name, base_image
+        self.image_repository, self.builder_name = image_repository, builder_name
+        self.builder_options, self.cache_dir = builder_options or {}, cache_dir
+        self._image: str | None = None
+
+    def execute(self, context) -> str:
+        from tfserving_deploy.images import ModelFiles
+
+        with explained_failures():
+            fetched = local_model(self.model, self.cache_dir)
+            files = ModelFiles(
+                name=self.model_name, version=fetched.version, sha256=fetched.sha256, path=fetched.model_dir
+            )
+            builder = self.builder_for(self.image_repository)
+            self._image = builder.build(files, base_image=self.base_image, repository=self.image_repository)
+        return self._image
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.model_uri(self.model["url"]))],
+            outputs=[lineage.openlineage_dataset(lineage.image_uri(self._image))],
+        )
+
+
+class PushImageOperator(BuilderMixin, BaseOperator):
+    """Push the built image; returns ``repo@sha256:...`` so everything after deploys by digest.
+
+    :param image: ``build_image``'s result
+    :param model: ``fetch_model``'s result (recorded with the image's Asset event)
+    :param builder_name: the builder that built ``image``
+    :param builder_options: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials, ``docker_url``
+    """
+
+    template_fields: Sequence[str] = ("image", "model", "builder_name", "builder_options")
+
+    def __init__(
+        self, *, image: str, model, builder_name: str = "docker", builder_options: dict | None = None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.image, self.model, self.builder_name = image, model, builder_name
+        self.builder_options = builder_options or {}
+        self._pushed: str | None = None
+
+    def execute(self, context) -> str:
+        with explained_failures():
+            self._pushed = self.builder_for(self.image).push(self.image)
+        lineage.emit_assets(
+            self,
+            context,
+            lineage.image_uri(self._pushed),
+            {
+                "digest": parse_reference(self._pushed).digest,
+                "model_sha256": self.model["sha256"],
+                "model_version": self.model["version"],
+                "model_url": self.model["url"],
+            },
+        )
+        return self._pushed
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(
+            inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
+            outputs=[lineage.openlineage_dataset(lineage.image_uri(self._pushed))],
+        )

@@ -1,0 +1,170 @@
+"""The model's side: is there anything new to deploy, and fetching it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from tfserving_deploy.cache import cache_root
+from tfserving_deploy.errors import RolloutError, TargetError
+
+from .. import lineage
+from ..config import flag, number, text
+from .base import TargetMixin, explained_failures
+
+
+class ModelSourceMixin:
+    """``model_url`` may itself hold a template (``.../{{ ds_nodash }}/model.tar.gz``, for
+    backfills), and an upstream Asset event may name the model (``extra.model_url``)."""
+
+    model_url: str
+    model_sha256: str | None
+
+    def model_source(self, context) -> tuple[str, str | None]:
+        url, sha256 = self.model_url, text(self.model_sha256)
+        for events in (context.get("triggering_asset_events") or {}).values():
+            for event in events:
+                if event.extra.get("model_url"):
+                    url, sha256 = event.extra["model_url"], event.extra.get("model_sha256") or sha256
+        if "{{" in url:
+            url = self.render_template(url, context)
+        return url, sha256
+
+
+class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
+    """Skip the whole run when the model is unchanged and already serving, healthy.
+
+    "Unchanged" is decided without downloading: a pinned sha256, a hashed local file, or a
+    conditional HEAD against what the cache remembers of the URL.
+
+    :param model_url: the SavedModel tarball (http(s)://, file://); may hold ``{{ ds_nodash }}``
+    :param model_sha256: the tarball's pinned sha256, if any
+    :param model_name: the served model's name
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param replicas: how many replicas must serve it, healthy, for "no change"
+    :param force: never skip
+    :param target_options: the target's settings (see ``config.TargetConfig``)
+    :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
+    """
+
+    template_fields: Sequence[str] = (
+        "model_url",
+        "model_sha256",
+        "model_name",
+        "target_name",
+        "target_options",
+        "replicas",
+        "force",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_url: str,
+        model_sha256: str | None,
+        model_name: str,
+        target_name: str,
+        replicas: int,
+        force: bool = False,
+        target_options: dict | None = None,
+        cache_dir: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model_url, self.model_sha256, self.model_name = model_url, model_sha256, model_name
+        self.target_name, self.replicas, self.force = target_name, replicas, force
+        self.target_options, self.cache_dir = target_options or {}, cache_dir
+
+    def execute(self, context) -> dict:
+        decision = self._decide(context)
+        self.log.info("change check: %s", decision)
+        return decision
+
+    def _decide(self, context) -> dict:
+        from tfserving_deploy.artifact import probe_sha256
+        from tfserving_deploy.serving_client import replica_state
+
+        if flag(self.force):
+            return {"changed": True, "reason": "force=true"}
+        url, pinned = self.model_source(context)
+        sha256 = probe_sha256(url, cache_dir=cache_root(self.cache_dir), sha256=pinned, log=self.log)
+        try:
+            serving = self.target.serving_state(self.model_name)
+        except TargetError as exc:  # e.g. no cluster yet: ensure_cluster will make one
+            return {"changed": True, "reason": f"serving state unknown: {exc}", "sha256": sha256}
+        if sha256 is None or serving is None:
+            reason = "model not fetched before, or it changed" if sha256 is None else "nothing serving"
+            return {"changed": True, "reason": reason, "sha256": sha256}
+        meta = serving["metadata"]
+        if meta.get("model-sha256") != sha256 or serving["replicas"] != number(self.replicas):
+            reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
+            return {"changed": True, "reason": reason, "sha256": sha256}
+        version = number(meta["model-version"])
+        with self.target.reachable(serving["addresses"]) as dial:
+            unhealthy = [
+                a
+                for a in serving["addresses"]
+                if _state_or_error(replica_state, dial[a], self.model_name, version) != "AVAILABLE"
+            ]
+        if unhealthy:
+            return {"changed": True, "reason": f"replicas not AVAILABLE: {unhealthy}", "sha256": sha256}
+        raise AirflowSkipException(
+            f"no change: model sha256={sha256} (version {version}) already serves on {serving['replicas']} "
+            f"healthy replica(s) as {serving['image']}; skipping the run (set force=true to redeploy)"
+        )
+
+
+def _state_or_error(probe, *args) -> str:
+    try:
+        return probe(*args)
+    except RolloutError as exc:
+        return str(exc)
+
+
+class FetchModelOperator(ModelSourceMixin, BaseOperator):
+    """Download (or reuse from the content cache), unpack safely and verify a SavedModel tarball.
+
+    :param model_url: the SavedModel tarball (http(s)://, file://); may hold ``{{ ds_nodash }}``
+    :param model_sha256: the tarball's pinned sha256; a different download fails the task
+    :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
+    """
+
+    template_fields: Sequence[str] = ("model_url", "model_sha256", "cache_dir")
+
+    def __init__(self, *, model_url: str, model_sha256: str | None = None, cache_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.model_url, self.model_sha256, self.cache_dir = model_url, model_sha256, cache_dir
+        self._fetched: dict | None = None
+
+    def execute(self, context) -> dict:
+        from tfserving_deploy.artifact import fetch_model
+
+        url, sha256 = self.model_source(context)
+        with explained_failures():
+            model = fetch_model(url, sha256=sha256, cache_dir=cache_root(self.cache_dir), log=self.log)
+        self._fetched = model.to_dict()
+        lineage.emit_assets(
+            self,
+            context,
+            lineage.model_uri(model.url),
+            {"sha256": model.sha256, "version": model.version, "url": model.url},
+        )
+        return self._fetched
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage(outputs=[lineage.openlineage_dataset(lineage.model_uri(self._fetched["url"]))])
+
+
+def local_model(model: dict, configured_cache_dir: str | None):
+    """The fetched model on *this* worker: a cache hit normally, a verified re-fetch otherwise."""
+    from tfserving_deploy.artifact import FetchedModel, fetch_model
+
+    fetched = FetchedModel.from_dict(model)
+    if Path(fetched.model_dir, "saved_model.pb").is_file():
+        return fetched
+    return fetch_model(fetched.url, sha256=fetched.sha256, cache_dir=cache_root(configured_cache_dir))

@@ -1,0 +1,98 @@
+"""Validation: a real JPEG to every replica, the answers checked against the artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from airflow.sdk import BaseOperator
+
+from .. import lineage
+from ..config import number
+from .base import TargetMixin, explained_failures
+from .model import local_model
+
+
+class ValidateModelOperator(TargetMixin, BaseOperator):
+    """Send a real JPEG to every replica and check the answers against the artifact. Replicas are
+    dialed the way the target reaches them from this worker (pod IPs or port-forwards).
+
+    :param endpoints: the replicas' addresses (``start_candidate`` or ``wait_for_endpoint``)
+    :param model: ``fetch_model``'s result: the signature and the offline reference
+    :param model_name: the served model's name
+    :param image_path: the JPEG to send
+    :param expected_class: the class the image must get, if known
+    :param image: the image under test (for the report)
+    :param requests_per_replica: timed requests after the checked first one
+    :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings (``config.TargetConfig``)
+    """
+
+    template_fields: Sequence[str] = (
+        "endpoints",
+        "model",
+        "model_name",
+        "expected_class",
+        "image_path",
+        "image",
+        "target_name",
+        "target_options",
+    )
+
+    def __init__(
+        self,
+        *,
+        endpoints,
+        model,
+        model_name: str,
+        image_path: str,
+        expected_class: int | None = None,
+        image: str | None = None,
+        target_name: str = "local",
+        target_options: dict | None = None,
+        requests_per_replica: int = 20,
+        cache_dir: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.endpoints, self.model, self.model_name = endpoints, model, model_name
+        self.expected_class, self.image_path, self.image = expected_class, image_path, image
+        self.target_name, self.target_options = target_name, target_options or {}
+        self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
+
+    def execute(self, context) -> dict:
+        from tfserving_deploy.validation import raise_for_report, validate_replicas
+
+        fetched = local_model(self.model, self.cache_dir)
+        with self.target.reachable(list(self.endpoints)) as dial:
+            report = validate_replicas(
+                list(self.endpoints),
+                model_name=self.model_name,
+                version=fetched.version,
+                signature=fetched.signature,
+                model_dir=fetched.model_dir,
+                jpeg=Path(self.image_path).read_bytes(),
+                expected_class=number(self.expected_class),
+                requests_per_replica=self.requests_per_replica,
+                dial=dial,
+            )
+        summary = report.summary()
+        self.log.info("%s", summary)
+        with explained_failures():
+            raise_for_report(report)
+        result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
+        lineage.emit_assets(
+            self,
+            context,
+            lineage.endpoint_uri(self.target_config.name, self.model_name),
+            {
+                "image": self.image,
+                "model_sha256": fetched.sha256,
+                "model_version": fetched.version,
+                "replicas": len(report.replicas),
+                "validation": "passed",
+                "latency_ms_p50": [r.latency_ms_p50 for r in report.replicas],
+            },
+        )
+        return result
