@@ -53,6 +53,8 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_LOCAL_CLUSTER"] = json.dumps(
             {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}}
         )
+    # The demo serves its model over plain http on 127.0.0.1: allow that scheme (https only by default).
+    os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")
     with serve_directory(tarball.parent) as base_url:
         conf["model_url"] = f"{base_url}/{tarball.name}"
         print(f"==> dag.test() tfserving_resnet with {conf}")

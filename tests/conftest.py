@@ -16,6 +16,11 @@ os.environ.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# The tests serve models over http on 127.0.0.1 and from temporary files: the URL policy (https
+# only by default) is widened for them, as an admin would for such a setup. Policy tests pass
+# their own UrlPolicy.
+os.environ["TFSERVING_DEPLOY_URL_SCHEMES"] = "https,http,file"
+os.environ["TFSERVING_DEPLOY_FILE_DIRS"] = os.pathsep.join((tempfile.gettempdir(), "/var/tmp"))
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
 OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
 os.environ.setdefault(

@@ -525,3 +525,61 @@ def test_signed_url_tokens_stay_out_of_error_messages():
     )
     redacted = _redact_text(text, url)
     assert "abc123secret" not in redacted and "X-Goog-Signature=REDACTED" in redacted and "20260101" in redacted
+
+
+# ----------------------------------------------------------------------------- link chains and bombs
+
+
+def _chain_tarball(tmp_path: Path) -> Path:
+    """``a/b -> ..``, then ``a/b/c -> ..`` (through a/b: the root's parent), then ``a/b/c/escaped``."""
+    path = tmp_path / "chain.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, target in (("a/b", ".."), ("a/b/c", "..")):
+            tar.addfile(_link(name, target, tarfile.SYMTYPE))
+        for name, data in (("a/b/c/escaped", b"written outside?"), ("m/1/saved_model.pb", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("python_has_data_filter", [True, False], ids=["with data filter", "like Debian 3.11.2"])
+def test_link_chains_are_refused_on_every_python(tmp_path, monkeypatch, python_has_data_filter):
+    if not python_has_data_filter:  # Debian 12's Python 3.11.2, the Airflow image's, has no tarfile filters
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    dest = tmp_path / "out" / "m"
+    with pytest.raises(UnsafeArchiveError, match=r"'a/b/c'.*lies under the symlink 'a/b'"):
+        extract_savedmodel(_chain_tarball(tmp_path), dest)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_symlink_through_another_link_is_refused(tmp_path):
+    tarball = tar_with(
+        tmp_path / "hop.tar",
+        _link("m/1/d", ".", tarfile.SYMTYPE),
+        _link("m/1/x", "d/../../..", tarfile.SYMTYPE),
+        files={"m/1/saved_model.pb": b""},
+    )
+    with pytest.raises(UnsafeArchiveError, match=r"'m/1/x': symlink to 'd/\.\./\.\./\.\.' points outside"):
+        extract_savedmodel(tarball, tmp_path / "out")
+
+
+def test_decompression_bomb_is_refused_before_the_disk_fills(tmp_path, cache):
+    """20 MB of zeros compress to about 20 KB; with a 10 MB cap nothing is written."""
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for name, size in (("m/1/saved_model.pb", 0), ("m/1/variables/zeros", 20 * 1024 * 1024)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(UnsafeArchiveError, match=r"unpacks to more than 100000 entries or 10485760 bytes.*bomb"):
+        fetch_model(str(bomb), cache_dir=cache, max_unpacked_bytes=10 * 1024 * 1024)
+    assert not (cache / "models").exists() or list((cache / "models").iterdir()) == []
+
+
+def test_too_many_members_are_refused(tmp_path):
+    tarball = tar_with(tmp_path / "many.tar", files={f"m/1/f{i}": b"" for i in range(30)})
+    with pytest.raises(UnsafeArchiveError, match="more than 20 entries"):
+        extract_savedmodel(tarball, tmp_path / "out", max_members=20)

@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidModelError, UnsafeArchiveError
@@ -28,13 +29,24 @@ EXPECTED_LAYOUT = (
     "with a numeric version, e.g. resnet/1538687457/saved_model.pb"
 )
 _NUMERIC = re.compile(r"[0-9]+")
+MAX_UNPACKED_BYTES = 8 * 1024**3  # SavedModels barely compress: far beyond any sane model in a 2 GiB download
+MAX_MEMBERS = 100_000
 _SHOW_ENTRIES = 10
 
 
-def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *, log: logging.Logger | None = None) -> Path:
+def extract_savedmodel(
+    archive_path: str | Path,
+    dest_dir: str | Path,
+    *,
+    log: logging.Logger | None = None,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+    max_members: int = MAX_MEMBERS,
+) -> Path:
     """Extract ``archive_path`` into ``dest_dir`` (once) and return the chosen version dir.
 
-    If ``dest_dir`` already exists it is a finished extraction and is reused as is.
+    If ``dest_dir`` already exists it is a finished extraction and is reused as is. An archive
+    that would unpack to more than ``max_unpacked_bytes`` or ``max_members`` entries (a gzip
+    bomb) is refused from its headers, before anything is written.
     """
     log = log or logger
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
@@ -45,7 +57,7 @@ def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *, log: l
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}.tmp-"))
     try:
-        names = _extract_checked(archive_path, tmp)
+        names = _extract_checked(archive_path, tmp, Limits(max_unpacked_bytes, max_members))
         version_dir = find_version_dir(tmp, entries=names, log=log)
         try:
             os.rename(tmp, dest_dir)
@@ -58,7 +70,13 @@ def extract_savedmodel(archive_path: str | Path, dest_dir: str | Path, *, log: l
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
+@dataclass(frozen=True)
+class Limits:
+    bytes: int
+    members: int
+
+
+def _extract_checked(archive_path: Path, dest: Path, limits: Limits) -> list[str]:
     """Check every member, then extract all of them; return the member names."""
     try:
         tar = tarfile.open(archive_path, "r:*")  # noqa: SIM115 - closed by the with below
@@ -69,11 +87,9 @@ def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
         ) from None
     try:
         with tar:
-            members = tar.getmembers()
-            for member in members:
-                check_member(member)
-            # check_member did the safety checks; the "data" filter, where this Python has it
-            # (3.11.4+, not Debian 12's 3.11.2), is a second line of defence.
+            members = _checked_members(tar, archive_path, limits)
+            # The checks above are the defence; the "data" filter, where this Python has it
+            # (3.11.4+, not Debian 12's 3.11.2), is a second line.
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:
@@ -91,9 +107,34 @@ def _extract_checked(archive_path: Path, dest: Path) -> list[str]:
     return [m.name for m in members]
 
 
-def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse members that could write outside the extraction root or create devices."""
-    name = member.name
+def _checked_members(tar: tarfile.TarFile, archive_path: Path, limits: Limits) -> list[tarfile.TarInfo]:
+    """Every member, checked, read from the headers one by one: the caps stop a bomb early."""
+    members: list[tarfile.TarInfo] = []
+    links: set[str] = set()
+    total = 0
+    while (member := tar.next()) is not None:
+        members.append(member)
+        total += member.size
+        if len(members) > limits.members or total > limits.bytes:
+            raise UnsafeArchiveError(
+                f"model archive {archive_path} unpacks to more than {limits.members} entries or "
+                f"{limits.bytes} bytes (at member {len(members)}, {total} bytes so far): refused before "
+                "writing anything, as a decompression bomb; raise the limits if the model is that large"
+            )
+        check_member(member, links)
+        if member.issym():
+            links.add(posixpath.normpath(member.name))
+    return members
+
+
+def check_member(member: tarfile.TarInfo, links: set[str] | None = None) -> None:
+    """Refuse members that could write outside the extraction root or create devices.
+
+    ``links`` are the symlinks seen earlier in the archive: nothing may be written through one
+    (``a/b -> ..``, then ``a/b/c -> ..``, then ``a/b/c/f`` would climb out a step at a time),
+    whatever this Python's tarfile filters do.
+    """
+    name, links = member.name, links or set()
     if name.startswith("/") or _has_dotdot(name):
         raise UnsafeArchiveError(
             f"unsafe tar member {name!r}: absolute path or '..' component would escape the "
@@ -104,17 +145,42 @@ def check_member(member: tarfile.TarInfo) -> None:
             f"unsafe tar member {name!r}: device or fifo files are not allowed in a model; "
             "repack it with regular files only"
         )
+    through = _link_on_path(name, links)
+    if through:
+        raise UnsafeArchiveError(
+            f"unsafe tar member {name!r}: it lies under the symlink {through!r} of the same archive, so it "
+            "would be written wherever that link points; repack the model without links"
+        )
     if member.issym() or member.islnk():
         target = member.linkname
         # symlinks resolve from the member's directory, hardlinks from the archive root
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        joined = posixpath.join(posixpath.dirname(name) if member.issym() else "", target)
+        resolved = posixpath.normpath(joined)
+        escapes = target.startswith("/") or resolved == ".." or resolved.startswith("../")
+        if escapes or _link_on_path(joined, links, final_may_be_link=member.issym()):
             kind = "symlink" if member.issym() else "hardlink"
             raise UnsafeArchiveError(
                 f"unsafe tar member {name!r}: {kind} to {target!r} points outside the "
-                "extraction directory; repack the model without such links"
+                "extraction directory or through another link; repack the model without such links"
             )
+
+
+def _link_on_path(path: str, links: set[str], *, final_may_be_link: bool = False) -> str | None:
+    """The earlier symlink that ``path`` goes through (a link followed by any further component,
+    ``..`` included: the kernel resolves the link first), if any; textual ``..`` cannot hide it."""
+    stack: list[str] = []
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        if part == "..":
+            if stack:
+                stack.pop()
+            continue
+        stack.append(part)
+        current = "/".join(stack)
+        last = i == len(parts) - 1
+        if current in links and not (last and final_may_be_link):
+            return current
+    return None
 
 
 def find_version_dir(root: Path, *, entries: list[str] | None = None, log: logging.Logger | None = None) -> Path:

@@ -14,13 +14,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import extract_savedmodel
+from .archive import MAX_UNPACKED_BYTES, extract_savedmodel
 from .cache import BlobStore
-from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http
-from .errors import InvalidModelError, UnsafeArchiveError
+from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http, open_url
+from .errors import InvalidModelError, ModelFetchError, UnsafeArchiveError
 from .savedmodel import read_signature
 from .signature import Signature
-from .urls import local_path, normalise_sha256, redact_url, url_key
+from .urls import UrlPolicy, local_path, normalise_sha256, redact_url, url_key
+from .validation import check_feedable
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +72,31 @@ def fetch_model(
     max_bytes: int = 2 * 1024**3,
     timeout: float = 60.0,
     log: logging.Logger | None = None,
+    policy: UrlPolicy | None = None,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
 ) -> FetchedModel:
     """Download (or reuse) the tarball at ``url``, extract it safely and read its signature.
 
-    ``url`` is http(s)://, file:///abs/path or a plain absolute path. Pin ``sha256`` in
-    production: it makes the artifact reproducible and lets re-runs skip the network.
+    ``url`` is https://, http://, file:///abs/path or a plain absolute path, as ``policy``
+    (default: from the environment, see ``UrlPolicy``) allows. Pin ``sha256`` in production: it
+    makes the artifact reproducible and lets re-runs skip the network. The signature must be one
+    validation can feed, checked here, before any image is built.
     """
     log = log or logger
     store = BlobStore(cache_dir)
     pinned = normalise_sha256(sha256) if sha256 is not None else None
     safe_url = redact_url(url)
+    policy = policy or UrlPolicy.from_environment()
+    policy.check(url)
 
-    digest = _fetch_blob(url, store, pinned, max_bytes, timeout, log)
+    digest = _fetch_blob(url, store, pinned, max_bytes, timeout, log, policy)
     blob = store.path(digest)
     try:
-        version_dir = extract_savedmodel(blob, store.root / "models" / digest, log=log)
+        version_dir = extract_savedmodel(
+            blob, store.root / "models" / digest, log=log, max_unpacked_bytes=max_unpacked_bytes
+        )
         signature = read_signature(version_dir, signature_name)
+        check_feedable(signature)
     except (InvalidModelError, UnsafeArchiveError) as e:
         raise type(e)(f"model from {safe_url}: {e}") from None  # say which URL, not just the blob
 
@@ -118,6 +128,7 @@ def probe_sha256(
     sha256: str | None = None,
     timeout: float = 10.0,
     log: logging.Logger | None = None,
+    policy: UrlPolicy | None = None,
 ) -> str | None:
     """The sha256 ``url`` would download to, found without downloading; None when unknown.
 
@@ -128,6 +139,7 @@ def probe_sha256(
     log = log or logger
     if sha256 is not None:
         return normalise_sha256(sha256)
+    (policy or UrlPolicy.from_environment()).check(url)
     local = local_path(url)
     if local is not None:
         if not local.is_file():
@@ -137,16 +149,20 @@ def probe_sha256(
             for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
                 digest.update(chunk)
         return digest.hexdigest()
-    import requests
-
     store = BlobStore(cache_dir)
     remembered = UrlIndex(store.root / "urls.json", log).get(url_key(url))
     if not remembered or not store.has(remembered["sha256"]):
         return None
     try:
-        response = requests.head(url, headers=conditional_headers(remembered), timeout=timeout, allow_redirects=True)
-    except requests.exceptions.RequestException as e:
-        log.info("could not revalidate %s (%s); assuming it changed", redact_url(url), type(e).__name__)
+        response = open_url(
+            "HEAD",
+            url,
+            policy=policy or UrlPolicy.from_environment(),
+            headers=conditional_headers(remembered),
+            timeout=timeout,
+        )
+    except ModelFetchError as e:
+        log.info("could not revalidate %s (%s); assuming it changed", redact_url(url), e)
         return None
     unchanged = response.status_code == 304 or (
         response.status_code == 200
@@ -157,7 +173,13 @@ def probe_sha256(
 
 
 def _fetch_blob(
-    url: str, store: BlobStore, pinned: str | None, max_bytes: int, timeout: float, log: logging.Logger
+    url: str,
+    store: BlobStore,
+    pinned: str | None,
+    max_bytes: int,
+    timeout: float,
+    log: logging.Logger,
+    policy: UrlPolicy,
 ) -> str:
     """Make sure the blob for ``url`` is in the store; return its sha256."""
     safe_url = redact_url(url)
@@ -167,7 +189,7 @@ def _fetch_blob(
         return pinned
     if local is not None:
         return copy_local(local, safe_url, store, pinned, max_bytes, log)
-    return download_http(url, store, pinned, max_bytes, timeout, log)
+    return download_http(url, store, pinned, max_bytes, timeout, log, policy)
 
 
 def _describe_tensors(tensors: dict) -> str:

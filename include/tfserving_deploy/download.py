@@ -10,12 +10,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 from .cache import BlobStore, DigestMismatch
-from .errors import ChecksumMismatch, ModelFetchError
-from .urls import SHA256_RE, redact_text, redact_url, url_key
+from .errors import ChecksumMismatch, ModelFetchError, ModelRefused
+from .urls import SHA256_RE, UrlPolicy, redact_text, redact_url, url_key
 
 CHUNK_BYTES = 1024 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 PROGRESS_EVERY_SECONDS = 5.0
 PROGRESS_EVERY_FRACTION = 0.10
 
@@ -80,7 +83,13 @@ def copy_local(
 
 
 def download_http(
-    url: str, store: BlobStore, pinned: str | None, max_bytes: int, timeout: float, log: logging.Logger
+    url: str,
+    store: BlobStore,
+    pinned: str | None,
+    max_bytes: int,
+    timeout: float,
+    log: logging.Logger,
+    policy: UrlPolicy,
 ) -> str:
     """GET the URL into the blob store; with no pin, revalidate a remembered copy (ETag/304)."""
     import requests  # lazy: only the fetch task needs it
@@ -94,13 +103,7 @@ def download_http(
         remembered = None
 
     log.info("downloading model %s", safe_url)
-    try:
-        response = requests.get(url, headers=conditional_headers(remembered), stream=True, timeout=(timeout, timeout))
-    except requests.exceptions.RequestException as e:
-        raise ModelFetchError(
-            f"could not reach {safe_url}: {type(e).__name__}: {redact_text(str(e), url)}; "
-            f"check the host, port and network (timeout was {timeout:g} s)"
-        ) from None
+    response = open_url("GET", url, policy=policy, headers=conditional_headers(remembered), timeout=timeout)
 
     with response:
         status = response.status_code
@@ -108,7 +111,7 @@ def download_http(
             log.info("model %s not modified (HTTP 304); reusing blob sha256=%s", safe_url, remembered["sha256"])
             return remembered["sha256"]
         if status != 200:
-            raise ModelFetchError(f"HTTP {status} {response.reason} from {safe_url}; {_http_advice(status)}")
+            raise http_error(status, response.reason, safe_url)
 
         total = _content_length(response)
         if total is not None and total > max_bytes:
@@ -156,14 +159,48 @@ def _content_length(response) -> int | None:
         return None
 
 
-def _http_advice(status: int) -> str:
-    if status == 404:
-        return "check the URL (the model is not there)"
+def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout: float):
+    """The response to ``method url``, redirects followed by hand: each hop is checked by ``policy``
+    (scheme, file directories, metadata and link-local addresses; https never goes to http)."""
+    import requests
+
+    current, previous = url, None
+    for _ in range(MAX_REDIRECTS + 1):
+        policy.check(current, redirected_from=previous)
+        try:
+            response = requests.request(
+                method,
+                current,
+                headers=headers,
+                stream=method == "GET",
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException as e:
+            raise ModelFetchError(
+                f"could not reach {redact_url(current)}: {type(e).__name__}: {redact_text(str(e), current)}; "
+                f"check the host, port and network (timeout was {timeout:g} s)"
+            ) from None
+        location = response.headers.get("Location")
+        if response.status_code not in REDIRECTS or not location:
+            return response
+        response.close()
+        previous, current = current, urljoin(current, location)
+    raise ModelFetchError(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times; use the final URL")
+
+
+def http_error(status: int, reason: str, safe_url: str) -> ModelFetchError:
+    """An HTTP error from the model server: 401/403/404/410 are final (no retry), others may pass."""
+    if status in (404, 410):
+        return ModelRefused(f"HTTP {status} {reason} from {safe_url}; the model is not there: check the URL")
     if status in (401, 403):
-        return "the server refused access; check the URL and its credentials or permissions"
+        return ModelRefused(
+            f"HTTP {status} {reason} from {safe_url}; the server refused access: check the URL "
+            "and its credentials or permissions (a signed URL may have expired)"
+        )
     if status >= 500:
-        return "the server failed; retry later or check the server"
-    return "expected HTTP 200; check the URL"
+        return ModelFetchError(f"HTTP {status} {reason} from {safe_url}; the server failed: retried later")
+    return ModelFetchError(f"HTTP {status} {reason} from {safe_url}; expected HTTP 200: check the URL")
 
 
 class UrlIndex:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ValidationError
+from .errors import InvalidModelError, ValidationError
 from .signature import Signature, TensorInfo
 
 _NUMPY_DTYPES = {
@@ -33,26 +33,36 @@ DEFAULT_IMAGE_SIZE = 224
 # ---- request building -------------------------------------------------------------------------
 
 
+def check_feedable(signature: Signature) -> str:
+    """The kind of image input the validator will send (``"jpeg"`` or ``"pixels"``); an
+    InvalidModelError when it cannot feed this signature, so a fetch fails before any build."""
+    if len(signature.inputs) != 1:
+        raise InvalidModelError(
+            f"signature {signature.name!r} takes {len(signature.inputs)} inputs "
+            f"({', '.join(signature.inputs)}); the image validator needs exactly one image input"
+        )
+    ((alias, info),) = signature.inputs.items()
+    if info.dtype == "DT_STRING":
+        return "jpeg"
+    if info.dtype in ("DT_FLOAT", "DT_HALF", "DT_DOUBLE", "DT_UINT8") and _is_image_shape(info):
+        return "pixels"
+    raise InvalidModelError(
+        f"input {alias!r} of signature {signature.name!r} is {info.dtype} with shape {info.shape}; "
+        "supported image inputs are a DT_STRING of JPEG bytes or a [batch, height, width, 3] tensor"
+    )
+
+
 def build_inputs(signature: Signature, jpeg: bytes) -> dict[str, np.ndarray]:
     """The request for one image, shaped by the model's own signature (no hard-coded names).
 
     A string input gets the raw JPEG bytes (the tutorial model); an image tensor input gets the
     decoded pixels resized to the signature's height and width.
     """
-    if len(signature.inputs) != 1:
-        raise ValidationError(
-            f"signature {signature.name!r} takes {len(signature.inputs)} inputs "
-            f"({', '.join(signature.inputs)}); the image validator needs exactly one image input"
-        )
+    kind = check_feedable(signature)
     ((alias, info),) = signature.inputs.items()
-    if info.dtype == "DT_STRING":
+    if kind == "jpeg":
         return {alias: np.array([jpeg], dtype=object)}
-    if info.dtype in ("DT_FLOAT", "DT_HALF", "DT_DOUBLE", "DT_UINT8") and _is_image_shape(info):
-        return {alias: _decode_image(jpeg, info)}
-    raise ValidationError(
-        f"input {alias!r} of signature {signature.name!r} is {info.dtype} with shape {info.shape}; "
-        "supported image inputs are a DT_STRING of JPEG bytes or a [batch, height, width, 3] tensor"
-    )
+    return {alias: _decode_image(jpeg, info)}
 
 
 def _is_image_shape(info: TensorInfo) -> bool:

@@ -8,27 +8,26 @@ from functools import cached_property
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from tfserving_deploy.errors import (
-    ChecksumMismatch,
-    InvalidModelError,
-    RolloutError,
-    UnsafeArchiveError,
-    ValidationError,
-)
+from tfserving_deploy.errors import Permanent
 
 from ..config import BuilderConfig, TargetConfig
 from ..connections import image_builder_from, target_from
 
-PERMANENT_FAULTS = (ChecksumMismatch, UnsafeArchiveError, InvalidModelError, RolloutError, ValidationError)
-
 
 @contextmanager
 def explained_failures():
-    """Permanent faults fail without retry; every fault keeps the library's explanation."""
+    """Faults no retry can fix (``Permanent``) fail the task at once; every fault keeps the
+    library's explanation; transient ones go through the task's retries."""
     try:
         yield
-    except PERMANENT_FAULTS as exc:
+    except Permanent as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def run_date(context):
+    """The date a run stands for: its logical date, or when it ran (manual and asset runs may have none)."""
+    dag_run = context["dag_run"]
+    return dag_run.logical_date or dag_run.run_after
 
 
 class TargetMixin:

