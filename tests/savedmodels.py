@@ -59,3 +59,22 @@ def make_model_without_default_signature(export_dir):
     module = _StringModel()
     tf.saved_model.save(module, str(export_dir), signatures={"other": module.serve})
     return export_dir
+
+
+class _TwoInputModel(tf.Module):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes"),
+            tf.TensorSpec([None], tf.float32, name="threshold"),
+        ]
+    )
+    def serve(self, image_bytes, threshold):
+        return {"classes": tf.cast(tf.strings.length(image_bytes), tf.int64) + tf.cast(threshold, tf.int64)}
+
+
+def make_two_input_model(export_dir):
+    """`serving_default` takes two inputs (JPEG bytes and a threshold): not an image model the
+    validator can feed. Returns export_dir."""
+    module = _TwoInputModel()
+    tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
+    return export_dir

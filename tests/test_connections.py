@@ -8,7 +8,6 @@ import pytest
 
 from tfserving_airflow.config import TargetConfig
 from tfserving_airflow.connections import is_google_registry, registry_auth
-from tfserving_deploy.errors import TargetError
 
 
 @pytest.mark.parametrize(
@@ -68,5 +67,33 @@ def test_other_registries_are_anonymous_without_a_connection():
 
 
 def test_unknown_target_is_explained():
-    with pytest.raises(TargetError, match="target 'mars' is not supported; choose one of local, kubernetes, gke"):
+    from tfserving_deploy.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter, match="target 'mars' is not supported; choose one of local, kubernetes, gke"):
         TargetConfig.parse("mars")
+
+
+def test_a_connection_without_a_host_is_refused_for_pushes(monkeypatch):
+    """Its credentials would go wherever image_repository (a form field) points."""
+    from tfserving_deploy.errors import InvalidParameter
+
+    monkeypatch.setenv("AIRFLOW_CONN_NO_HOST", json.dumps({"conn_type": "docker", "login": "robot", "password": "s3"}))
+    with pytest.raises(InvalidParameter, match=r"'no_host' names no registry host.*evil\.example\.com"):
+        registry_auth("evil.example.com/steal/it", docker_conn_id="no_host")
+
+
+def test_credentials_go_only_to_the_host_the_connection_names(monkeypatch):
+    from tfserving_deploy.oci import OciImageBuilder
+
+    monkeypatch.setenv("AIRFLOW_CONN_REG_A", json.dumps(
+        {"conn_type": "docker", "host": "registry-a.example.com", "login": "robot", "password": "s3cret"}))
+    builder = OciImageBuilder(registry_auth("registry-b.example.com/x", docker_conn_id="reg_a"))
+    assert builder._client("registry-b.example.com").auth is None  # another host: anonymous
+    assert builder._client("registry-a.example.com").auth.basic() == ("robot", "s3cret")
+
+
+def test_a_missing_connection_is_a_wrong_param():
+    from tfserving_deploy.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter, match="connection 'no_such_registry' \\(registry_conn_id\\) does not exist"):
+        registry_auth("127.0.0.1:5000/x", docker_conn_id="no_such_registry")

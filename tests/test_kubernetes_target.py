@@ -36,7 +36,7 @@ from local_cluster import (
 )
 from savedmodels import make_string_model
 
-from tfserving_deploy.errors import RolloutError, TargetError
+from tfserving_deploy.errors import InvalidParameter, RolloutError, TargetError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget, pod_grpc_address
 from tfserving_deploy.targets.manifests import (
     ANNOTATION_IMAGE,
@@ -233,7 +233,7 @@ def test_render_rejects_tags_and_makes_names_dns_safe(make_target, images):
         target.render("registry.example.com/models/resnet:1", model_name=MODEL, version=1, replicas=1)
     deployment, _ = target.render(images["A"], model_name="resnet_v2", version=1, replicas=1)
     assert deployment["metadata"]["name"] == "tfs-resnet-v2"
-    with pytest.raises(TargetError, match="service_type 'Ingress'"):
+    with pytest.raises(InvalidParameter, match="service_type 'Ingress'"):
         make_target(service_type="Ingress")
 
 
@@ -455,7 +455,7 @@ def test_metadata_is_kept_with_its_revision(make_target, ns, images, audit):
     assert target.serving_state(MODEL)["metadata"] == {"model-sha256": "bbb", "model-version": "2"}
     target.rollback(MODEL, "validation failed", image=images["B"], ready_timeout=120)
     assert target.serving_state(MODEL)["metadata"] == {**meta_a, "model-version": "1"}
-    with pytest.raises(TargetError, match="metadata key 'bad key!'"):
+    with pytest.raises(InvalidParameter, match="metadata key 'bad key!'"):
         target.render(images["A"], model_name=MODEL, version=1, replicas=1, metadata={"bad key!": 1})
 
 

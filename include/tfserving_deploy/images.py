@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import tarball
-from .errors import ImageBuildError, RegistryError
+from .errors import ImageBuildError, RegistryDenied, RegistryError
 from .references import split_tag
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class DockerCommitBuilder:
         try:
             for event in self.client.images.push(repo, tag=tag, stream=True, decode=True):
                 if "error" in event:
-                    raise RegistryError(
+                    denied = any(word in event["error"].lower() for word in ("denied", "unauthorized", "forbidden"))
+                    raise (RegistryDenied if denied else RegistryError)(
                         f"registry refused push of {reference}: {event['error']}; check the registry "
                         "address in image_repository and the docker connection's credentials"
                     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
-from tfserving_deploy.errors import TargetError
+from tfserving_deploy.errors import InvalidParameter
 
 TARGETS = ("local", "kubernetes", "gke")
 IMAGE_BUILDERS = ("oci", "docker")
@@ -31,7 +31,7 @@ def flag(value, default: bool = False) -> bool:
         return value
     if str(value).lower() in ("true", "false"):
         return str(value).lower() == "true"
-    raise TargetError(f"{value!r} is not true or false")
+    raise InvalidParameter(f"{value!r} is not true or false")
 
 
 def number(value, default: int | None = None) -> int | None:
@@ -40,7 +40,7 @@ def number(value, default: int | None = None) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise TargetError(f"{value!r} is not a whole number") from None
+        raise InvalidParameter(f"{value!r} is not a whole number") from None
 
 
 def mapping(value) -> dict | None:
@@ -56,7 +56,7 @@ def mapping(value) -> dict | None:
             pass
     if isinstance(value, Mapping):
         return dict(value)
-    raise TargetError(f"{value!r} is not a mapping (e.g. {{'requests': {{'cpu': '500m'}}}})")
+    raise InvalidParameter(f"{value!r} is not a mapping (e.g. {{'requests': {{'cpu': '500m'}}}})")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class TargetConfig:
         options = options or {}
         target = text(name, "local")
         if target not in TARGETS:
-            raise TargetError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
+            raise InvalidParameter(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
         get = options.get
         gke = GkeConfig(
             gcp_conn_id=text(get("gcp_conn_id"), GCP_CONN_ID),
@@ -131,7 +131,9 @@ class BuilderConfig:
         options = options or {}
         builder = text(name, "oci")
         if builder not in IMAGE_BUILDERS:
-            raise TargetError(f"image_builder {builder!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}")
+            raise InvalidParameter(
+                f"image_builder {builder!r} is not supported; choose one of {', '.join(IMAGE_BUILDERS)}"
+            )
         return cls(
             builder,
             text(options.get("docker_conn_id")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
-from tfserving_deploy.errors import TargetError
+from tfserving_deploy.errors import InvalidParameter, TargetError
 from tfserving_deploy.references import registry_host
 
 from .config import BuilderConfig, GkeConfig, TargetConfig
@@ -88,14 +88,15 @@ def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_i
     from tfserving_deploy.oci import RegistryAuth
 
     if docker_conn_id:
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(docker_conn_id)
-        auth = RegistryAuth(conn.login, conn.password)
+        conn = _connection(docker_conn_id, "registry_conn_id")
         if not conn.host:
-            return auth
+            raise InvalidParameter(
+                f"docker connection {docker_conn_id!r} names no registry host, so its credentials would go to "
+                f"whatever registry image_repository names ({registry_host(repository) or 'Docker Hub'}); set the "
+                "connection's host (and port) to the registry it is for"
+            )
         host = conn.host.split("://", 1)[-1].rstrip("/")  # a scheme or trailing slash is not part of it
-        return {f"{host}:{conn.port}" if conn.port else host: auth}
+        return {f"{host}:{conn.port}" if conn.port else host: RegistryAuth(conn.login, conn.password)}
     if gcp_conn_id and is_google_registry(repository):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
@@ -117,6 +118,8 @@ def kubernetes_api_client(
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
     source = f"kubeconfig {config_file}" if config_file else f"kubernetes connection {kubernetes_conn_id!r}"
+    if not config_file and kubernetes_conn_id:
+        _connection(kubernetes_conn_id, "kubernetes_conn_id")
     try:
         return KubernetesHook(
             conn_id=kubernetes_conn_id, config_file=config_file, cluster_context=cluster_context
@@ -177,6 +180,17 @@ def access_token(credentials) -> str:
 
         credentials.refresh(Request())
     return credentials.token
+
+
+def _connection(conn_id: str, param: str):
+    """The Airflow connection ``conn_id``; a missing one is a wrong param, not a passing fault."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise InvalidParameter(f"connection {conn_id!r} ({param}) does not exist; create it or fix {param}") from None
 
 
 def _gke_hook(config: GkeConfig, impersonation_chain):

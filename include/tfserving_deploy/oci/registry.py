@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from ..errors import RegistryError
+from ..errors import RegistryDenied, RegistryError
 from ..references import is_loopback
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class RegistryClient:
         if code in expect:
             return response
         if code in (401, 403):
-            raise RegistryError(
+            raise RegistryDenied(
                 f"{what}: registry {self.host} denied access (HTTP {code}) for scope {scope!r}; check the "
                 "docker connection's credentials / token scope (push needs pull,push on the repository)"
             )
@@ -173,7 +173,7 @@ class RegistryClient:
                 f"token service {challenge['realm']} of registry {self.host} unreachable ({type(exc).__name__})"
             ) from exc
         if answer.status_code in (401, 403):
-            raise RegistryError(
+            raise RegistryDenied(
                 f"token service of registry {self.host} refused {' '.join(scopes)!r} (HTTP {answer.status_code}); "
                 "check the docker connection's credentials / token scope"
             )

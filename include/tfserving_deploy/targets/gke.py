@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from google.api_core import exceptions as gexc
 
 from ..defaults import GKE_CLUSTER_NAME, GKE_NODE_COUNT
-from ..errors import TargetError
+from ..errors import AccessDenied, TargetError
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +166,13 @@ class _ClusterCalls:
         except (gexc.NotFound, gexc.Conflict):
             raise
         except gexc.Forbidden as exc:  # PermissionDenied is a Forbidden
-            raise TargetError(
+            raise AccessDenied(
                 f"{what} {self.where} was refused: {exc.message}; {self.credentials_name} needs the "
                 f"{permission} permission in project {self.project_id!r} (e.g. role roles/container.admin), "
                 "and the Kubernetes Engine API must be enabled"
             ) from exc
         except gexc.Unauthenticated as exc:
-            raise TargetError(
+            raise AccessDenied(
                 f"{what} {self.where}: {self.credentials_name} were rejected ({exc.message}); renew or fix them"
             ) from exc
         except gexc.GoogleAPICallError as exc:

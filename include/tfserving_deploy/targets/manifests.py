@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from ..defaults import GRPC_PORT, REST_PORT
-from ..errors import TargetError
+from ..errors import InvalidParameter
 from ..references import require_digest
 
 APP_NAME = "tfserving"
@@ -65,16 +65,22 @@ def object_name(model_name: str) -> str:
     """``tfs-<model_name>``, made a DNS label (``resnet_v2`` -> ``tfs-resnet-v2``)."""
     name = "tfs-" + re.sub(r"[_.]", "-", model_name.lower())
     if len(name) > 63 or not _DNS_LABEL.match(name):
-        raise TargetError(
+        raise InvalidParameter(
             f"model_name {model_name!r} gives the object name {name!r}, which is not a DNS label "
             "(lowercase letters, digits and '-', at most 63 characters); rename the model"
         )
     return name
 
 
+def check_model_name(model_name: str) -> None:
+    """Fail (InvalidParameter) unless ``model_name`` can name the Deployment, Service and labels."""
+    object_name(model_name)
+    selector_labels(model_name)
+
+
 def selector_labels(model_name: str) -> dict:
     if len(model_name) > 63 or not _LABEL_VALUE.match(model_name):
-        raise TargetError(
+        raise InvalidParameter(
             f"model_name {model_name!r} is not a valid Kubernetes label value (letters, digits, "
             "'-', '_', '.', at most 63 characters); rename the model"
         )
@@ -92,7 +98,7 @@ def metadata_annotations(metadata: dict | None) -> dict:
     for key, value in (metadata or {}).items():
         name = prefix + str(key)
         if len(name) > 63 or not _ANNOTATION_NAME.match(name):
-            raise TargetError(
+            raise InvalidParameter(
                 f"metadata key {key!r} cannot be part of an annotation name (letters, digits, '-', '_', '.', "
                 f"at most {63 - len(prefix)} characters); rename it"
             )
@@ -135,7 +141,7 @@ def check_resources(resources: dict | None) -> dict:
     if resources is None:
         return copy.deepcopy(DEFAULT_RESOURCES)
     if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"}:
-        raise TargetError(
+        raise InvalidParameter(
             f"resources {resources!r} must be a dict with 'requests' and/or 'limits', e.g. {DEFAULT_RESOURCES!r}"
         )
     return copy.deepcopy(resources)
@@ -195,7 +201,7 @@ def deployment_manifest(
     progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
-        raise TargetError(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
+        raise InvalidParameter(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
     spec = pod_spec(image, model_name=model_name, resources=resources)
     return {
         "apiVersion": "apps/v1",
@@ -245,7 +251,7 @@ def candidate_pod_manifest(
 
 def service_manifest(*, model_name: str, namespace: str, service_type: str = "LoadBalancer") -> dict:
     if service_type not in SERVICE_TYPES:
-        raise TargetError(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
+        raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
     return {
         "apiVersion": "v1",
         "kind": "Service",

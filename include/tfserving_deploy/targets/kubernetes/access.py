@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from ...errors import TargetError
+from ...errors import AccessDenied
 from ..manifests import required_access
 from .api import ApiCallError, KubernetesApi
 
@@ -36,7 +36,7 @@ def check_access(api: KubernetesApi, *, cleanup: bool, port_forward: bool) -> No
             why = status.get("reason") or status.get("evaluationError")
             denied.append(f"{verb} {resource}" + (f" ({why})" if why else ""))
     if denied:
-        raise TargetError(
+        raise AccessDenied(
             f"the identity used for the Kubernetes API at {api.host} may not {'; '.join(denied)} in "
             f"namespace {api.namespace}; grant these verbs with a Role and RoleBinding in that namespace"
         )

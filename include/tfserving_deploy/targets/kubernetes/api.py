@@ -12,7 +12,7 @@ import json
 import logging
 import time
 
-from ...errors import TargetError
+from ...errors import AccessDenied, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,14 @@ class ApiCallError(TargetError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+class ApiCallDenied(ApiCallError, AccessDenied):
+    """HTTP 401 or 403: the credentials or the identity's permissions; no retry changes them."""
+
+
+def api_call_error(message: str, status: int) -> ApiCallError:
+    return (ApiCallDenied if status in (401, 403) else ApiCallError)(message, status)
 
 
 def explain(
@@ -212,7 +220,7 @@ class KubernetesApi:
                         namespace=self.namespace,
                         attempts=attempt,
                     )
-                    raise ApiCallError(text, exc.status) from exc
+                    raise api_call_error(text, exc.status) from exc
                 problem = f"HTTP {exc.status} {status_message(exc)}"
             except (HTTPError, OSError) as exc:
                 if attempt == self.attempts:

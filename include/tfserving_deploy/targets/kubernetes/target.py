@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from ...defaults import GRPC_PORT, NAMESPACE
-from ...errors import TargetError
+from ...errors import InvalidParameter, TargetError
 from ...references import is_loopback, registry_host
 from ..manifests import (
     ANNOTATION_META,
@@ -74,9 +74,9 @@ class KubernetesTarget:
         pod_access: str = "auto",
     ):
         if service_type not in SERVICE_TYPES:
-            raise TargetError(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
+            raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
         if pod_access not in POD_ACCESS:
-            raise TargetError(f"pod_access {pod_access!r} is not one of {', '.join(POD_ACCESS)}")
+            raise InvalidParameter(f"pod_access {pod_access!r} is not one of {', '.join(POD_ACCESS)}")
         self.api = KubernetesApi(
             api_client, namespace, field_manager=field_manager, attempts=api_attempts, backoff=retry_backoff
         )

@@ -1,0 +1,210 @@
+"""Faults no retry can fix fail the task at once, with the explanation, and nothing after them
+runs; faults a retry may fix keep their retries. Each fault is produced for real: an HTTP server
+that answers 404, a registry (Debian's docker-registry) that requires a password, a Kubernetes
+identity RBAC denies, a model whose signature the validator cannot feed.
+"""
+
+from __future__ import annotations
+
+import crypt
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from airflow.sdk.exceptions import AirflowFailException
+from test_untrusted_input import Recorder, _demo_bytes, run_states
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+
+
+def conf(model_url: str, **overrides) -> dict:
+    return {
+        "model_url": model_url,
+        "target": "local",
+        "replicas": 1,
+        "force": True,
+        "model_sha256": None,
+        "expected_class": None,
+        "serving_base_image": BASE,
+        "image_repository": "127.0.0.1:5000/tfsd-failfast",
+        **overrides,
+    }
+
+
+def assert_failed_once(run, task: str, *, not_run: tuple[str, ...] = ("deploy",)) -> dict:
+    states = run_states(run)
+    assert states[task] == ("failed", 1), states  # failed on its first try: no retry
+    for later in not_run:
+        assert states[later][0] in ("upstream_failed", "skipped", "none", "None"), states
+    return states
+
+
+def test_model_not_found_fails_fetch_at_once(dag, recorder):
+    run = dag.test(run_conf=conf(f"{recorder.base}/no-such-model.tar.gz"))
+    assert_failed_once(run, "fetch_model", not_run=("build_image", "deploy"))
+    assert recorder.requests.count("GET /no-such-model.tar.gz") == 1
+
+
+def test_model_name_that_cannot_name_kubernetes_objects_fails_before_any_fetch(dag, recorder):
+    name = "m" * 60  # the form allows 63 characters; "tfs-" + 60 is no DNS label
+    run = dag.test(run_conf=conf(f"{recorder.base}/m.tar.gz", model_name=name, target="kubernetes"))
+    assert_failed_once(run, "check_for_change", not_run=("fetch_model", "deploy"))
+    assert recorder.requests == []
+
+
+def test_signature_the_validator_cannot_feed_fails_at_fetch(dag, recorder, tmp_path):
+    import tarfile
+
+    from savedmodels import make_two_input_model
+
+    model_dir = make_two_input_model(tmp_path / "two" / "1")
+    tarball = tmp_path / "two.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(model_dir, arcname="two/1")
+    recorder.files["/two.tar.gz"] = tarball.read_bytes()
+    run = dag.test(run_conf=conf(f"{recorder.base}/two.tar.gz"))
+    assert_failed_once(run, "fetch_model", not_run=("build_image", "deploy"))
+
+
+@pytest.fixture
+def locked_registry(tmp_path):
+    """Debian's docker-registry with htpasswd auth on a free loopback port: anonymous pushes get 401."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "htpasswd").write_text(f"robot:{crypt.crypt('right-password', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "log": {"level": "error"},
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+                "auth": {"htpasswd": {"realm": "tfsd-tests", "path": str(tmp_path / "htpasswd")}},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 401:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "the locked registry did not start"
+        time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+def test_registry_refusing_the_push_fails_at_once(dag, demo_model_url, recorder, locked_registry, monkeypatch):
+    recorder.files["/resnet.tar.gz"] = _demo_bytes(demo_model_url)
+    host, port = locked_registry.split(":")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WRONG_PASSWORD",
+        json.dumps({"conn_type": "docker", "host": host, "port": int(port), "login": "robot", "password": "wrong"}),
+    )
+    for extra in ({}, {"registry_conn_id": "wrong_password"}):  # anonymous, then a wrong password
+        run = dag.test(
+            run_conf=conf(f"{recorder.base}/resnet.tar.gz", image_repository=f"{locked_registry}/x", **extra)
+        )
+        assert_failed_once(run, "push_image", not_run=("ensure_cluster", "deploy"))
+
+
+def test_transient_faults_keep_their_retries():
+    """The classification operators apply: Permanent faults stop, others go to Airflow's retries."""
+    from tfserving_airflow.operators.base import explained_failures
+    from tfserving_deploy import errors
+
+    for transient in (
+        errors.ModelFetchError("HTTP 503 from x"),
+        errors.RegistryError("registry unreachable"),
+        errors.TargetError("API server unreachable"),
+        errors.ImageBuildError("engine down"),
+    ):
+        with pytest.raises(type(transient)), explained_failures():
+            raise transient
+    for permanent in (
+        errors.ModelRefused("HTTP 404"),
+        errors.RegistryDenied("HTTP 401"),
+        errors.AccessDenied("RBAC"),
+        errors.InvalidParameter("model_name"),
+        errors.InvalidModelError("signature"),
+        errors.UnsafeModelUrl("conn"),
+    ):
+        with pytest.raises(AirflowFailException, match=type(permanent).__name__), explained_failures():
+            raise permanent
+
+
+def test_a_model_server_hiccup_is_retried_until_it_answers(dag, demo_model_url, recorder, monkeypatch):
+    """A 503 (then a good answer) from the model server: fetch_model fails once and succeeds on its retry."""
+    payload = _demo_bytes(demo_model_url)
+    served = {"n": 0}
+    original = recorder.RequestHandlerClass._answer
+
+    def flaky(handler, body):
+        if handler.path.startswith("/flaky.tar.gz") and handler.command == "GET" and served["n"] == 0:
+            served["n"] += 1
+            handler.send_response(503)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        original(handler, body)
+
+    monkeypatch.setattr(recorder.RequestHandlerClass, "_answer", flaky)
+    recorder.files["/flaky.tar.gz"] = payload
+    run = dag.test(run_conf=conf(f"{recorder.base}/flaky.tar.gz", expected_class=286))
+    states = run_states(run)
+    assert states["fetch_model"] == ("success", 2), states  # the retry fetched it
+
+
+def test_rbac_denial_fails_ensure_cluster_at_once(dag, demo_model_url, recorder, tmp_path, monkeypatch):
+    from local_cluster import (
+        admin_client,
+        fresh_namespace,
+        require_cluster,
+        service_account_token,
+        write_token_kubeconfig,
+    )
+
+    require_cluster()
+    recorder.files["/resnet.tar.gz"] = _demo_bytes(demo_model_url)
+    with admin_client() as admin, fresh_namespace(admin, "deny") as ns:
+        token = service_account_token(admin, ns, "nobody", None)  # no Role: the real authorizer says no
+        kubeconfig = write_token_kubeconfig(tmp_path / "kubeconfig", token)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOBODY",
+            json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}),
+        )
+        run = dag.test(
+            run_conf=conf(
+                f"{recorder.base}/resnet.tar.gz", target="kubernetes", namespace=ns, kubernetes_conn_id="nobody"
+            )
+        )
+    assert_failed_once(run, "ensure_cluster", not_run=("start_candidate", "deploy"))
