@@ -85,8 +85,10 @@ def test_a_connection_without_a_host_is_refused_for_pushes(monkeypatch):
 def test_credentials_go_only_to_the_host_the_connection_names(monkeypatch):
     from tfserving_deploy.oci import OciImageBuilder
 
-    monkeypatch.setenv("AIRFLOW_CONN_REG_A", json.dumps(
-        {"conn_type": "docker", "host": "registry-a.example.com", "login": "robot", "password": "s3cret"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REG_A",
+        json.dumps({"conn_type": "docker", "host": "registry-a.example.com", "login": "robot", "password": "s3cret"}),
+    )
     builder = OciImageBuilder(registry_auth("registry-b.example.com/x", docker_conn_id="reg_a"))
     assert builder._client("registry-b.example.com").auth is None  # another host: anonymous
     assert builder._client("registry-a.example.com").auth.basic() == ("robot", "s3cret")
