@@ -272,7 +272,13 @@ with DAG(
     )
     stop_candidate = StopCandidateOperator(task_id="stop_candidate", **TARGET, **MODEL)
     deploy = DeployModelOperator(
-        task_id="deploy", image=push.output, model=fetch.output, replicas=P("replicas"), **TARGET, **MODEL
+        task_id="deploy",
+        image=push.output,
+        model=fetch.output,
+        replicas=P("replicas"),
+        execution_timeout=timedelta(minutes=45),  # a rollout of many replicas takes up to four waves
+        **TARGET,
+        **MODEL,
     )
     wait = WaitForEndpointSensor(
         task_id="wait_for_endpoint",
@@ -307,4 +313,4 @@ with DAG(
         >> stop_candidate.as_teardown(setups=candidate)
     )
     check_candidate >> deploy >> wait >> validate
-    [wait, validate] >> rollback  # one_failed: the previous revision serves again
+    [deploy, wait, validate] >> rollback  # one_failed: the previous revision serves again

@@ -25,6 +25,7 @@ KUBECTL = STATE / "bin" / "kubectl"
 AUDIT_LOG = STATE / "logs" / "audit.log"
 GKE_TOKEN = STATE / "pki" / "gke-token"
 CA_CERT = STATE / "pki" / "ca.crt"
+RUN_DIR = Path("/run/tfserving-deploy-cluster")  # the cluster's containerd socket and pid files (cluster/env.sh)
 LB_POOL = ipaddress.ip_network("10.200.64.0/24")
 POD_CIDR = ipaddress.ip_network("10.200.1.0/24")
 API_HOST = "10.200.0.1"

@@ -46,6 +46,7 @@ from tfserving_deploy.targets.manifests import (
     candidate_pod_manifest,
     deployer_role,
     readiness_command,
+    rollout_waves,
 )
 
 pytestmark = pytest.mark.integration
@@ -221,7 +222,8 @@ def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns
     assert container["readinessProbe"]["exec"]["command"] == readiness_command(MODEL)
     assert pod["terminationGracePeriodSeconds"] > int(container["lifecycle"]["preStop"]["exec"]["command"][1]) > 0
     assert pod["securityContext"]["runAsUser"] == 1000
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "25%"}
+    assert [rollout_waves(n) for n in (1, 3, 4, 10, 40, 100)] == [1, 3, 4, 4, 4, 4]  # so the timeout scales
     assert not service["spec"]["selector"].items() <= candidate["metadata"]["labels"].items()
 
 

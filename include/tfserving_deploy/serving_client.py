@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -92,16 +93,20 @@ def wait_until_available(
     *,
     timeout: float = 300.0,
     poll_interval: float = 1.0,
+    alive: Callable[[str], None] | None = None,
 ) -> None:
     """Block until every replica reports ``version`` AVAILABLE.
 
-    Fails fast when a replica reports END (the model failed to load); a replica that is not
-    listening yet counts as still starting. Bounded by ``timeout`` seconds.
+    Fails fast when a replica reports END (the model failed to load), or when ``alive(address)``
+    raises (the replica's process is gone: a container that exited, a pod that crashed); a
+    replica that is not listening yet counts as still starting. Bounded by ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     pending = dict.fromkeys(addresses, "not contacted yet")
     while pending:
         for address in list(pending):
+            if alive is not None:
+                alive(address)
             pending[address] = replica_state(address, model_name, version)
             if pending[address] == "AVAILABLE":
                 del pending[address]
@@ -142,4 +147,10 @@ def replica_state(address: str, model_name: str, version: int) -> str:
             )
         return status.state
     served = ", ".join(f"{s.version}={s.state}" for s in statuses) or "none"
+    ended = next((s for s in statuses if s.state == "END"), None)
+    if ended is not None:  # the server gave up on the model it found (or found none): no wait helps
+        raise RolloutError(
+            f"replica {address}: model {model_name!r} has no version {version} and ended in state END "
+            f"({ended.error or 'no error message'}); the image holds another version, or none"
+        )
     return f"version {version} not listed (serving {served})"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -14,11 +15,14 @@ class Target(Protocol):
     def ensure_ready(self, image_repository: str) -> dict:
         """Check (or create) what the deployment needs; return facts worth logging."""
 
-    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float) -> list[str]:
-        """One replica of ``image`` outside the serving set, ready; returns its gRPC address."""
+    def start_candidate(
+        self, image: str, *, model_name: str, version: int, ready_timeout: float, run: str | None = None
+    ) -> list[str]:
+        """One replica of ``image`` outside the serving set, ready; returns its gRPC address. It
+        belongs to ``run`` (``manifests.run_key``): runs side by side never touch each other's."""
 
-    def stop_candidate(self, model_name: str) -> int:
-        """Remove the candidates of ``model_name``; returns how many there were."""
+    def stop_candidate(self, model_name: str, run: str | None = None) -> int:
+        """Remove the candidates of ``model_name`` (only ``run``'s, when given); returns how many."""
 
     def deploy(
         self,
@@ -29,11 +33,13 @@ class Target(Protocol):
         replicas: int,
         ready_timeout: float,
         metadata: dict | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> dict:
         """Roll out ``image`` (``repo@sha256:...``) so that ``replicas`` serve ``version``.
 
         Idempotent; on failure the previous revision keeps serving. The result says whether
-        this call changed what serves (``promoted``).
+        this call changed what serves (``promoted``); ``on_change`` is called the moment it starts
+        to, before any wait, so a worker that dies meanwhile has recorded it.
         """
 
     def rollback(self, model_name: str, reason: str = "", *, image: str | None = None) -> str:
@@ -44,6 +50,9 @@ class Target(Protocol):
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         """The gRPC ``host:port`` of every ready replica running ``image``."""
+
+    def explain_replica(self, model_name: str, address: str) -> str:
+        """What became of the replica at ``address``: its state, exit code, last log lines."""
 
     def reachable(self, addresses: list[str]) -> AbstractContextManager[dict[str, str]]:
         """``{address: what to dial}``: each replica address made dialable from this process

@@ -8,7 +8,7 @@ rollout removes what it started and leaves the previous model serving.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import RegistryError, RolloutError, TargetError
@@ -22,6 +22,7 @@ LABEL_CANDIDATE = "io.tfserving-deploy.candidate-model"
 LABEL_IMAGE = "io.tfserving-deploy.image"
 LABEL_REPLICA = "io.tfserving-deploy.replica"
 LABEL_META = "io.tfserving-deploy.meta."
+LABEL_RUN = "io.tfserving-deploy.run"  # a candidate's run (run_key)
 GRPC_PORT, REST_PORT = "8500/tcp", "8501/tcp"
 
 
@@ -50,9 +51,12 @@ class LocalDockerTarget:
 
     # -- candidate (validate before promote) ---------------------------------------------------
 
-    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0) -> list[str]:
-        """One replica of ``image`` outside the serving set, for validation before promotion."""
-        name = f"tfs-{model_name}-candidate-{require_digest(image).short_digest}"
+    def start_candidate(
+        self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
+    ) -> list[str]:
+        """One replica of ``image`` outside the serving set, for validation before promotion; it
+        belongs to ``run`` (a ``run_key``), so runs side by side keep their own."""
+        name = f"tfs-{model_name}-candidate-{require_digest(image).short_digest}" + (f"-{run}" if run else "")
         self._pull(image)
         existing = self.client.containers.list(all=True, filters={"name": f"^{name}$"})
         for c in existing:
@@ -62,19 +66,25 @@ class LocalDockerTarget:
         container = (
             running[0]
             if running
-            else self._run(image, name, model_name, {LABEL_CANDIDATE: model_name, LABEL_IMAGE: image})
+            else self._run(
+                image, name, model_name, {LABEL_CANDIDATE: model_name, LABEL_IMAGE: image, LABEL_RUN: run or ""}
+            )
         )
         try:
             addresses = self._addresses([container])
-            wait_until_available(addresses, model_name, version, timeout=ready_timeout)
+            wait_until_available(
+                addresses, model_name, version, timeout=ready_timeout, alive=self._alive(addresses, [container])
+            )
         except (RolloutError, TargetError) as exc:
             logs = _tail(container)
             container.remove(force=True)
             raise RolloutError(f"candidate {name} of {image} failed: {exc}{logs}") from exc
         return addresses
 
-    def stop_candidate(self, model_name: str) -> int:
-        candidates = self.client.containers.list(all=True, filters={"label": f"{LABEL_CANDIDATE}={model_name}"})
+    def stop_candidate(self, model_name: str, run: str | None = None) -> int:
+        """Remove the model's candidates (only ``run``'s, when given); returns how many there were."""
+        labels = [f"{LABEL_CANDIDATE}={model_name}"] + ([f"{LABEL_RUN}={run}"] if run else [])
+        candidates = self.client.containers.list(all=True, filters={"label": labels})
         for c in candidates:
             c.remove(force=True)
         return len(candidates)
@@ -90,7 +100,10 @@ class LocalDockerTarget:
         replicas: int,
         ready_timeout: float = 300.0,
         metadata: dict | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> dict:
+        """The new revision starts beside the old one; ``on_change`` is called when what serves
+        changes: once every new replica is AVAILABLE, before the old revision stops."""
         revision = require_digest(image).short_digest
         self._pull(image)
         mine = self._containers(model_name)
@@ -108,7 +121,10 @@ class LocalDockerTarget:
                     name = f"tfs-{model_name}-{revision}-{index}"
                     started.append(self._run(image, name, model_name, {**labels, LABEL_REPLICA: str(index)}))
             ready = keep + started
-            wait_until_available(self._addresses(ready), model_name, version, timeout=ready_timeout)
+            addresses = self._addresses(ready)
+            wait_until_available(
+                addresses, model_name, version, timeout=ready_timeout, alive=self._alive(addresses, ready)
+            )
         except (RolloutError, TargetError) as exc:
             logs = "".join(_tail(c) for c in started)
             for c in started:
@@ -119,6 +135,8 @@ class LocalDockerTarget:
                 f"still serving: {', '.join(serving) or 'nothing (first deployment)'}{logs}"
             ) from exc
 
+        if promoted and on_change:
+            on_change()
         retired = _retire(others)
         log.info(
             "revision %s: %d replica(s) serving (%d started, %d kept, %d previous stopped)",
@@ -225,6 +243,33 @@ class LocalDockerTarget:
         except Exception as exc:
             raise TargetError(f"docker could not start {name} from {image}: {exc}") from exc
 
+    def _alive(self, addresses: list[str], containers: list):
+        """``alive(address)`` for ``wait_until_available``: raises the moment that replica's
+        container is no longer running, with its exit code and last log lines."""
+        by_address = dict(zip(addresses, containers))
+
+        def alive(address: str) -> None:
+            container = by_address[address]
+            container.reload()
+            if container.status != "running":
+                raise RolloutError(f"replica {container.name} ({address}) {_ended(container)}{_tail(container)}")
+
+        return alive
+
+    def explain_replica(self, model_name: str, address: str) -> str:
+        """What became of the replica at ``address`` (after a failed validation): its container's
+        state, or that of the model's containers that stopped (an exited one has no port any more)."""
+        containers = self._containers(model_name) + self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_CANDIDATE}={model_name}"}
+        )
+        for c in containers:
+            bindings = ((c.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(GRPC_PORT) or []
+            if any(f"{self.bind_host}:{b['HostPort']}" == address for b in bindings):
+                return f"container {c.name} is {c.status}"
+        crashed = [c for c in containers if c.status != "running" and (c.attrs.get("State") or {}).get("ExitCode")]
+        stopped = [f"container {c.name} {_ended(c)}{_tail(c, 5)}" for c in crashed]
+        return "; ".join(stopped) or f"no container of {model_name!r} holds {address} any more"
+
     def _addresses(self, containers: list) -> list[str]:
         addresses = []
         for c in containers:
@@ -232,8 +277,8 @@ class LocalDockerTarget:
             bindings = (c.attrs["NetworkSettings"]["Ports"] or {}).get(GRPC_PORT) or []
             if c.status != "running" or not bindings:
                 raise RolloutError(
-                    f"replica {c.name} is {c.status} instead of running: its server exits at start "
-                    f"(crash loop); see `docker logs {c.name}`"
+                    f"replica {c.name} {_ended(c)} instead of running: its server stopped at start; "
+                    f"see `docker logs {c.name}`{_tail(c)}"
                 )
             addresses.append(f"{self.bind_host}:{bindings[0]['HostPort']}")
         return addresses
@@ -263,6 +308,14 @@ def _retire(others: list) -> list:
             log.info("stopping previous revision container %s (kept for rollback)", c.name)
             c.stop(timeout=5)
     return retired
+
+
+def _ended(container) -> str:
+    """``exited with code 137 (OOM-killed)``: how a container stopped."""
+    state = container.attrs.get("State") or {}
+    why = "OOM-killed" if state.get("OOMKilled") else state.get("Error") or ""
+    ended = f"exited with code {state.get('ExitCode', '?')}" + (f" ({why})" if why else "")
+    return f"{ended}, status {container.status}"
 
 
 def _tail(container, lines: int = 15) -> str:

@@ -24,6 +24,8 @@ Pure functions (no API calls), so GitOps users can render and commit the same ob
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -33,12 +35,14 @@ from ..references import require_digest
 
 APP_NAME = "tfserving"
 MANAGED_BY = "tfserving-deploy"  # app.kubernetes.io/managed-by of every object and pod this target makes
+LABEL_RUN = "tfserving-deploy/run"  # a candidate's run (run_key)
 CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candidates get no traffic
 CONTAINER_NAME = "tfserving"
 PRE_STOP_SLEEP_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
 LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only after the first load
 PROGRESS_DEADLINE_SECONDS = 600
+MAX_SURGE = "25%"  # new pods at a time (at least one); never fewer ready than wanted (maxUnavailable 0)
 RUN_AS_USER = 1000
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 
@@ -221,28 +225,54 @@ def deployment_manifest(
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": int(progress_deadline_seconds),
             "selector": {"matchLabels": selector_labels(model_name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE}},
             "template": {"metadata": {"labels": object_labels(model_name)}, "spec": spec},
         },
     }
 
 
-def candidate_labels(model_name: str) -> dict:
-    return {**object_labels(model_name), "app.kubernetes.io/name": CANDIDATE_APP_NAME}
+def run_key(run_id: str) -> str:
+    """A short, label-safe name for a DAG run: candidates belong to the run that started them."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:10]
+
+
+def rollout_waves(replicas: int) -> int:
+    """How many waves of new pods a rollout of ``replicas`` takes with ``MAX_SURGE`` (at most 4)."""
+    surge = max(1, math.ceil(replicas * int(MAX_SURGE.rstrip("%")) / 100))
+    return math.ceil(replicas / surge)
+
+
+def rollout_timeout(per_wave: float, replicas: int) -> float:
+    """The time a rollout may take: ``per_wave`` seconds for each wave of new pods."""
+    return per_wave * rollout_waves(replicas)
+
+
+def candidate_labels(model_name: str, run: str | None = None) -> dict:
+    """The model's candidates, or only those of ``run`` (a ``run_key``)."""
+    labels = {**object_labels(model_name), "app.kubernetes.io/name": CANDIDATE_APP_NAME}
+    return {**labels, LABEL_RUN: run} if run else labels
 
 
 def candidate_pod_manifest(
-    image: str, *, model_name: str, version: int, namespace: str, resources: dict | None = None
+    image: str,
+    *,
+    model_name: str,
+    version: int,
+    namespace: str,
+    resources: dict | None = None,
+    run: str | None = None,
 ) -> dict:
     """One pod of ``image`` beside the Deployment, for validation before promotion. Its
-    ``app.kubernetes.io/name`` differs, so the Service never sends it traffic."""
+    ``app.kubernetes.io/name`` differs, so the Service never sends it traffic; its name and labels
+    carry its run, so runs side by side (a backfill beside a scheduled run) keep their own."""
+    name = f"{object_name(model_name)}-candidate-{require_digest(image).short_digest}" + (f"-{run}" if run else "")
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{object_name(model_name)}-candidate-{require_digest(image).short_digest}",
+            "name": name,
             "namespace": namespace,
-            "labels": candidate_labels(model_name),
+            "labels": candidate_labels(model_name, run),
             "annotations": {ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version)},
         },
         "spec": pod_spec(image, model_name=model_name, resources=resources),
@@ -281,6 +311,7 @@ REQUIRED_ACCESS = [
     ("create", "", "pods"),  # the candidate
     ("delete", "", "pods"),
     ("list", "", "events"),
+    ("get", "", "pods/log"),  # the last lines of a replica that died, in the error
 ]
 CLEANUP_ACCESS = [("delete", "apps", "deployments"), ("delete", "", "services")]  # a failed first deploy
 PORT_FORWARD_ACCESS = [("get", "", "pods/portforward"), ("create", "", "pods/portforward")]  # pods from outside

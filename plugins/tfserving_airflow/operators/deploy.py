@@ -8,25 +8,23 @@ from datetime import datetime
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from tfserving_deploy.targets.manifests import rollout_timeout, run_key
+
 from .. import lineage
 from ..config import number
 from .base import TargetMixin, explained_failures, run_date
 
-TARGET_DOC = """
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster... (``config.TargetConfig``)
-"""
+PROMOTED = "promoted"  # the deploy task's XCom key, written the moment what serves starts changing
 
 
 class EnsureClusterOperator(TargetMixin, BaseOperator):
-    (
-        """Make sure the target can take a deployment (engine/cluster and registry reachable, the
+    """Make sure the target can take a deployment (engine/cluster and registry reachable, the
     identity allowed); for GKE, create the cluster when it is missing and wait until it is RUNNING.
 
     :param image_repository: where the image was pushed (its registry is checked)
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
-        + TARGET_DOC
-    )
 
     create_cluster = True
     template_fields: Sequence[str] = ("target_name", "target_options", "image_repository")
@@ -47,16 +45,15 @@ class EnsureClusterOperator(TargetMixin, BaseOperator):
 
 
 class StartCandidateOperator(TargetMixin, BaseOperator):
-    (
-        """Start the image as one isolated replica (outside the serving set) for validation.
+    """Start the image as one isolated replica (outside the serving set) for validation.
 
     :param image: the image by digest
     :param model: ``fetch_model``'s result
     :param model_name: the served model's name
     :param ready_timeout: seconds for the candidate to report the model AVAILABLE
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
-        + TARGET_DOC
-    )
 
     template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name")
 
@@ -78,18 +75,21 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
     def execute(self, context) -> list[str]:
         with explained_failures():
             return self.target.start_candidate(
-                self.image, model_name=self.model_name, version=self.model["version"], ready_timeout=self.ready_timeout
+                self.image,
+                model_name=self.model_name,
+                version=self.model["version"],
+                ready_timeout=self.ready_timeout,
+                run=run_key(context["run_id"]),
             )
 
 
 class StopCandidateOperator(TargetMixin, BaseOperator):
-    (
-        """Tear the candidate down, whatever happened to it.
+    """Tear the candidate down, whatever happened to it.
 
     :param model_name: the served model's name
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
-        + TARGET_DOC
-    )
 
     template_fields: Sequence[str] = ("target_name", "target_options", "model_name")
 
@@ -98,14 +98,13 @@ class StopCandidateOperator(TargetMixin, BaseOperator):
         self.target_name, self.model_name, self.target_options = target_name, model_name, target_options or {}
 
     def execute(self, context) -> int:
-        removed = self.target.stop_candidate(self.model_name)
+        removed = self.target.stop_candidate(self.model_name, run_key(context["run_id"]))
         self.log.info("removed %d candidate replica(s) of %s", removed, self.model_name)
         return removed
 
 
 class DeployModelOperator(TargetMixin, BaseOperator):
-    (
-        """Promote the validated image to serving, by digest; the old revision serves until the new
+    """Promote the validated image to serving, by digest; the old revision serves until the new
     one is ready. Never rolls production back to an older model: a run whose logical date is
     older than what serves, or that has a newer run after it (a backfill), records its image
     but does not promote.
@@ -114,10 +113,11 @@ class DeployModelOperator(TargetMixin, BaseOperator):
     :param model: ``fetch_model``'s result
     :param model_name: the served model's name
     :param replicas: serving replicas
-    :param ready_timeout: seconds for the rollout to finish
+    :param ready_timeout: seconds for one wave of new pods to become ready (a rollout of many
+        replicas gets one such budget per wave: ``manifests.rollout_timeout``)
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
-        + TARGET_DOC
-    )
 
     template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
 
@@ -129,7 +129,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         model,
         model_name: str,
         replicas: int,
-        ready_timeout: float = 300.0,
+        ready_timeout: float = 180.0,
         target_options: dict | None = None,
         **kwargs,
     ):
@@ -148,14 +148,17 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             "run-date": date.isoformat(),
             "dag-run": context["run_id"][:200],
         }
+        replicas = number(self.replicas)
         with explained_failures():
             result = self.target.deploy(
                 self.image,
                 model_name=self.model_name,
                 version=self.model["version"],
-                replicas=number(self.replicas),
-                ready_timeout=self.ready_timeout,
+                replicas=replicas,
+                ready_timeout=rollout_timeout(self.ready_timeout, replicas),
                 metadata=metadata,
+                # recorded before the rollout is waited for: a worker killed meanwhile leaves it behind
+                on_change=lambda: context["ti"].xcom_push(key=PROMOTED, value=self.image),
             )
         if not result["promoted"]:  # an earlier try of this run may have made the switch
             serving = self.target.serving_state(self.model_name) or {}
@@ -201,8 +204,7 @@ def _next_scheduled_date(context):
 
 
 class RollbackOperator(TargetMixin, BaseOperator):
-    (
-        """Put back the revision that served before, when a task after the promotion failed.
+    """Put back the revision that served before, when a task after the promotion failed.
 
     Runs on ``one_failed`` of the tasks after ``deploy`` and acts only if this run's deploy
     changed what serves (its result says ``promoted``); a failed rollout was already undone by
@@ -212,9 +214,9 @@ class RollbackOperator(TargetMixin, BaseOperator):
     :param image: the image this run promoted
     :param model_name: the served model's name
     :param deploy_task_id: the task whose result says whether this run promoted
+    :param target_name: ``local``, ``kubernetes`` or ``gke``
+    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
-        + TARGET_DOC
-    )
 
     template_fields: Sequence[str] = ("target_name", "target_options", "model_name", "image")
 
@@ -234,8 +236,10 @@ class RollbackOperator(TargetMixin, BaseOperator):
         self.target_name, self.target_options = target_name, target_options or {}
 
     def execute(self, context):
-        deployment = context["ti"].xcom_pull(task_ids=self.deploy_task_id)
-        if not deployment or not deployment.get("promoted"):
+        ti = context["ti"]
+        deployment = ti.xcom_pull(task_ids=self.deploy_task_id) or {}
+        promoted = ti.xcom_pull(task_ids=self.deploy_task_id, key=PROMOTED) or deployment.get("promoted")
+        if not promoted:
             raise AirflowFailException("a task failed; nothing to roll back: this run did not change what serves")
         restored = self.target.rollback(self.model_name, "a task after the promotion failed", image=self.image)
         raise AirflowFailException(f"a task after the promotion of {self.image} failed; rolled back: {restored}")

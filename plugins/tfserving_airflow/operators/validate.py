@@ -77,6 +77,9 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
                 requests_per_replica=self.requests_per_replica,
                 dial=dial,
             )
+        for replica in report.replicas:  # a replica that stopped answering: say what became of it
+            if any(f.startswith("Predict failed") for f in replica.failures):
+                replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
         summary = report.summary()
         self.log.info("%s", summary)
         with explained_failures():

@@ -182,6 +182,22 @@ class KubernetesApi:
         pods = [p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
         return sorted(pods, key=lambda p: p["metadata"]["name"])
 
+    def pod_logs(self, pod: dict, *, previous: bool = False, tail: int = 15) -> str:
+        """The serving container's last log lines (``previous``: of its last run, before a restart)."""
+        from ..manifests import CONTAINER_NAME
+
+        name = pod["metadata"]["name"]
+        return self.call(
+            f"read the logs of pod {self.namespace}/{name}",
+            self.core.read_namespaced_pod_log,
+            name,
+            self.namespace,
+            container=CONTAINER_NAME,
+            previous=previous,
+            tail_lines=tail,
+            raw=True,
+        )
+
     def pod_events(self, pod: dict) -> list[dict]:
         """This pod's events (not those of an earlier pod of the same name), oldest first."""
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
@@ -195,8 +211,8 @@ class KubernetesApi:
 
     # -- the retry policy and the verbs ------------------------------------------------------------
 
-    def call(self, what: str, fn, *args, expect: tuple[int, ...] = (), **kwargs) -> dict:
-        """One API call, answered as a dict (the API's JSON).
+    def call(self, what: str, fn, *args, expect: tuple[int, ...] = (), raw: bool = False, **kwargs):
+        """One API call, answered as a dict (the API's JSON), or as text with ``raw``.
 
         Transient answers (409, 429, 5xx, connection errors) are retried with backoff, a bounded
         number of times; statuses in ``expect`` are raised at once as ApiCallError for the caller.
@@ -208,7 +224,8 @@ class KubernetesApi:
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                return json.loads(fn(*args, **kwargs).data or b"{}")
+                data = fn(*args, **kwargs).data
+                return data.decode(errors="replace") if raw else json.loads(data or b"{}")
             except ApiException as exc:
                 if exc.status in expect or exc.status not in RETRYABLE_STATUSES or attempt == self.attempts:
                     text = explain(

@@ -37,14 +37,15 @@ def apply_service(api: KubernetesApi, desired: dict) -> str:
     return "patched"
 
 
-def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | None]:
-    """("created" | "patched" | "unchanged", what the live Deployment was before a patch)."""
+def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | None, dict]:
+    """("created" | "patched" | "unchanged", what the live Deployment was before a patch, the
+    owned annotations it now carries)."""
     name = desired["metadata"]["name"]
     live = _read_or_create(
         api, "Deployment", desired, api.apps.read_namespaced_deployment, api.apps.create_namespaced_deployment
     )
     if live is None:
-        return "created", None
+        return "created", None, desired["metadata"]["annotations"]
     owned_live = owned_annotations(live)
     wanted = desired["metadata"]["annotations"]
     stale = {k: None for k in owned_live if k.startswith(ANNOTATION_META) and k not in wanted}  # dropped metadata
@@ -63,7 +64,7 @@ def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | Non
         },
     }
     if contains(live, revision):
-        return "unchanged", None
+        return "unchanged", None, owned_live
     before = {
         "replicas": live["spec"].get("replicas", 1),
         "template": live["spec"]["template"],
@@ -81,7 +82,7 @@ def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | Non
             }
         )
     api.patch(f"patch Deployment {api.namespace}/{name}", api.apps.patch_namespaced_deployment, name, patch)
-    return "patched", before
+    return "patched", before, desired["metadata"]["annotations"]
 
 
 def _read_or_create(api: KubernetesApi, kind: str, desired: dict, read, create) -> dict | None:

@@ -22,16 +22,23 @@ class Candidates:
     def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict):
         self.api, self.watch, self.resources = api, watch, resources
 
-    def start(self, image: str, *, model_name: str, version: int, ready_timeout: float) -> list[str]:
+    def start(
+        self, image: str, *, model_name: str, version: int, ready_timeout: float, run: str | None = None
+    ) -> list[str]:
         """The candidate's gRPC address once it is ready. A candidate that fails is removed, and the
-        RolloutError quotes its events."""
+        RolloutError quotes its events. Only this run's older candidates are replaced."""
         pod = candidate_pod_manifest(
-            image, model_name=model_name, version=version, namespace=self.api.namespace, resources=self.resources
+            image,
+            model_name=model_name,
+            version=version,
+            namespace=self.api.namespace,
+            resources=self.resources,
+            run=run,
         )
         name = pod["metadata"]["name"]
         where = f"{self.api.namespace}/{name}"
         deadline = time.monotonic() + ready_timeout
-        for other in self.api.pods(candidate_labels(model_name)):
+        for other in self.api.pods(candidate_labels(model_name, run)):
             if other["metadata"]["name"] != name:
                 self.api.delete_pod(other["metadata"]["name"])
         live = self.api.read_pod(name)
@@ -63,9 +70,9 @@ class Candidates:
                 raise RolloutError(f"{failure}\nremoved the candidate pod {where}; what serves is unchanged") from None
             time.sleep(self.watch.poll_interval)
 
-    def stop(self, model_name: str) -> int:
-        """Delete the model's candidate pods; returns how many there were."""
-        candidates = self.api.pods(candidate_labels(model_name))
+    def stop(self, model_name: str, run: str | None = None) -> int:
+        """Delete the model's candidate pods (only ``run``'s, when given); returns how many there were."""
+        candidates = self.api.pods(candidate_labels(model_name, run))
         for pod in candidates:
             self.api.delete_pod(pod["metadata"]["name"])
         return len(candidates)

@@ -79,6 +79,12 @@ class RolloutWatch:
                 f"{which} is {reason}{': ' + message if message else ''}{objects.last_termination(pod)}; "
                 f"events: {self.events(pod)}; {hint}"
             )
+        crashed = objects.last_termination(pod)
+        if crashed:  # a serving process that died while the revision rolls out: seen at its first crash
+            raise RolloutFailed(
+                f"{which}: its server died{crashed}; last log lines: {self.logs(pod, previous=True)}; events: "
+                f"{self.events(pod)}; see `kubectl -n {self.api.namespace} logs {pod_name} --previous`"
+            )
         if objects.phase(pod) == "Running" and not objects.is_ready(pod):
             load_error = self._model_load_failure(pod)
             if load_error:
@@ -134,6 +140,15 @@ class RolloutWatch:
             f"{e.get('type', '?')} {e.get('reason', '?')}: {(e.get('message') or '').strip()}" for e in events[-last:]
         ]
         return " | ".join(quoted) or "none"
+
+    def logs(self, pod: dict, *, previous: bool = False, lines: int = 10) -> str:
+        from ...errors import TargetError
+
+        try:
+            text = self.api.pod_logs(pod, previous=previous, tail=lines).strip()
+        except TargetError as exc:
+            return f"(could not read them: {exc})"
+        return " | ".join(text.splitlines()[-lines:]) or "none"
 
     def _model_load_failure(self, pod: dict) -> str | None:
         """The load error if the pod's latest failed readiness probe says the model is in END."""

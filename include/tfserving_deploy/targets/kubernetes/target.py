@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from ...defaults import GRPC_PORT, NAMESPACE
@@ -29,6 +29,7 @@ from ..manifests import (
     SERVICE_TYPES,
     check_resources,
     deployment_manifest,
+    metadata_annotations,
     object_name,
     selector_labels,
     service_manifest,
@@ -131,11 +132,15 @@ class KubernetesTarget:
             log.info("wrote %s", ", ".join(write_manifests(self.manifest_dir, model_name, deployment, service)))
         return [deployment, service]
 
-    def start_candidate(self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0) -> list[str]:
-        return self.candidates.start(image, model_name=model_name, version=version, ready_timeout=ready_timeout)
+    def start_candidate(
+        self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
+    ) -> list[str]:
+        return self.candidates.start(
+            image, model_name=model_name, version=version, ready_timeout=ready_timeout, run=run
+        )
 
-    def stop_candidate(self, model_name: str) -> int:
-        return self.candidates.stop(model_name)
+    def stop_candidate(self, model_name: str, run: str | None = None) -> int:
+        return self.candidates.stop(model_name, run)
 
     def deploy(
         self,
@@ -146,27 +151,39 @@ class KubernetesTarget:
         replicas: int,
         ready_timeout: float = 600.0,
         metadata: dict | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> dict:
         """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
         and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
-        of the revision already serving keeps the metadata it was deployed with."""
+        of the revision already serving keeps the metadata it was deployed with.
+
+        ``on_change`` is called as soon as the model that serves starts changing: after the
+        Deployment is written, before the rollout is waited for, so whoever dies during the wait
+        has recorded that this run changed what serves. A retry whose revision an earlier try
+        already wrote (the same metadata) counts as that change too."""
         deployment, service = self.render(
             image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
         )
         service_change = apply_service(self.api, service)
-        deployment_change, before = apply_deployment(self.api, deployment)
+        deployment_change, before, live_annotations = apply_deployment(self.api, deployment)
         name = deployment["metadata"]["name"]
         log.info("Deployment %s/%s %s, Service %s", self.namespace, name, deployment_change, service_change)
+        changed_image = before is not None and objects.image_of(before["template"]) != image
+        written_by_this_run = bool(metadata) and {
+            k: v for k, v in live_annotations.items() if k.startswith(ANNOTATION_META)
+        } == metadata_annotations(metadata)
+        promoted = deployment_change == "created" or changed_image or written_by_this_run
+        if promoted and on_change:
+            on_change()
         try:
             available = self.watch.wait(model_name, image, replicas, ready_timeout)
         except RolloutFailed as failure:
             raise self.rollbacks.undo(failure, model_name, image, deployment_change, before, ready_timeout) from None
-        changed_image = before is not None and objects.image_of(before["template"]) != image
         return {
             "deployment": f"{self.namespace}/{name}",
             "image": image,
             # this run changed what serves: a failed validation may roll back to what served before
-            "promoted": deployment_change == "created" or changed_image,
+            "promoted": promoted,
             "model_version": version,
             "deployment_change": deployment_change,
             "service_change": service_change,
@@ -206,6 +223,24 @@ class KubernetesTarget:
         return [
             objects.pod_grpc_address(p) for p in pods if objects.is_ready(p) and (p.get("status") or {}).get("podIP")
         ]
+
+    def explain_replica(self, model_name: str, address: str) -> str:
+        """What became of the pod at ``address`` (after a failed validation): its state, last exit,
+        log lines and events, or that no pod holds the address any more."""
+        managed = self.api.pods({"app.kubernetes.io/managed-by": MANAGED_BY})
+        pod = next(
+            (p for p in managed if (p.get("status") or {}).get("podIP") and objects.pod_grpc_address(p) == address),
+            None,
+        )
+        if pod is None:
+            if self.service_type == "LoadBalancer" and address == self.load_balancer_address(model_name):
+                return "the load balancer: see the pods' own lines"
+            return f"no pod holds {address} any more: it was deleted or replaced (kill, eviction, scale-down)"
+        crashed = objects.last_termination(pod)
+        logs = f"; last log lines: {self.watch.logs(pod, previous=bool(crashed))}" if crashed else ""
+        return (
+            f"pod {pod['metadata']['name']}: {objects.pod_state(pod)}{crashed}{logs}; events: {self.watch.events(pod)}"
+        )
 
     def load_balancer_address(self, model_name: str) -> str | None:
         """``host:8500`` of the Service's load balancer; None while it is being provisioned."""
