@@ -2,7 +2,7 @@
 
 check_for_change -> fetch_model -> build_image -> push_image -> ensure_cluster
   -> start_candidate (setup) -> validate_candidate -> stop_candidate (teardown)
-  -> deploy (promote) -> wait_for_endpoint -> validate  (-> rollback, if either of the last two fails)
+  -> deploy (promote) -> wait_for_endpoint -> validate  (-> rollback, if any of the last three fails)
 
 This file only wires tasks and params; the work lives in ``include/tfserving_deploy`` (plain
 Python) and the thin operators in ``plugins/tfserving_airflow``. Runs three ways: from the UI
@@ -67,6 +67,8 @@ TARGET = {
                 "keep_failed_first_deploy",
                 "resources",
                 "pod_access",
+                "service_type",
+                "load_balancer_source_ranges",
             )
         },
     },
@@ -207,6 +209,24 @@ with DAG(
                 "How validation reaches each pod: 'pod-ip' from inside the cluster's network, 'port-forward' through "
                 "the API server (Airflow elsewhere), 'auto' tries a pod IP once, then port-forwards."
             ),
+        ),
+        "service_type": Param(
+            "LoadBalancer",
+            type="string",
+            enum=["LoadBalancer", "InternalLoadBalancer", "ClusterIP"],
+            section=K8S,
+            description=(
+                "How clients reach the model. TF Serving authenticates nobody: 'LoadBalancer' is an address for "
+                "everyone who can route to it (limit it with load_balancer_source_ranges), 'InternalLoadBalancer' "
+                "an address inside the VPC only (GKE), 'ClusterIP' none outside the cluster."
+            ),
+        ),
+        "load_balancer_source_ranges": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            section=K8S,
+            description='CIDRs allowed to reach the load balancer, e.g. ["10.0.0.0/8"]; empty: any address.',
         ),
         "gcp_conn_id": Param(GCP_CONN_ID, type="string", section=GKE, description="Google Cloud connection."),
         "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),

@@ -15,9 +15,9 @@ def string_model_class(image_bytes):
 
 
 class _StringModel(tf.Module):
-    def __init__(self):
+    def __init__(self, scale=1.0):
         super().__init__()
-        self.scale = tf.Variable(1.0)  # so the export has a variables/ directory, like the real one
+        self.scale = tf.Variable(scale)  # so the export has a variables/ directory, like the real one
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes):
@@ -38,10 +38,11 @@ class _FloatModel(tf.Module):
         return {"activation_49": tf.nn.softmax(logits)}
 
 
-def make_string_model(export_dir):
+def make_string_model(export_dir, scale=1.0):
     """`serving_default`: `image_bytes` string [None] -> `classes` int64 [None],
-    `probabilities` float32 [None, 1001] (one-hot of `string_model_class`). Returns export_dir."""
-    module = _StringModel()
+    `probabilities` float32 [None, 1001] (`scale` times the one-hot of `string_model_class`).
+    Returns export_dir."""
+    module = _StringModel(scale)
     tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
     return export_dir
 

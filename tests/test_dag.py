@@ -50,7 +50,8 @@ def test_the_candidate_is_torn_down_whatever_happens(dag):
 def test_a_failure_after_the_promotion_rolls_back(dag):
     rollback = dag.get_task("rollback")
     assert rollback.trigger_rule == "one_failed"
-    assert rollback.upstream_task_ids == {"wait_for_endpoint", "validate", "push_image"}  # push: the image XCom
+    # deploy: a deploy killed mid-rollout has no rollout of its own to undo it; push: the image XCom
+    assert rollback.upstream_task_ids == {"deploy", "wait_for_endpoint", "validate", "push_image"}
 
 
 def test_promotions_never_run_concurrently(dag):

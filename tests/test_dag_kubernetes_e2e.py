@@ -33,7 +33,7 @@ from local_cluster import (
     write_token_kubeconfig,
 )
 
-from tfserving_deploy.targets.manifests import deployer_role
+from tfserving_deploy.targets.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +160,14 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
 
     # The tutorial's own client request, unchanged, through the balancer.
     assert tutorial_client_request(f"{balancer}:8500", MODEL) == (286, 1538687457)
+
+    # Re-run with no address outside the cluster: the Service becomes ClusterIP, nothing waits for
+    # a balancer, and validation reaches every pod.
+    fourth = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True, service_type="ClusterIP"))
+    states = task_states(fourth)
+    assert str(fourth.state).endswith("success") and all_succeeded(states), states
+    service = read(admin, "service", NAME, ns)
+    assert service["spec"]["type"] == "ClusterIP" and "ingress" not in (service["status"].get("loadBalancer") or {})
+    endpoints = return_value(dag, fourth, "wait_for_endpoint")
+    assert len(endpoints) == 3 and all(e.startswith("10.200.1.") for e in endpoints), endpoints
+    assert return_value(dag, fourth, "validate")["ok"] is True

@@ -38,7 +38,8 @@ from test_untrusted_input import run_states
 import docker
 from tfserving_deploy.errors import RolloutError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget
-from tfserving_deploy.targets.manifests import deployer_role, run_key
+from tfserving_deploy.targets.manifests import run_key
+from tfserving_deploy.targets.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

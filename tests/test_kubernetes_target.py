@@ -44,10 +44,10 @@ from tfserving_deploy.targets.manifests import (
     ANNOTATION_RESTORED_FROM,
     ANNOTATION_VERSION,
     candidate_pod_manifest,
-    deployer_role,
-    readiness_command,
     rollout_waves,
 )
+from tfserving_deploy.targets.probes import readiness_command
+from tfserving_deploy.targets.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 MODEL, NAME = "resnet", "tfs-resnet"
@@ -206,22 +206,29 @@ def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns
     import kubernetes_validate
     import yaml
 
-    deployment, service = make_target().render(images["A"], model_name=MODEL, version=7, replicas=3)
+    deployment, service, budget = make_target(source_ranges=["10.0.0.0/8"]).render(
+        images["A"], model_name=MODEL, version=7, replicas=3
+    )
     candidate = candidate_pod_manifest(images["A"], model_name=MODEL, version=7, namespace=ns)
-    for manifest in (deployment, service, candidate):
+    for manifest in (deployment, service, budget, candidate):
         kubernetes_validate.validate(manifest, "1.34.0", strict=True)
     strict = {"dry_run": "All", "field_validation": "Strict"}
     k8s.AppsV1Api(admin).create_namespaced_deployment(ns, deployment, **strict)
     k8s.CoreV1Api(admin).create_namespaced_service(ns, service, **strict)
+    k8s.PolicyV1Api(admin).create_namespaced_pod_disruption_budget(ns, budget, **strict)
     k8s.CoreV1Api(admin).create_namespaced_pod(ns, candidate, **strict)
     written = tmp_path / "manifests"
     assert yaml.safe_load((written / f"{MODEL}-deployment.yaml").read_text()) == deployment
+    assert yaml.safe_load((written / f"{MODEL}-poddisruptionbudget.yaml").read_text()) == budget
+    assert service["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"] and budget["spec"]["maxUnavailable"] == 1
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert deployment["metadata"]["annotations"] == {ANNOTATION_IMAGE: images["A"], ANNOTATION_VERSION: "7"}
     assert container["readinessProbe"]["exec"]["command"] == readiness_command(MODEL)
     assert pod["terminationGracePeriodSeconds"] > int(container["lifecycle"]["preStop"]["exec"]["command"][1]) > 0
-    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsUser"] == 1000 and container["securityContext"]["readOnlyRootFilesystem"]
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]  # the only writable path
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} >= {"kubernetes.io/hostname"}
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "25%"}
     assert [rollout_waves(n) for n in (1, 3, 4, 10, 40, 100)] == [1, 3, 4, 4, 4, 4]  # so the timeout scales
     assert not service["spec"]["selector"].items() <= candidate["metadata"]["labels"].items()
@@ -233,7 +240,7 @@ def test_render_rejects_tags_and_makes_names_dns_safe(make_target, images):
         TargetError, match=r"deploy by digest: 'registry.example.com/models/resnet:1' .* run push_image"
     ):
         target.render("registry.example.com/models/resnet:1", model_name=MODEL, version=1, replicas=1)
-    deployment, _ = target.render(images["A"], model_name="resnet_v2", version=1, replicas=1)
+    deployment, _, _ = target.render(images["A"], model_name="resnet_v2", version=1, replicas=1)
     assert deployment["metadata"]["name"] == "tfs-resnet-v2"
     with pytest.raises(InvalidParameter, match="service_type 'Ingress'"):
         make_target(service_type="Ingress")
@@ -350,9 +357,11 @@ class AvailabilityWatch(threading.Thread):
 FAILURES = {
     "missing": r"(?s)is (ErrImagePull|ImagePullBackOff): .*not found.*; events: .*Failed to pull image "
     r".*imagePullSecrets",
-    "crashing": r"(?s)is CrashLoopBackOff: back-off \d+s restarting failed container.*"
-    r"\(last exit: Error, code 3, \d restarts?\); "
-    r"events: .*logs tfs-resnet-\w+-\w+ --previous",
+    # seen at its first crash, with its logs, or (when the watch missed it) in CrashLoopBackOff
+    "crashing": r"(?s)(its server died \(last exit: Error, code 3, \d restarts?\); "
+    r"last log lines: model server: fatal: cannot open /models"
+    r"|is CrashLoopBackOff: back-off \d+s restarting failed container.*\(last exit: Error, code 3, \d restarts?\))"
+    r"; events: .*logs tfs-resnet-\w+-\w+ --previous",
     "broken": r"(?s)the model failed to load \(state END\): .*(SavedModel|saved_model).*fix the model files",
 }
 
@@ -600,3 +609,80 @@ def test_load_balancer_address_and_its_absence(make_target, images):
     deploy(target, images["A"])
     with pytest.raises(TargetError, match="of type ClusterIP, not LoadBalancer, so it gets no load balancer address"):
         target.load_balancer_address(MODEL)
+
+
+def test_exposure_choices_render_as_their_services(make_target, images):
+    internal = make_target(service_type="InternalLoadBalancer").render(
+        images["A"], model_name=MODEL, version=1, replicas=1
+    )[1]
+    assert internal["spec"]["type"] == "LoadBalancer"
+    assert internal["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
+    assert (
+        make_target(service_type="ClusterIP").render(images["A"], model_name=MODEL, version=1, replicas=1)[1]["spec"][
+            "type"
+        ]
+        == "ClusterIP"
+    )
+    with pytest.raises(InvalidParameter, match="apply to a load balancer, not to service_type 'ClusterIP'"):
+        make_target(service_type="ClusterIP", source_ranges=["10.0.0.0/8"]).render(
+            images["A"], model_name=MODEL, version=1, replicas=1
+        )
+    with pytest.raises(InvalidParameter, match="'10.0.0.300/8' is not a CIDR"):
+        make_target(source_ranges=["10.0.0.300/8"]).render(images["A"], model_name=MODEL, version=1, replicas=1)
+
+
+def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, ns, images):
+    """A merge patch keeps what it does not mention: dropped source ranges or the internal
+    annotation must go, and LoadBalancer <-> ClusterIP must pass the API server's validation."""
+    core = k8s.CoreV1Api(admin)
+
+    def live():
+        service = core.read_namespaced_service(NAME, ns)
+        return service.spec.type, service.spec.load_balancer_source_ranges, service.metadata.annotations
+
+    steps = [
+        {"service_type": "InternalLoadBalancer", "source_ranges": ["10.0.0.0/8"]},
+        {"service_type": "LoadBalancer"},
+        {"service_type": "LoadBalancer"},
+        {"service_type": "ClusterIP"},
+        {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32"]},
+    ]
+    seen = []
+    for options in steps:
+        result = deploy(make_target(**options), images["A"])
+        seen.append((result["service_change"], *live()))
+    internal = {"networking.gke.io/load-balancer-type": "Internal"}
+    assert seen == [
+        ("created", "LoadBalancer", ["10.0.0.0/8"], internal),
+        ("patched", "LoadBalancer", None, None),
+        ("unchanged", "LoadBalancer", None, None),
+        ("patched", "ClusterIP", None, None),
+        ("patched", "LoadBalancer", ["127.0.0.1/32"], None),
+    ]
+
+
+def test_read_only_root_and_a_disruption_budget_hold_for_real(make_target, admin, ns, images):
+    from kubernetes.stream import stream
+
+    target = make_target()
+    deploy(target, images["A"], replicas=3)
+    (first, second, *_) = pods(admin, ns, "app.kubernetes.io/name=tfserving")
+    core = k8s.CoreV1Api(admin)
+    wrote = stream(
+        core.connect_get_namespaced_pod_exec,
+        first["metadata"]["name"],
+        ns,
+        command=["sh", "-c", "touch /models/x 2>&1; touch /tmp/x && echo tmp-ok"],
+        stderr=True,
+        stdout=True,
+    )
+    assert "Read-only file system" in wrote and "tmp-ok" in wrote
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction"}
+    core.create_namespaced_pod_eviction(
+        first["metadata"]["name"], ns, {**eviction, "metadata": {"name": first["metadata"]["name"]}}
+    )
+    with pytest.raises(k8s.exceptions.ApiException) as refused:  # a drain takes one at a time
+        core.create_namespaced_pod_eviction(
+            second["metadata"]["name"], ns, {**eviction, "metadata": {"name": second["metadata"]["name"]}}
+        )
+    assert refused.value.status == 429 and "disruption budget" in refused.value.body

@@ -115,6 +115,23 @@ def test_first_deploy_then_identical_redeploy_is_a_no_op(target, client, images)
             assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, "AVAILABLE")]
 
 
+def test_replicas_run_unprivileged_read_only_and_bounded(target, client, images):
+    """The same limits as the Kubernetes pods: a compromised server cannot write its image,
+    gain privileges or take the host's memory (TF Serving has no authentication of its own)."""
+    target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
+    for container in _running(client):
+        host = container.attrs["HostConfig"]
+        assert container.attrs["Config"]["User"] == "1000:1000"
+        assert host["ReadonlyRootfs"] is True and "/tmp" in host["Tmpfs"]
+        assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+        assert host["Memory"] == 2 * 1024**3 and host["NanoCpus"] == 1_000_000_000
+        assert all(b["HostIp"] == "127.0.0.1" for bindings in host["PortBindings"].values() for b in bindings)
+        _, (out, _) = container.exec_run(
+            ["sh", "-c", "id -u; touch /models/x || echo refused; touch /tmp/x && echo tmp"], demux=True
+        )
+        assert out.decode().split() == ["1000", "refused", "tmp"]
+
+
 def test_validation_passes_on_every_replica_and_reports_what_differs(target, images, models):
     addresses = target.endpoints(MODEL, images["v1"])
     jpeg = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
@@ -136,6 +153,26 @@ def test_validation_passes_on_every_replica_and_reports_what_differs(target, ima
         assert (
             f"predicted class {string_model_class(jpeg)}, expected {string_model_class(jpeg) + 1}" in replica.failures
         )
+
+
+def test_a_replica_serving_other_weights_than_the_artifact_fails_validation(target, images, tmp_path):
+    """Same signature, same version, same class: only the offline prediction tells them apart."""
+    addresses = target.endpoints(MODEL, images["v1"])
+    jpeg = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
+    other = make_string_model(tmp_path / "other" / "1", scale=0.5)
+    report = validate_replicas(
+        addresses,
+        model_name=MODEL,
+        version=1,
+        signature=SIGNATURE,
+        model_dir=other,
+        jpeg=jpeg,
+        expected_class=string_model_class(jpeg),
+        requests_per_replica=1,
+    )
+    assert not report.ok
+    for replica in report.replicas:
+        assert replica.failures == ["output 'probabilities' differs from the offline prediction by 5.00e-01 (> 0.0001)"]
 
 
 def test_a_model_that_never_loads_is_rolled_back_and_the_old_one_keeps_serving(target, client, images):

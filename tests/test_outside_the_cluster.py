@@ -32,7 +32,7 @@ from local_cluster import (
 )
 from savedmodels import make_string_model
 
-from tfserving_deploy.targets.manifests import deployer_role
+from tfserving_deploy.targets.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 OUTSIDE_NET = "10.201.0.0/30"  # the worker's own link to this host: not part of the cluster
@@ -67,6 +67,8 @@ def outside():
 
 SCRIPT = textwrap.dedent("""
     import json, sys
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
     from airflow.sdk.exceptions import AirflowSkipException
     from tfserving_airflow.config import TargetConfig
     from tfserving_airflow.connections import target_from
@@ -86,7 +88,8 @@ SCRIPT = textwrap.dedent("""
                                    model_sha256=args["sha256"], model_name="resnet", target_name="kubernetes",
                                    replicas=2, target_options=options)
     try:
-        decision = check.execute({})
+        manual_run = SimpleNamespace(logical_date=None, run_after=datetime.now(timezone.utc))
+        decision = check.execute({"dag_run": manual_run})
     except AirflowSkipException as skip:
         decision = {"skipped": str(skip)}
     print(json.dumps({"dial": dial, "report": report.to_dict(), "summary": report.summary(), "decision": decision}))
@@ -146,3 +149,28 @@ def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outs
     ), result["summary"]
     assert all(r["dialed"].startswith("127.0.0.1:") for r in result["report"]["replicas"])
     assert "no change" in result["decision"]["skipped"] and "2 healthy replica(s)" in result["decision"]["skipped"]
+
+
+def test_load_balancer_source_ranges_let_only_those_addresses_in(outside, tmp_path):
+    """kube-proxy enforces ``loadBalancerSourceRanges``: the worker's network may reach the
+    model, this host (another address) may not."""
+    from local_cluster import token_client, wait_for
+
+    from tfserving_deploy.targets.kubernetes import KubernetesTarget
+
+    require_cluster()
+    image = publish_model_image(make_string_model(tmp_path / "model" / "1"), name="resnet", version=1)
+    with admin_client() as admin, fresh_namespace(admin, "ranges") as ns:
+        token = service_account_token(admin, ns, "deployer", deployer_role(ns)["rules"])
+        target = KubernetesTarget(
+            token_client(token), namespace=ns, resources=SMALL, poll_interval=0.5, source_ranges=[OUTSIDE_NET]
+        )
+        target.deploy(image, model_name="resnet", version=1, replicas=1, ready_timeout=120)
+        balancer = wait_for(lambda: target.load_balancer_address("resnet"), 30, "an address").split(":")[0]
+        url = f"http://{balancer}:8501/v1/models/resnet"
+
+        def curl(*prefix: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*prefix, "curl", "-s", "--max-time", "3", url], capture_output=True, text=True)
+
+        assert wait_for(lambda: "AVAILABLE" in curl("ip", "netns", "exec", outside).stdout, 30, "an answer inside")
+        assert curl().returncode != 0  # from this host: dropped

@@ -22,12 +22,14 @@ class RecordingTarget:
 
 
 class TaskInstance:
-    def __init__(self, deploy_result):
-        self.deploy_result = deploy_result
+    """The deploy task's XComs: its return value, and the key it pushes when what serves starts changing."""
 
-    def xcom_pull(self, task_ids):
+    def __init__(self, deploy_result, promoted_key=None):
+        self.xcoms = {"return_value": deploy_result, "promoted": promoted_key}
+
+    def xcom_pull(self, task_ids, key="return_value"):
         assert task_ids == "deploy"
-        return self.deploy_result
+        return self.xcoms[key]
 
 
 def _rollback():
@@ -42,6 +44,14 @@ def test_rolls_back_what_this_run_promoted_and_fails_the_run():
         AirflowFailException, match=f"promotion of {IMAGE} failed; rolled back: restored the previous revision of m"
     ):
         op.execute({"ti": TaskInstance({"promoted": True})})
+    assert op.target.rollbacks == [("m", IMAGE)]
+
+
+def test_rolls_back_a_deploy_that_failed_after_it_started_changing_what_serves():
+    """A deploy killed mid-rollout returned nothing, but it recorded the promotion before waiting."""
+    op = _rollback()
+    with pytest.raises(AirflowFailException, match="rolled back"):
+        op.execute({"ti": TaskInstance(None, promoted_key=IMAGE)})
     assert op.target.rollbacks == [("m", IMAGE)]
 
 

@@ -43,6 +43,22 @@ def number(value, default: int | None = None) -> int | None:
         raise InvalidParameter(f"{value!r} is not a whole number") from None
 
 
+def sequence(value) -> tuple[str, ...]:
+    """A list setting (e.g. CIDRs), given as a list, its rendered text, or comma-separated text."""
+    if value is None or value in ("", "None", "[]"):
+        return ()
+    if isinstance(value, str):
+        import ast
+
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            value = value.split(",")
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise InvalidParameter(f"{value!r} is not a list (e.g. ['10.0.0.0/8'])")
+    return tuple(str(v).strip() for v in value if str(v).strip())
+
+
 def mapping(value) -> dict | None:
     """A dict setting, given as a dict or as its rendered text (Python or JSON literal syntax)."""
     if value is None or value in ("", "None"):
@@ -84,6 +100,8 @@ class TargetConfig:
     keep_failed_first_deploy: bool = False
     resources: dict | None = None
     pod_access: str = "auto"
+    service_type: str = "LoadBalancer"
+    source_ranges: tuple[str, ...] = ()
     gke: GkeConfig = field(default_factory=GkeConfig)
 
     @classmethod
@@ -113,6 +131,8 @@ class TargetConfig:
             keep_failed_first_deploy=flag(get("keep_failed_first_deploy")),
             resources=mapping(get("resources")),
             pod_access=text(get("pod_access"), "auto"),
+            service_type=text(get("service_type"), "LoadBalancer"),
+            source_ranges=sequence(get("load_balancer_source_ranges")),
             gke=gke,
         )
 

@@ -36,6 +36,8 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
         keep_failed_first_deploy=config.keep_failed_first_deploy,
         resources=config.resources,
         pod_access=config.pod_access,
+        service_type=config.service_type,
+        source_ranges=config.source_ranges,
     )
 
 

@@ -208,8 +208,9 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=addresses)
 
     def execute(self, context):
-        if self.target_config.name == "local":
-            return super().execute(context)  # poke every replica container
+        if self.target_config.name == "local" or self.target_config.service_type == "ClusterIP":
+            # local: poke every replica; ClusterIP: no balancer to wait for, the ready pods are the endpoints
+            return super().execute(context)
         self.defer(
             trigger=self._load_balancer_trigger(),
             method_name="execute_complete",

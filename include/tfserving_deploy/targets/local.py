@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from ..errors import RegistryError, RolloutError, TargetError
 from ..references import is_loopback, registry_host, require_digest
 from ..serving_client import wait_until_available
+from .manifests import RUN_AS_USER
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ class LocalDockerTarget:
     """Serving replicas are running containers labelled with the model; the previous revision
     is kept *stopped* so that ``rollback`` can bring it back in seconds."""
 
-    def __init__(self, client, *, bind_host: str = "127.0.0.1"):
+    def __init__(self, client, *, bind_host: str = "127.0.0.1", memory_limit: str = "2g", cpus: float = 1.0):
         self.client = client
         self.bind_host = bind_host
+        self.memory_limit, self.cpus = memory_limit, cpus
 
     # -- ensure_cluster ------------------------------------------------------------------------
 
@@ -239,6 +241,14 @@ class LocalDockerTarget:
                 environment={"MODEL_NAME": model_name},
                 ports={GRPC_PORT: (self.bind_host, None), REST_PORT: (self.bind_host, None)},
                 restart_policy={"Name": "unless-stopped"},
+                # as on Kubernetes: not root, nothing writable but /tmp, no capabilities, bounded
+                user=f"{RUN_AS_USER}:{RUN_AS_USER}",
+                read_only=True,
+                tmpfs={"/tmp": "size=256m"},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit=self.memory_limit,
+                nano_cpus=int(self.cpus * 1e9),
             )
         except Exception as exc:
             raise TargetError(f"docker could not start {name} from {image}: {exc}") from exc

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import math
 import re
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 from ..defaults import GRPC_PORT, REST_PORT
 from ..errors import InvalidParameter
 from ..references import require_digest
+from .probes import readiness_command
 
 APP_NAME = "tfserving"
 MANAGED_BY = "tfserving-deploy"  # app.kubernetes.io/managed-by of every object and pod this target makes
@@ -44,7 +46,10 @@ LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only aft
 PROGRESS_DEADLINE_SECONDS = 600
 MAX_SURGE = "25%"  # new pods at a time (at least one); never fewer ready than wanted (maxUnavailable 0)
 RUN_AS_USER = 1000
-SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+SERVICE_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP", "NodePort")
+# GKE's internal passthrough load balancer: an address in the VPC, none on the internet.
+INTERNAL_LB_ANNOTATIONS = {"networking.gke.io/load-balancer-type": "Internal"}
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}  # the only writable path (read-only root)
 
 # Annotations this target owns on the Deployment: every key under ANNOTATION_PREFIX.
 ANNOTATION_PREFIX = "tfserving-deploy/"
@@ -110,37 +115,6 @@ def metadata_annotations(metadata: dict | None) -> dict:
     return annotations
 
 
-def readiness_command(model_name: str) -> list[str]:
-    """Exit 0 only when the REST API lists ``model_name`` and every version is AVAILABLE.
-
-    Plain bash and its ``/dev/tcp``: the stock ``tensorflow/serving`` image has no python, curl
-    or wget. An httpGet probe would pass while LOADING (the API answers 200 then), and a TCP
-    probe only says that a port is open. On failure it prints the model's status, so the pod's
-    "Readiness probe failed" event carries the state and the load error (END: see
-    ``model_load_failure``).
-    """
-    request = f"GET /v1/models/{model_name} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"
-    script = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{REST_PORT} || exit 1; printf '{request}' >&3; body=$(cat <&3); "
-        'case "$body" in *LOADING*|*START*|*\\"END\\"*) ;; *\\"AVAILABLE\\"*) exit 0;; esac; '
-        "body=${body#*$'\\r\\n\\r\\n'}; set -f; echo ${body}; exit 1"
-    )
-    return ["bash", "-c", script]
-
-
-_END_STATE = re.compile(r'"state"\s*:\s*"END"')
-_ERROR_MESSAGE = re.compile(r'"error_message"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-def model_load_failure(probe_output: str) -> str | None:
-    """The load error when ``readiness_command``'s output says the model ended in END (a load
-    that failed for good: no retry brings it back), else None."""
-    if not _END_STATE.search(probe_output or ""):
-        return None
-    found = _ERROR_MESSAGE.search(probe_output)
-    return found.group(1).replace('\\"', '"') if found else "no error message"
-
-
 def check_resources(resources: dict | None) -> dict:
     if resources is None:
         return copy.deepcopy(DEFAULT_RESOURCES)
@@ -178,7 +152,12 @@ def pod_spec(image: str, *, model_name: str, resources: dict | None = None) -> d
         },
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_SECONDS)]}}},
         "resources": check_resources(resources),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": TMP_VOLUME["name"], "mountPath": "/tmp"}],
     }
     return {
         "automountServiceAccountToken": False,  # the server never talks to the API
@@ -190,6 +169,7 @@ def pod_spec(image: str, *, model_name: str, resources: dict | None = None) -> d
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
+        "volumes": [TMP_VOLUME],
     }
 
 
@@ -226,7 +206,10 @@ def deployment_manifest(
             "progressDeadlineSeconds": int(progress_deadline_seconds),
             "selector": {"matchLabels": selector_labels(model_name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE}},
-            "template": {"metadata": {"labels": object_labels(model_name)}, "spec": spec},
+            "template": {
+                "metadata": {"labels": object_labels(model_name)},
+                "spec": {**spec, "topologySpreadConstraints": spread_constraints(model_name)},
+            },
         },
     }
 
@@ -279,74 +262,73 @@ def candidate_pod_manifest(
     }
 
 
-def service_manifest(*, model_name: str, namespace: str, service_type: str = "LoadBalancer") -> dict:
+def spread_constraints(model_name: str) -> list[dict]:
+    """Replicas spread over nodes and zones when there are several (best effort: a single node still works)."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(model_name)},
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+def service_manifest(
+    *, model_name: str, namespace: str, service_type: str = "LoadBalancer", source_ranges: list[str] | tuple = ()
+) -> dict:
+    """``LoadBalancer`` (optionally only for ``source_ranges``), ``InternalLoadBalancer`` (GKE: an
+    address inside the VPC), ``ClusterIP`` (no address outside the cluster) or ``NodePort``. TF
+    Serving authenticates nobody: expose it no wider than its clients."""
     if service_type not in SERVICE_TYPES:
         raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": object_name(model_name), "namespace": namespace, "labels": object_labels(model_name)},
-        "spec": {
-            "type": service_type,
-            "selector": selector_labels(model_name),
-            "ports": [
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
-            ],
-        },
-    }
-
-
-# (verb, API group, resource[/subresource]) the deploying identity needs in its namespace; the
-# kubernetes target reviews exactly these (SelfSubjectAccessReview) before it changes anything.
-REQUIRED_ACCESS = [
-    ("get", "apps", "deployments"),
-    ("create", "apps", "deployments"),
-    ("patch", "apps", "deployments"),
-    ("get", "", "services"),
-    ("create", "", "services"),
-    ("patch", "", "services"),
-    ("get", "", "pods"),
-    ("list", "", "pods"),
-    ("create", "", "pods"),  # the candidate
-    ("delete", "", "pods"),
-    ("list", "", "events"),
-    ("get", "", "pods/log"),  # the last lines of a replica that died, in the error
-]
-CLEANUP_ACCESS = [("delete", "apps", "deployments"), ("delete", "", "services")]  # a failed first deploy
-PORT_FORWARD_ACCESS = [("get", "", "pods/portforward"), ("create", "", "pods/portforward")]  # pods from outside
-
-
-def required_access(*, cleanup: bool = True, port_forward: bool = True) -> list[tuple[str, str, str]]:
-    return REQUIRED_ACCESS + (CLEANUP_ACCESS if cleanup else []) + (PORT_FORWARD_ACCESS if port_forward else [])
-
-
-def deployer_role(namespace: str, name: str = "tfserving-deployer") -> dict:
-    """The least-privilege Role for the deploying identity in ``namespace`` (bind it to the
-    Airflow connection's service account or user); the Namespace itself must then exist."""
-    rules: dict[tuple[str, str], list[str]] = {}
-    for verb, group, resource in required_access():
-        rules.setdefault((group, resource), []).append(verb)
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
-        "rules": [
-            {"apiGroups": [group], "resources": [resource], "verbs": verbs}
-            for (group, resource), verbs in rules.items()
+    balancer = service_type in ("LoadBalancer", "InternalLoadBalancer")
+    if source_ranges and not balancer:
+        raise InvalidParameter(
+            f"load_balancer_source_ranges {list(source_ranges)} apply to a load balancer, not to service_type "
+            f"{service_type!r}; use a NetworkPolicy for in-cluster clients"
+        )
+    for cidr in source_ranges:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            raise InvalidParameter(f"load_balancer_source_ranges: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)") from None
+    spec: dict = {
+        "type": "LoadBalancer" if balancer else service_type,
+        "selector": selector_labels(model_name),
+        "ports": [
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
         ],
     }
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    metadata = {"name": object_name(model_name), "namespace": namespace, "labels": object_labels(model_name)}
+    if service_type == "InternalLoadBalancer":
+        metadata["annotations"] = dict(INTERNAL_LB_ANNOTATIONS)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
-def write_manifests(directory: str, model_name: str, deployment: dict, service: dict) -> list[str]:
-    """``<model_name>-deployment.yaml`` and ``<model_name>-service.yaml``; returns their paths."""
+def disruption_budget_manifest(*, model_name: str, namespace: str) -> dict:
+    """Voluntary disruptions (a node drain, an upgrade) take one serving pod at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": object_name(model_name), "namespace": namespace, "labels": object_labels(model_name)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model_name)}},
+    }
+
+
+def write_manifests(directory: str, model_name: str, objects: list[dict]) -> list[str]:
+    """``<model_name>-<kind>.yaml`` for each object (deployment, service, poddisruptionbudget); their paths."""
     import yaml
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for kind, manifest in (("deployment", deployment), ("service", service)):
-        path = out / f"{model_name}-{kind}.yaml"
+    for manifest in objects:
+        path = out / f"{model_name}-{manifest['kind'].lower()}.yaml"
         path.write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
         paths.append(str(path))
     return paths

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from ...errors import AccessDenied
-from ..manifests import required_access
+from ..rbac import required_access
 from .api import ApiCallError, KubernetesApi
 
 log = logging.getLogger(__name__)

@@ -97,6 +97,7 @@ class KubernetesApi:
         self.attempts, self.backoff, self.credentials = max(1, attempts), backoff, credentials
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
         self._authorization = client.AuthorizationV1Api(api_client)
         self._version = client.VersionApi(api_client)
 
@@ -169,6 +170,13 @@ class KubernetesApi:
 
     def delete_service(self, name: str) -> None:
         self.delete(f"delete Service {self.namespace}/{name}", self.core.delete_namespaced_service, name)
+
+    def delete_disruption_budget(self, name: str) -> None:
+        self.delete(
+            f"delete PodDisruptionBudget {self.namespace}/{name}",
+            self.policy.delete_namespaced_pod_disruption_budget,
+            name,
+        )
 
     def pods(self, labels: dict) -> list[dict]:
         """Pods carrying every label in ``labels``, not terminating, by name."""

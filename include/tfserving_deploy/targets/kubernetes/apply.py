@@ -13,7 +13,13 @@ import json
 import logging
 
 from ...errors import TargetError
-from ..manifests import ANNOTATION_META, ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM
+from ..manifests import (
+    ANNOTATION_META,
+    ANNOTATION_PREVIOUS_IMAGE,
+    ANNOTATION_PREVIOUS_SPEC,
+    ANNOTATION_RESTORED_FROM,
+    INTERNAL_LB_ANNOTATIONS,
+)
 from .api import KubernetesApi
 from .objects import contains, image_of, owned_annotations
 
@@ -22,18 +28,54 @@ log = logging.getLogger(__name__)
 HISTORY_ANNOTATIONS = (ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM)
 
 
+# Service fields only some exposures set: a re-run with another service_type or without source
+# ranges must remove them (a merge patch keeps whatever it does not mention).
+SERVICE_OPTIONAL = {"annotations": dict.fromkeys(INTERNAL_LB_ANNOTATIONS), "spec": {"loadBalancerSourceRanges": None}}
+
+
 def apply_service(api: KubernetesApi, desired: dict) -> str:
-    """ "created" | "patched" | "unchanged"."""
-    name = desired["metadata"]["name"]
-    live = _read_or_create(
-        api, "Service", desired, api.core.read_namespaced_service, api.core.create_namespaced_service
+    """``created``, ``patched`` or ``unchanged``."""
+    core = api.core
+    return _apply(
+        api,
+        desired,
+        core.read_namespaced_service,
+        core.create_namespaced_service,
+        core.patch_namespaced_service,
+        optional=SERVICE_OPTIONAL,
     )
+
+
+def apply_disruption_budget(api: KubernetesApi, desired: dict) -> str:
+    """``created``, ``patched`` or ``unchanged``."""
+    policy = api.policy
+    return _apply(
+        api,
+        desired,
+        policy.read_namespaced_pod_disruption_budget,
+        policy.create_namespaced_pod_disruption_budget,
+        policy.patch_namespaced_pod_disruption_budget,
+    )
+
+
+def _apply(api: KubernetesApi, desired: dict, read, create, patch, optional: dict | None = None) -> str:
+    """Create, or patch the fields this target owns (labels, annotations, spec) when they differ;
+    ``optional`` owned fields that ``desired`` leaves out are removed."""
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    live = _read_or_create(api, kind, desired, read, create)
     if live is None:
         return "created"
-    owned = {"metadata": {"labels": desired["metadata"]["labels"]}, "spec": desired["spec"]}
+    optional = optional or {}
+    owned = {
+        "metadata": {
+            "labels": desired["metadata"].get("labels", {}),
+            "annotations": {**optional.get("annotations", {}), **desired["metadata"].get("annotations", {})},
+        },
+        "spec": {**optional.get("spec", {}), **desired["spec"]},
+    }
     if contains(live, owned):
         return "unchanged"
-    api.patch(f"patch Service {api.namespace}/{name}", api.core.patch_namespaced_service, name, owned)
+    api.patch(f"patch {kind} {api.namespace}/{name}", patch, name, owned)
     return "patched"
 
 

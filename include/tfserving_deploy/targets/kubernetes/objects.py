@@ -53,9 +53,10 @@ def owned_annotations(obj: dict) -> dict:
 
 def contains(live, desired) -> bool:
     """True when every field of ``desired`` has the same value in ``live``, which may hold more
-    (server-side defaults). Lists must match element by element."""
+    (server-side defaults). Lists must match element by element; ``None`` means absent."""
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(key in live and contains(live[key], v) for key, v in desired.items())
+        live = {} if live is None else live
+        return isinstance(live, dict) and all(contains(live.get(key), v) for key, v in desired.items())
     if isinstance(desired, list):
         return isinstance(live, list) and len(live) == len(desired) and all(map(contains, live, desired))
     return live == desired

@@ -94,6 +94,7 @@ class Rollback:
             )
         self.api.delete_deployment(name)
         self.api.delete_service(name)
+        self.api.delete_disruption_budget(name)
         return (
             f"deleted Deployment and Service {where}: it was the first deployment of {model_name!r}, "
             "nothing served before it"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ..manifests import model_load_failure, object_name, selector_labels
+from ..manifests import object_name, selector_labels
+from ..probes import model_load_failure
 from . import objects
 from .api import KubernetesApi
 
@@ -146,6 +147,9 @@ class RolloutWatch:
 
         try:
             text = self.api.pod_logs(pod, previous=previous, tail=lines).strip()
+            if previous and text.startswith("unable to retrieve container logs"):
+                # a fast crash loop: the kubelet already removed that run; the latest one is as telling
+                text = self.api.pod_logs(pod, tail=lines).strip()
         except TargetError as exc:
             return f"(could not read them: {exc})"
         return " | ".join(text.splitlines()[-lines:]) or "none"

@@ -29,6 +29,7 @@ from ..manifests import (
     SERVICE_TYPES,
     check_resources,
     deployment_manifest,
+    disruption_budget_manifest,
     metadata_annotations,
     object_name,
     selector_labels,
@@ -39,7 +40,7 @@ from ..portforward import PodPortForward
 from . import objects
 from .access import check_access, ensure_namespace
 from .api import KubernetesApi
-from .apply import apply_deployment, apply_service
+from .apply import apply_deployment, apply_disruption_budget, apply_service
 from .candidates import Candidates
 from .rollback import Rollback
 from .rollout import RolloutFailed, RolloutWatch
@@ -73,6 +74,7 @@ class KubernetesTarget:
         retry_backoff: float = 0.5,
         progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
         pod_access: str = "auto",
+        source_ranges: list[str] | tuple = (),
     ):
         if service_type not in SERVICE_TYPES:
             raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
@@ -82,6 +84,7 @@ class KubernetesTarget:
             api_client, namespace, field_manager=field_manager, attempts=api_attempts, backoff=retry_backoff
         )
         self.namespace, self.service_type, self.manifest_dir = namespace, service_type, manifest_dir
+        self.source_ranges = tuple(source_ranges)
         self.resources = check_resources(resources)
         self.keep_failed_first_deploy, self.pod_access = keep_failed_first_deploy, pod_access
         self.progress_deadline_seconds = progress_deadline_seconds
@@ -116,7 +119,7 @@ class KubernetesTarget:
     def render(
         self, image: str, *, model_name: str, version: int, replicas: int, metadata: dict | None = None
     ) -> list[dict]:
-        """[Deployment, Service]; also written as YAML to ``manifest_dir`` when set."""
+        """[Deployment, Service, PodDisruptionBudget]; also written as YAML to ``manifest_dir`` when set."""
         deployment = deployment_manifest(
             image,
             model_name=model_name,
@@ -127,10 +130,16 @@ class KubernetesTarget:
             metadata=metadata,
             progress_deadline_seconds=self.progress_deadline_seconds,
         )
-        service = service_manifest(model_name=model_name, namespace=self.namespace, service_type=self.service_type)
+        service = service_manifest(
+            model_name=model_name,
+            namespace=self.namespace,
+            service_type=self.service_type,
+            source_ranges=self.source_ranges,
+        )
+        objects = [deployment, service, disruption_budget_manifest(model_name=model_name, namespace=self.namespace)]
         if self.manifest_dir:
-            log.info("wrote %s", ", ".join(write_manifests(self.manifest_dir, model_name, deployment, service)))
-        return [deployment, service]
+            log.info("wrote %s", ", ".join(write_manifests(self.manifest_dir, model_name, objects)))
+        return objects
 
     def start_candidate(
         self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
@@ -161,10 +170,11 @@ class KubernetesTarget:
         Deployment is written, before the rollout is waited for, so whoever dies during the wait
         has recorded that this run changed what serves. A retry whose revision an earlier try
         already wrote (the same metadata) counts as that change too."""
-        deployment, service = self.render(
+        deployment, service, budget = self.render(
             image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
         )
         service_change = apply_service(self.api, service)
+        apply_disruption_budget(self.api, budget)
         deployment_change, before, live_annotations = apply_deployment(self.api, deployment)
         name = deployment["metadata"]["name"]
         log.info("Deployment %s/%s %s, Service %s", self.namespace, name, deployment_change, service_change)
@@ -233,7 +243,7 @@ class KubernetesTarget:
             None,
         )
         if pod is None:
-            if self.service_type == "LoadBalancer" and address == self.load_balancer_address(model_name):
+            if self.service_type.endswith("LoadBalancer") and address == self.load_balancer_address(model_name):
                 return "the load balancer: see the pods' own lines"
             return f"no pod holds {address} any more: it was deleted or replaced (kill, eviction, scale-down)"
         crashed = objects.last_termination(pod)
