@@ -224,7 +224,7 @@ with DAG(
         "load_balancer_source_ranges": Param(
             [],
             type="array",
-            items={"type": "string"},
+            items={"type": "string", "pattern": r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"},
             section=K8S,
             description='CIDRs allowed to reach the load balancer, e.g. ["10.0.0.0/8"]; empty: any address.',
         ),

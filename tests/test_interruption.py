@@ -191,6 +191,9 @@ def test_a_pod_killed_during_a_kubernetes_rollout_is_seen_within_seconds(cluster
 # -- a worker killed in the middle of deploy ----------------------------------------------------------
 
 
+_FIRST_DAYS = iter(range(1, 29))
+
+
 @pytest.fixture
 def killed_deploy(airflow_db, tmp_path, monkeypatch):
     """A namespace serving model A (by one DAG run), and ``kill_during_deploy(conf, logical_date)``:
@@ -228,8 +231,11 @@ def killed_deploy(airflow_db, tmp_path, monkeypatch):
                 "model_sha256": None,
             }
 
-        # model A from a run of an older date than the runs that replace it (a later date would be a backfill)
-        first = dag.test(run_conf=conf(1538687457), logical_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+        # Model A from a run of an older date than the runs that replace it (a later date would be a
+        # backfill), on a day with no other run after it (test_dag_backfill's runs would make this
+        # one a backfill that does not promote).
+        first_date = datetime.datetime(2026, 3, next(_FIRST_DAYS), tzinfo=datetime.UTC)
+        first = dag.test(run_conf=conf(1538687457), logical_date=first_date)
         assert str(first.state).endswith("success"), run_states(first)
         image_a = read(admin, "deployment", "tfs-resnet", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
 
