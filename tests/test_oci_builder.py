@@ -577,7 +577,8 @@ def test_published_image_runs_and_answers_predict(docker_client, base_in_registr
     import tensorflow as tf
     from savedmodels import string_model_class
 
-    from tfserving_deploy.serving_client import ServingClient, wait_until_available
+    from tfserving_deploy.model_status import wait_until_available
+    from tfserving_deploy.serving_client import ServingClient
 
     pushed = builder_for(tmp_path).publish(
         string_model, base_image=base_in_registry, repository=f"{REGISTRY}/oci-tests-run-{RUN}"

@@ -448,3 +448,15 @@ def test_env_defaults(server_module, monkeypatch):
     args = server_module.parse_args([])
     assert (args.port, args.rest_api_port, args.host) == (8500, 8501, "0.0.0.0")
     assert (args.model_name, args.model_base_path) == ("resnet", os.path.join("/srv/models", "resnet"))
+
+
+def test_the_tf_free_status_check_reads_the_server_as_the_tf_stubs_do(resnet):
+    """``model_status`` (no TensorFlow import) against the live server: same versions, states, errors."""
+    from tfserving_deploy.model_status import model_status, replica_state
+
+    address = f"127.0.0.1:{resnet.grpc_port}"
+    theirs = [(s.version, State.State.Name(s.state)) for s in resnet.status().model_version_status]
+    assert [(s.version, s.state) for s in model_status(address, "resnet")] == theirs == [(STRING_VERSION, "AVAILABLE")]
+    assert replica_state(address, "resnet", STRING_VERSION) == "AVAILABLE"
+    assert replica_state(address, "nope", 1).startswith("model not loaded yet")
+    assert replica_state(address, "resnet", STRING_VERSION + 1).startswith(f"version {STRING_VERSION + 1} not listed")

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import RegistryError, RolloutError, TargetError
+from ..model_status import wait_until_available
 from ..references import is_loopback, registry_host, require_digest
-from ..serving_client import wait_until_available
 from .manifests import RUN_AS_USER
 
 log = logging.getLogger(__name__)
