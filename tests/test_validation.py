@@ -70,3 +70,22 @@ def test_an_image_tensor_input_is_fed_pixels_and_other_inputs_are_refused():
     flat = Signature("serving_default", inputs={"x": TensorInfo("DT_FLOAT", [-1, 10])})
     with pytest.raises(InvalidModelError, match=r"input 'x' of signature 'serving_default' is DT_FLOAT"):
         check_feedable(flat)
+
+
+def test_the_offline_answer_is_computed_once_per_model_and_input(tmp_path):
+    """validate_candidate computes the reference, validate reads it back (no second model load);
+    another input, or another model, is computed afresh."""
+    from savedmodels import make_string_model
+
+    from tfserving_deploy.validation import offline_predictions
+
+    model = make_string_model(tmp_path / "model" / "1")
+    keep = tmp_path / "predictions"
+    cat = {"image_bytes": np.array([b"cat.jpg"], dtype=object)}
+    first = offline_predictions(model, "serving_default", cat, keep_in=keep)
+    assert len(list(keep.iterdir())) == 1
+    model.rename(tmp_path / "moved")  # loading the model again would fail now
+    again = offline_predictions(model, "serving_default", cat, keep_in=keep)
+    assert sorted(again) == sorted(first) and all(np.array_equal(again[k], first[k]) for k in first)
+    with pytest.raises(OSError, match="SavedModel file does not exist"):
+        offline_predictions(model, "serving_default", {"image_bytes": np.array([b"dog"], dtype=object)}, keep_in=keep)

@@ -7,6 +7,7 @@ version is the deployed one, and predictions equal those the same SavedModel com
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import write_atomic
 from .errors import InvalidModelError, ValidationError
 from .signature import Signature, TensorInfo
 
@@ -86,14 +88,38 @@ def to_tensor_protos(inputs: dict[str, np.ndarray]) -> dict:
 
 
 def offline_predictions(
-    model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray]
+    model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray], *, keep_in: Path | None = None
 ) -> dict[str, np.ndarray]:
-    """What the SavedModel itself answers, computed in this process: the reference answer."""
+    """What the SavedModel itself answers, computed in this process: the reference answer.
+
+    With ``keep_in`` (a directory of the worker's cache) it is computed once per model and input:
+    ``validate_candidate`` loads the model, ``validate`` on the same worker reads the answer back.
+    String outputs are always recomputed (they would need pickling to be kept).
+    """
+    kept = keep_in / f"{_reference_key(model_dir, signature_name, inputs)}.npz" if keep_in else None
+    if kept is not None and kept.is_file():
+        with np.load(kept, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
     import tensorflow as tf
 
     function = tf.saved_model.load(str(model_dir)).signatures[signature_name]
     outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
-    return {name: tensor.numpy() for name, tensor in outputs.items()}
+    answer = {name: tensor.numpy() for name, tensor in outputs.items()}
+    if kept is not None and all(value.dtype != object for value in answer.values()):
+        buffer = io.BytesIO()
+        np.savez(buffer, **answer)
+        write_atomic(kept, buffer.getvalue())
+    return answer
+
+
+def _reference_key(model_dir: str | Path, signature_name: str, inputs: dict[str, np.ndarray]) -> str:
+    """The model (its content-addressed directory), the signature and the exact input."""
+    digest = hashlib.sha256(f"{Path(model_dir).resolve()}|{signature_name}".encode())
+    for alias in sorted(inputs):
+        value = np.ascontiguousarray(inputs[alias])
+        digest.update(f"|{alias}|{value.dtype}|{value.shape}|".encode())
+        digest.update(value.tobytes() if value.dtype != object else repr(value.tolist()).encode())
+    return digest.hexdigest()
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -226,10 +252,12 @@ def validate_replicas(
     time_budget_s: float = 60.0,
     atol: float = 1e-4,
     dial: Mapping[str, str] | None = None,
+    keep_reference_in: Path | None = None,
 ) -> ValidationReport:
     """Query every replica with the same image, check the first answer, time the repeats.
 
-    ``dial`` maps a replica's address to where to send its requests (``Target.reachable``).
+    ``dial`` maps a replica's address to where to send its requests (``Target.reachable``);
+    ``keep_reference_in`` keeps the offline answer for the next validation of the same model.
 
     Never raises on a wrong answer: the report says what differed (``raise_for_report``).
     Bounded by ``requests_per_replica`` and ``time_budget_s``.
@@ -237,7 +265,7 @@ def validate_replicas(
     from .serving_client import ServingClient
 
     inputs = build_inputs(signature, jpeg)
-    expected = offline_predictions(model_dir, signature.name, inputs)
+    expected = offline_predictions(model_dir, signature.name, inputs, keep_in=keep_reference_in)
     request = to_tensor_protos(inputs)
     reports = []
     per_replica_budget = time_budget_s / max(len(addresses), 1)

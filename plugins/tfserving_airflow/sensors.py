@@ -193,7 +193,7 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         self.replicas, self.target_options = replicas, target_options or {}
 
     def poke(self, context) -> PokeReturnValue:
-        from tfserving_deploy.serving_client import replica_state
+        from tfserving_deploy.model_status import replica_state
 
         addresses = self.target.endpoints(self.model_name, self.image)
         if len(addresses) < number(self.replicas):

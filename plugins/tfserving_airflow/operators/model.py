@@ -102,7 +102,7 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
 
     def _decide(self, context) -> dict:
         from tfserving_deploy.artifact import probe_sha256
-        from tfserving_deploy.serving_client import replica_state
+        from tfserving_deploy.model_status import replica_state
         from tfserving_deploy.targets.manifests import check_model_name
 
         with explained_failures():  # wrong params fail here, before anything is fetched or built

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from airflow.sdk import BaseOperator
 
+from tfserving_deploy.cache import cache_root
+
 from .. import lineage
 from ..config import number
 from .base import TargetMixin, explained_failures
@@ -76,6 +78,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
                 expected_class=number(self.expected_class),
                 requests_per_replica=self.requests_per_replica,
                 dial=dial,
+                keep_reference_in=cache_root(self.cache_dir) / "predictions",
             )
         for replica in report.replicas:  # a replica that stopped answering: say what became of it
             if any(f.startswith("Predict failed") for f in replica.failures):
