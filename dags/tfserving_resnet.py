@@ -161,6 +161,15 @@ with DAG(
             minimum=0,
             description="Optional class the validation cat photo must get (286 for the tutorial model).",
         ),
+        "allow_signature_change": Param(
+            False,
+            type="boolean",
+            description=(
+                "Promote a model whose signature breaks clients of the one serving now (an input or output "
+                "removed or renamed, another dtype, a narrower input shape). Off: such a model fails "
+                "validate_candidate with the differences, and the current model keeps serving."
+            ),
+        ),
         "force": Param(
             False,
             type="boolean",
@@ -287,6 +296,8 @@ with DAG(
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
+        compare_with_serving=True,
+        allow_signature_change=P("allow_signature_change"),
         **TARGET,
         **MODEL,
     )

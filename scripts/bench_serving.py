@@ -1,15 +1,17 @@
 """Model-to-serving benchmark: how long a run takes from a model URL to validated replicas.
 
-Two cases, each repeated (``--runs``, median reported), with ``dag.test()`` and the local target
-(3 replicas, the offline demo model served on 127.0.0.1):
+Two cases, each repeated (``--runs``, median reported), with ``dag.test()`` on the local target
+or the cluster of ``make cluster`` (``--target kubernetes``), 3 replicas, the offline demo model
+served on 127.0.0.1:
 
 - **new model**: a model version not seen before (a fresh seed), the whole pipeline;
 - **unchanged**: the same URL again, decided by ``check_for_change`` ("no change", rest skipped).
 
 Figures are per task (the task instance's duration) and in total (the run's wall time, parsing
-and ``dag.test()``'s own bookkeeping included). Replicas are removed at the end.
+and ``dag.test()``'s own bookkeeping included). Local replicas are removed at the end; on the
+cluster the Deployment stays in the demo's namespace.
 
-    .venv/bin/python scripts/bench_serving.py [--runs 3] [--replicas 3]
+    .venv/bin/python scripts/bench_serving.py [--runs 3] [--replicas 3] [--target kubernetes]
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--target", choices=["local", "kubernetes"], default="local")
     args = parser.parse_args()
     os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")  # the model is served on 127.0.0.1
 
     from airflow.dag_processing.dagbag import DagBag
+    from demo import use_local_cluster  # scripts/demo.py: the cluster's conf and connection
 
     from tfserving_demo import pack_tutorial_tarball, serve_directory
 
@@ -77,9 +81,10 @@ def main() -> int:
                     "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
                     "image_repository": "127.0.0.1:5000/bench-serving",
                     "replicas": args.replicas,
-                    "target": "local",
+                    "target": args.target,
                     "expected_class": 286,
                     "force": False,
+                    **(use_local_cluster() if args.target == "kubernetes" else {}),
                 }
                 print(f"==> run {seed}/{args.runs}: new model ({tarball.stat().st_size / 1e6:.1f} MB)", flush=True)
                 results["new model"].append(run_once(dag, conf))
@@ -92,7 +97,7 @@ def main() -> int:
                 check=False,
                 capture_output=True,
             )
-    print(f"\nmodel-to-serving, dag.test(), local target, {args.replicas} replicas, median of {args.runs} (seconds)")
+    print(f"\nmodel-to-serving, dag.test(), {args.target}, {args.replicas} replicas, median of {args.runs} (seconds)")
     print(f"{'task':<22}{'new model':>12}{'unchanged':>12}")
     for task in [*ORDER, "total"]:
         row = []

@@ -49,10 +49,7 @@ def main() -> int:
         "target": args.target,
     }
     if args.target == "kubernetes":
-        conf.update(KUBERNETES)
-        os.environ["AIRFLOW_CONN_LOCAL_CLUSTER"] = json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}}
-        )
+        conf.update(use_local_cluster())
     # The demo serves its model over plain http on 127.0.0.1: allow that scheme (https only by default).
     os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")
     with serve_directory(tarball.parent) as base_url:
@@ -75,6 +72,14 @@ KUBERNETES = {
     # A 2-CPU node holds 3 replicas, the rollout's extra pod and the candidate with small requests.
     "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
 }
+
+
+def use_local_cluster() -> dict:
+    """The conf for the cluster of ``make cluster``, and the connection it names (from the environment)."""
+    os.environ["AIRFLOW_CONN_LOCAL_CLUSTER"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(ROOT / ".cluster" / "kubeconfig")}}
+    )
+    return KUBERNETES
 
 
 def show_cluster(balancer: str) -> None:

@@ -79,3 +79,18 @@ def make_two_input_model(export_dir):
     module = _TwoInputModel()
     tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
     return export_dir
+
+
+class _RenamedOutputModel(_StringModel):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+        outputs = super().serve(image_bytes)
+        return {"classes": outputs["classes"], "scores": outputs["probabilities"]}
+
+
+def make_renamed_output_model(export_dir):
+    """The string model, but its `probabilities` output is called `scores`: a retrained model
+    that breaks every client reading `probabilities`. Returns export_dir."""
+    module = _RenamedOutputModel()
+    tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
+    return export_dir

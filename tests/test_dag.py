@@ -79,6 +79,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "replicas",
         "target",
         "expected_class",
+        "allow_signature_change",
         "force",
         "namespace",
         "kubernetes_conn_id",

@@ -48,6 +48,7 @@ def conf(model_url: str, **overrides) -> dict:
         "expected_class": None,
         "serving_base_image": BASE,
         "image_repository": "127.0.0.1:5000/tfsd-failfast",
+        "allow_signature_change": False,  # spelled out: dag.test() keeps the previous run's conf
         **overrides,
     }
 
@@ -208,3 +209,58 @@ def test_rbac_denial_fails_ensure_cluster_at_once(dag, demo_model_url, recorder,
             )
         )
     assert_failed_once(run, "ensure_cluster", not_run=("start_candidate", "deploy"))
+
+
+def test_a_model_that_breaks_clients_is_not_promoted_unless_allowed(dag, recorder, tmp_path):
+    """Serving: the string model. Then the same model with ``probabilities`` renamed: it answers,
+    but every client reading ``probabilities`` would break. validate_candidate fails at once and the
+    old model keeps serving; allow_signature_change=true lets it through, with the change recorded."""
+    import tarfile
+
+    from savedmodels import make_renamed_output_model, make_string_model
+
+    import docker
+    from tfserving_deploy.targets.local import LABEL_IMAGE, LABEL_MODEL
+
+    for name, make, version in (("before", make_string_model, 1), ("renamed", make_renamed_output_model, 2)):
+        model_dir = make(tmp_path / name / str(version))
+        with tarfile.open(tmp_path / f"{name}.tar.gz", "w:gz") as tar:
+            tar.add(model_dir, arcname=f"{name}/{version}")
+        recorder.files[f"/{name}.tar.gz"] = (tmp_path / f"{name}.tar.gz").read_bytes()
+    engine = docker.from_env()
+
+    def serving() -> list[str]:
+        replicas = engine.containers.list(filters={"label": f"{LABEL_MODEL}=siggate", "status": "running"})
+        return sorted(c.labels[LABEL_IMAGE] for c in replicas)
+
+    try:
+        first = dag.test(run_conf=conf(f"{recorder.base}/before.tar.gz", model_name="siggate"))
+        assert str(first.state).endswith("success"), run_states(first)
+        before = serving()
+        assert len(before) == 1
+
+        broken = dag.test(run_conf=conf(f"{recorder.base}/renamed.tar.gz", model_name="siggate"))
+        assert_failed_once(broken, "validate_candidate", not_run=("deploy", "validate"))
+        assert serving() == before
+
+        allowed = conf(f"{recorder.base}/renamed.tar.gz", model_name="siggate", allow_signature_change=True)
+        third = dag.test(run_conf=allowed)
+        assert str(third.state).endswith("success"), run_states(third)
+        assert serving() != before
+        assert xcom(third.run_id, "validate_candidate")["signature_changes"] == [
+            "output 'probabilities' removed (the candidate's outputs: classes, scores)"
+        ]
+    finally:
+        for c in engine.containers.list(all=True, filters={"label": f"{LABEL_MODEL}=siggate"}):
+            c.remove(force=True)
+
+
+def xcom(run_id: str, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(run_id=run_id, dag_ids="tfserving_resnet", task_ids=task_id, key="return_value")
+        ).first()
+        return XComModel.deserialize_value(row) if row is not None else None

@@ -460,3 +460,31 @@ def test_the_tf_free_status_check_reads_the_server_as_the_tf_stubs_do(resnet):
     assert replica_state(address, "resnet", STRING_VERSION) == "AVAILABLE"
     assert replica_state(address, "nope", 1).startswith("model not loaded yet")
     assert replica_state(address, "resnet", STRING_VERSION + 1).startswith(f"version {STRING_VERSION + 1} not listed")
+
+
+def test_the_signature_gate_reads_both_servers_and_names_the_break(server_module, models, tmp_path):
+    """Serving: the string model; candidate: the same, its ``probabilities`` renamed ``scores``."""
+    from savedmodels import make_renamed_output_model
+
+    from tfserving_deploy.compatibility import check_signature_change
+    from tfserving_deploy.errors import IncompatibleSignature
+
+    make_renamed_output_model(tmp_path / "resnet" / "8")
+    serving = InProcessServer(server_module, "resnet", models / "resnet")
+    candidate = InProcessServer(server_module, "resnet", tmp_path / "resnet")
+    try:
+        addresses = {"serving": f"127.0.0.1:{serving.grpc_port}", "candidate": f"127.0.0.1:{candidate.grpc_port}"}
+        gate = {"model_name": "resnet", "dial": addresses}
+        with pytest.raises(IncompatibleSignature) as failure:
+            check_signature_change("serving", "candidate", **gate)
+        assert "output 'probabilities' removed (the candidate's outputs: classes, scores)" in str(failure.value)
+        assert "the current model keeps serving" in str(failure.value)
+        assert "allow_signature_change=true" in str(failure.value)
+        assert check_signature_change("serving", "candidate", allow=True, **gate) == [
+            "output 'probabilities' removed (the candidate's outputs: classes, scores)"
+        ]
+        assert check_signature_change("serving", "serving", **gate) == []
+        serving.stop()  # a serving replica that does not answer: not compared, nothing blocked
+        assert check_signature_change("serving", "candidate", **gate) == []
+    finally:
+        candidate.stop()

@@ -67,3 +67,7 @@ class RolloutError(TargetError, Permanent):
 
 class ValidationError(Permanent):
     """The deployed model answered, but not what the artifact says it should."""
+
+
+class IncompatibleSignature(ValidationError):
+    """The candidate's signature breaks clients of the model that serves now."""

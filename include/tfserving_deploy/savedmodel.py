@@ -35,12 +35,16 @@ def read_signature(version_dir: str | Path, signature_name: str = "serving_defau
         )
     _check_variables(version_dir, meta_graph)
 
-    sig = meta_graph.signature_def[signature_name]
+    return signature_from_proto(signature_name, meta_graph.signature_def[signature_name])
+
+
+def signature_from_proto(name: str, signature_def) -> Signature:
+    """A ``SignatureDef`` proto (from a SavedModel or a server's GetModelMetadata) as plain data."""
     return Signature(
-        name=signature_name,
-        method=sig.method_name,
-        inputs={k: _tensor_info(v) for k, v in sorted(sig.inputs.items())},
-        outputs={k: _tensor_info(v) for k, v in sorted(sig.outputs.items())},
+        name=name,
+        method=signature_def.method_name,
+        inputs={k: _tensor_info(v) for k, v in sorted(signature_def.inputs.items())},
+        outputs={k: _tensor_info(v) for k, v in sorted(signature_def.outputs.items())},
     )
 
 

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from tfserving_deploy.cache import cache_root
 
 from .. import lineage
-from ..config import number
+from ..config import flag, number
 from .base import TargetMixin, explained_failures
 from .model import local_model
 
@@ -29,6 +29,9 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
     :param target_name: ``local``, ``kubernetes`` or ``gke``
     :param target_options: the target's settings (``config.TargetConfig``)
+    :param compare_with_serving: a candidate's validation: its signature must not break clients of
+        what serves now (``compatibility``), unless ``allow_signature_change``
+    :param allow_signature_change: let a breaking signature change through (reported, not failed)
     """
 
     template_fields: Sequence[str] = (
@@ -40,6 +43,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         "image",
         "target_name",
         "target_options",
+        "allow_signature_change",
     )
 
     def __init__(
@@ -55,6 +59,8 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         target_options: dict | None = None,
         requests_per_replica: int = 20,
         cache_dir: str | None = None,
+        compare_with_serving: bool = False,
+        allow_signature_change=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,12 +68,14 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
         self.target_name, self.target_options = target_name, target_options or {}
         self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
+        self.compare_with_serving, self.allow_signature_change = compare_with_serving, allow_signature_change
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
         fetched = local_model(self.model, self.cache_dir)
-        with self.target.reachable(list(self.endpoints)) as dial:
+        serving = self._serving_replica() if self.compare_with_serving else None
+        with self.target.reachable(list(self.endpoints) + ([serving] if serving else [])) as dial:
             report = validate_replicas(
                 list(self.endpoints),
                 model_name=self.model_name,
@@ -80,6 +88,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
                 dial=dial,
                 keep_reference_in=cache_root(self.cache_dir) / "predictions",
             )
+            changes = self._signature_changes(serving, fetched.signature.name, dial) if serving else []
         for replica in report.replicas:  # a replica that stopped answering: say what became of it
             if any(f.startswith("Predict failed") for f in replica.failures):
                 replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
@@ -88,6 +97,8 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         with explained_failures():
             raise_for_report(report)
         result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
+        if self.compare_with_serving:
+            result["signature_changes"] = changes
         lineage.emit_assets(
             self,
             context,
@@ -102,3 +113,26 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
             },
         )
         return result
+
+    def _serving_replica(self) -> str | None:
+        """A replica of what serves now, if that is another image than this candidate's."""
+        serving = self.target.serving_state(self.model_name)
+        if not serving or not serving["addresses"] or serving["image"] == self.image:
+            return None
+        return serving["addresses"][0]
+
+    def _signature_changes(self, serving: str, signature_name: str, dial) -> list[str]:
+        from tfserving_deploy.compatibility import check_signature_change
+
+        with explained_failures():
+            changes = check_signature_change(
+                serving,
+                self.endpoints[0],
+                model_name=self.model_name,
+                signature_name=signature_name,
+                allow=flag(self.allow_signature_change),
+                dial=dial,
+            )
+        if changes:
+            self.log.warning("breaking signature changes let through (allow_signature_change): %s", changes)
+        return changes
