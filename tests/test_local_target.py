@@ -197,6 +197,22 @@ def test_new_version_replaces_the_old_revision_only_when_ready(target, client, i
             assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(2, "AVAILABLE")]
 
 
+def test_the_same_digest_from_another_repository_is_the_same_revision(target, client, images):
+    """v2 (previous test) pushed to a mirror repository: the same bytes, so nothing restarts, and the
+    replicas answer for either reference (deploy, endpoints, serving state)."""
+    repo, digest = images["v2"].split("@")
+    mirror = f"{repo}-mirror"
+    client.images.get(images["v2"]).tag(mirror, tag="v2")
+    client.images.push(mirror, tag="v2")
+    mirrored = f"{mirror}@{client.images.get_registry_data(f'{mirror}:v2').id}"
+    assert mirrored.endswith(digest)
+    before = sorted(c.id for c in _running(client))
+    result = target.deploy(mirrored, model_name=MODEL, version=2, replicas=3, ready_timeout=120)
+    assert (result["started"], result["kept"], result["promoted"]) == (0, 3, False)
+    assert sorted(c.id for c in _running(client)) == before
+    assert len(target.endpoints(MODEL, mirrored)) == 3 and target.serving_state(MODEL)["replicas"] == 3
+
+
 def test_engine_down_is_explained():
     """Through the Airflow glue (the docker provider's DockerHook), as the operators get their client."""
     from tfserving_airflow.config import TargetConfig

@@ -109,8 +109,8 @@ class LocalDockerTarget:
         revision = require_digest(image).short_digest
         self._pull(image)
         mine = self._containers(model_name)
-        current = [c for c in mine if c.labels.get(LABEL_IMAGE) == image]
-        others = [c for c in mine if c.labels.get(LABEL_IMAGE) != image]
+        current = [c for c in mine if _digest(c) == require_digest(image).digest]  # pushed anywhere
+        others = [c for c in mine if c not in current]
         promoted = not any(c.status == "running" for c in current)  # this run changes what serves
 
         keep, started = _keep_running(current, replicas), []
@@ -166,15 +166,13 @@ class LocalDockerTarget:
         """
         mine = self._containers(model_name)
         current = [c for c in mine if c.status == "running"]
-        if image is not None and not any(c.labels.get(LABEL_IMAGE) == image for c in current):
+        if image is not None and not any(_digest(c) == require_digest(image).digest for c in current):
             return f"nothing to roll back: {image} is not serving {model_name!r}"
         log.warning("rolling back model %r%s", model_name, f": {reason}" if reason else "")
-        serving_images = {c.labels.get(LABEL_IMAGE) for c in current}
-        stopped = [c for c in mine if c.status != "running" and c.labels.get(LABEL_IMAGE) not in serving_images]
+        serving = {_digest(c) for c in current}
+        stopped = [c for c in mine if c.status != "running" and _digest(c) not in serving]
         newest = max(stopped, key=lambda c: c.attrs.get("Created", ""), default=None)
-        previous = [
-            c for c in stopped if newest is not None and c.labels.get(LABEL_IMAGE) == newest.labels.get(LABEL_IMAGE)
-        ]
+        previous = [c for c in stopped if newest is not None and _digest(c) == _digest(newest)]
         if not previous:
             for c in current:
                 c.remove(force=True)
@@ -192,12 +190,11 @@ class LocalDockerTarget:
     def serving_state(self, model_name: str) -> dict | None:
         """What serves ``model_name`` now: image, running replicas and the deploy metadata."""
         running = [c for c in self._containers(model_name) if c.status == "running"]
-        images = {c.labels.get(LABEL_IMAGE) for c in running}
-        if len(images) != 1:
+        if len({_digest(c) for c in running}) != 1:
             return None  # nothing, or a rollout caught half-way
         meta = {k[len(LABEL_META) :]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
         return {
-            "image": images.pop(),
+            "image": running[0].labels.get(LABEL_IMAGE),
             "replicas": len(running),
             "addresses": self._addresses(running),
             "metadata": meta,
@@ -210,7 +207,9 @@ class LocalDockerTarget:
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         running = [
-            c for c in self._containers(model_name) if c.labels.get(LABEL_IMAGE) == image and c.status == "running"
+            c
+            for c in self._containers(model_name)
+            if _digest(c) == require_digest(image).digest and c.status == "running"
         ]
         return self._addresses(running)
 
@@ -318,6 +317,11 @@ def _retire(others: list) -> list:
             log.info("stopping previous revision container %s (kept for rollback)", c.name)
             c.stop(timeout=5)
     return retired
+
+
+def _digest(container) -> str:
+    """The revision a container runs: its image's digest, whichever repository it was pulled from."""
+    return container.labels.get(LABEL_IMAGE, "").partition("@")[2]
 
 
 def _ended(container) -> str:
