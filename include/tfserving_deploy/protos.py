@@ -23,7 +23,7 @@ _SCALARS = {
 PACKAGE = "tfserving_deploy.protos"
 
 # tensorflow/core/framework/types.proto: DataType, in number order from 0; each has a _REF at +100.
-_DATA_TYPES = [
+_DATA_TYPES = (
     "INVALID",
     "FLOAT",
     "DOUBLE",
@@ -58,7 +58,7 @@ _DATA_TYPES = [
     "INT2",
     "UINT2",
     "FLOAT4_E2M1FN",
-]
+)
 ENUMS = {
     "DataType": [(f"DT_{n}", i) for i, n in enumerate(_DATA_TYPES)]
     + [(f"DT_{n}_REF", 100 + i) for i, n in enumerate(_DATA_TYPES) if i]
@@ -141,4 +141,4 @@ def _declare() -> dict[str, Any]:
 
 
 CLASSES = _declare()
-DATA_TYPE_NAMES = dict((number, name) for name, number in ENUMS["DataType"])
+DATA_TYPE_NAMES = {number: name for name, number in ENUMS["DataType"]}
