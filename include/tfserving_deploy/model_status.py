@@ -1,10 +1,9 @@
 """Is a model version AVAILABLE on a replica? gRPC ``GetModelStatus`` without importing TensorFlow.
 
 ``tensorflow_serving.apis`` imports TensorFlow (about 5 s), and status checks run on every
-refresh, in the change check and in every readiness wait. They need three messages only, declared
-here with TF Serving's field numbers (``apis/get_model_status.proto``, ``apis/model.proto``,
-``util/status.proto``): the bytes on the wire are the same, the import takes milliseconds.
-Predict and metadata keep the real stubs (``serving_client``), where TensorFlow is needed anyway.
+refresh, in the change check and in every readiness wait. Their messages come from ``protos``
+(TF Serving's names and field numbers, no TensorFlow): the same bytes on the wire. Predict and
+metadata keep the real stubs (``serving_client``), where TensorFlow is needed anyway.
 """
 
 from __future__ import annotations
@@ -13,55 +12,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from .errors import RolloutError
+from .protos import CLASSES
 
 log = logging.getLogger(__name__)
 
 METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
-_F = descriptor_pb2.FieldDescriptorProto
-# message -> [(field, number, type, message type or None, repeated)], as in TF Serving's .proto files
-_MESSAGES: dict[str, list[tuple[str, int, int, str | None, bool]]] = {
-    "ModelSpec": [("name", 1, _F.TYPE_STRING, None, False)],
-    "GetModelStatusRequest": [("model_spec", 1, _F.TYPE_MESSAGE, "ModelSpec", False)],
-    "StatusProto": [("error_code", 1, _F.TYPE_INT32, None, False), ("error_message", 2, _F.TYPE_STRING, None, False)],
-    "ModelVersionStatus": [
-        ("version", 1, _F.TYPE_INT64, None, False),
-        ("state", 2, _F.TYPE_INT32, None, False),  # an enum on the wire: a varint
-        ("status", 3, _F.TYPE_MESSAGE, "StatusProto", False),
-    ],
-    "GetModelStatusResponse": [("model_version_status", 1, _F.TYPE_MESSAGE, "ModelVersionStatus", True)],
-}
-
-
-def _message_classes(package: str = "tfserving_deploy.model_status") -> dict[str, Any]:
-    """The messages in a pool of their own: no clash with TF Serving's when both are loaded."""
-    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto3")
-    for name, fields in _MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field, number, kind, type_name, repeated in fields:
-            message.field.add(
-                name=field,
-                number=number,
-                type=kind,
-                label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
-                type_name=f".{package}.{type_name}" if type_name else None,
-            )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name in _MESSAGES
-    }
-
-
-_CLASSES = _message_classes()
-GetModelStatusRequest = _CLASSES["GetModelStatusRequest"]
-GetModelStatusResponse = _CLASSES["GetModelStatusResponse"]
+GetModelStatusRequest = CLASSES["GetModelStatusRequest"]
+GetModelStatusResponse = CLASSES["GetModelStatusResponse"]
 
 
 @dataclass(frozen=True)
