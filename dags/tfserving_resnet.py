@@ -187,8 +187,8 @@ with DAG(
             description="Airflow connection to the cluster (target=kubernetes).",
         ),
         "manifest_dir": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section=K8S,
             description="If set, the rendered Deployment/Service YAML is written there (GitOps).",
         ),
@@ -236,7 +236,9 @@ with DAG(
             description='CIDRs allowed to reach the load balancer, e.g. ["10.0.0.0/8"]; empty: any address.',
         ),
         "gcp_conn_id": Param(GCP_CONN_ID, type="string", section=GKE, description="Google Cloud connection."),
-        "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),
+        "project_id": Param(
+            None, type=["null", "string"], section=GKE, description="GCP project (default: the connection's)."
+        ),
         "location": Param("us-central1-a", type="string", section=GKE, description="Zone or region of the cluster."),
         "cluster_name": Param(GKE_CLUSTER_NAME, type="string", section=GKE, description="GKE cluster name."),
         "node_count": Param(
