@@ -21,7 +21,8 @@ def test_backfill_validates_three_images_and_serves_only_the_newest(api, compose
     }
     out = compose(
         *("exec", "-T", "scheduler", "airflow", "backfill", "create", "--dag-id", DAG_ID),
-        *("--from-date", "2026-01-01", "--to-date", "2026-01-03", "--max-active-runs", "1"),
+        # The bounds are instants compared with the cron points (03:00 UTC): 01-03 03:00 needs this --to-date.
+        *("--from-date", "2026-01-01", "--to-date", "2026-01-03T03:00:00", "--max-active-runs", "1"),
         *("--dag-run-conf", json.dumps(conf)),
     )
     print(out[-1000:])
