@@ -86,6 +86,8 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "keep_failed_first_deploy",
         "resources",
         "pod_access",
+        "service_type",
+        "load_balancer_source_ranges",
         "gcp_conn_id",
         "project_id",
         "location",
