@@ -43,6 +43,13 @@ REFRESH = AssetOrTimeSchedule(
 )
 
 
+def form_default(param: str, tutorial: str) -> str:
+    """The trigger form's default for ``param``: ``TFSERVING_RESNET_<PARAM>`` where the deployment
+    sets it (the compose stack points it at its own model server, registry and base image, so a
+    Trigger with the defaults works offline), else the tutorial's value. Read at parse time."""
+    return os.environ.get(f"TFSERVING_RESNET_{param.upper()}", "").strip() or tutorial
+
+
 def P(name: str) -> str:
     """A param, as a template rendered at run time (operators parse it: tfserving_airflow.config)."""
     return "{{ params.%s }}" % name  # noqa: UP031 - a Jinja template: braces would need escaping
@@ -96,7 +103,7 @@ with DAG(
     },
     params={
         "model_url": Param(
-            TUTORIAL_MODEL_URL,
+            form_default("model_url", TUTORIAL_MODEL_URL),
             type="string",
             minLength=1,
             description=(
@@ -111,19 +118,19 @@ with DAG(
             description="Optional sha256 of the tarball; the run fails if the download differs.",
         ),
         "model_name": Param(
-            "resnet",
+            form_default("model_name", "resnet"),
             type="string",
             pattern="^[a-z0-9][a-z0-9_-]{0,62}$",
             description="Name clients ask for (model_spec.name); becomes MODEL_NAME in the image.",
         ),
         "image_repository": Param(
-            "127.0.0.1:5000/resnet-serving",
+            form_default("image_repository", "127.0.0.1:5000/resnet-serving"),
             type="string",
             minLength=1,
             description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet.",
         ),
         "serving_base_image": Param(
-            "tensorflow/serving:2.18.0",
+            form_default("serving_base_image", "tensorflow/serving:2.18.0"),
             type="string",
             minLength=1,
             description="TF Serving image the model is baked into (pin a tag or digest).",
@@ -189,8 +196,8 @@ with DAG(
             description="Airflow connection to the cluster (target=kubernetes).",
         ),
         "manifest_dir": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section=K8S,
             description="If set, the rendered Deployment/Service YAML is written there (GitOps).",
         ),
@@ -238,7 +245,9 @@ with DAG(
             description='CIDRs allowed to reach the load balancer, e.g. ["10.0.0.0/8"]; empty: any address.',
         ),
         "gcp_conn_id": Param(GCP_CONN_ID, type="string", section=GKE, description="Google Cloud connection."),
-        "project_id": Param("", type="string", section=GKE, description="GCP project (default: the connection's)."),
+        "project_id": Param(
+            None, type=["null", "string"], section=GKE, description="GCP project (default: the connection's)."
+        ),
         "location": Param("us-central1-a", type="string", section=GKE, description="Zone or region of the cluster."),
         "cluster_name": Param(GKE_CLUSTER_NAME, type="string", section=GKE, description="GKE cluster name."),
         "node_count": Param(

@@ -1,5 +1,6 @@
 # An OCI registry from Debian's docker-registry package (distribution 2.8), for the stack's images
-# (no Docker Hub here). Same settings as scripts/registry-config.yml: no auth, no TLS, delete enabled.
+# (no Docker Hub here). No auth, no TLS (published on 127.0.0.1 only), and no deletes: nothing in the
+# stack deletes images, so nobody gets to.
 ARG BASE=tfserving-deploy/debian:bookworm
 FROM ${BASE}
 
@@ -19,7 +20,7 @@ RUN printf '%s\n' \
       '  filesystem:' \
       '    rootdirectory: /var/lib/docker-registry' \
       '  delete:' \
-      '    enabled: true' \
+      '    enabled: false' \
       'http:' \
       '  addr: :5000' \
       > /etc/docker/registry/config.yml \

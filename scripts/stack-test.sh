@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The compose stack, end to end: build the images (skipped when up to date), start the stack,
-# trigger tfserving_resnet through the REST API v2 against a locally served demo model, wait for
-# the run, check it, and always tear everything down again.
+# The compose stack, end to end: build the images (skipped when up to date), start the stack
+# (CeleryExecutor, two workers, the model server), run the stack tests (tests/stack: the form's
+# defaults on two workers, the UI in headless Chromium, a backfill, Asset events) against it, and
+# always tear everything down again.
 #
 #   scripts/stack-test.sh [test]   the whole test (`make stack-test`), stack removed on exit
 #   scripts/stack-test.sh images   only build the stack's images
@@ -9,17 +10,20 @@
 #   scripts/stack-test.sh down     stop it and remove its volumes and the stacktest replicas
 #
 # Env: KEEP_STACK=1 leaves the stack running after `test` (for poking at the UI);
-#      HEALTH_TIMEOUT (240 s), RUN_TIMEOUT (600 s) bound the waits.
+#      HEALTH_TIMEOUT (300 s), RUN_TIMEOUT (600 s per run) bound the waits;
+#      PYTEST_ARGS (e.g. "-k backfill") narrows the stack tests.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 mode="${1:-test}"
-HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-240}"
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-300}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-600}"
 PY="$root/.venv/bin/python"
 DAG_ID=tfserving_resnet
-MODEL_NAME=stacktest
+# The stack test's models are all named stacktest*: their replicas share the host's engine with
+# `make demo`'s `resnet` ones, which the test must never touch.
+MODEL_PREFIX=stacktest
 LABEL_KEY=tfserving-deploy.source-hash
 ca=/etc/ssl/certs/ca-certificates.crt
 t0=$SECONDS
@@ -75,6 +79,7 @@ BASE_IMAGE=$(env_get BASE_IMAGE tfserving-deploy/debian:bookworm)
 AIRFLOW_IMAGE=$(env_get AIRFLOW_IMAGE tfserving-deploy/airflow:3.3.2)
 POSTGRES_IMAGE=$(env_get POSTGRES_IMAGE tfserving-deploy/postgres:15)
 REGISTRY_IMAGE=$(env_get REGISTRY_IMAGE tfserving-deploy/registry:2.8)
+REDIS_IMAGE=$(env_get REDIS_IMAGE tfserving-deploy/redis:7)
 AIRFLOW_UID=$(env_get AIRFLOW_UID 50000)
 API_PORT=$(env_get AIRFLOW_API_PORT 8080)
 REGISTRY_PORT=$(env_get REGISTRY_PORT 5001)
@@ -119,6 +124,7 @@ build_images() {
   [ -r "$ca" ] || die "CA bundle $ca not readable"
   build_image "$POSTGRES_IMAGE" docker/postgres.Dockerfile docker/postgres-entrypoint.sh
   build_image "$REGISTRY_IMAGE" docker/registry.Dockerfile
+  build_image "$REDIS_IMAGE" docker/redis.Dockerfile
   # The project's packages (pyproject.toml), as a reproducible tar: same sources, same bytes, same hash.
   local project
   project=$(mktemp -d /var/tmp/stack-project.XXXXXX)/project.tar
@@ -132,10 +138,10 @@ build_images() {
 }
 
 # --- stack lifecycle -----------------------------------------------------------------------------
-remove_replicas() {
+remove_replicas() {  # serving replicas and candidates of the stacktest* models, nothing else
   local ids
-  ids=$(docker ps -aq --filter "label=io.tfserving-deploy.serving-model=$MODEL_NAME";
-        docker ps -aq --filter "label=io.tfserving-deploy.candidate-model=$MODEL_NAME")
+  ids=$(docker ps -a --format '{{.ID}}|{{.Label "io.tfserving-deploy.serving-model"}}|{{.Label "io.tfserving-deploy.candidate-model"}}' \
+        | awk -F'|' -v p="$MODEL_PREFIX" 'index($2, p) == 1 || index($3, p) == 1 {print $1}')
   [ -z "$ids" ] || docker rm -f $ids >/dev/null
 }
 stack_down() {
@@ -166,8 +172,8 @@ stack_up() {
   while :; do
     states=$(service_health | sort)
     # Healthy: every long-running service healthy and airflow-init exited 0.
-    if ! grep -vqE '^(airflow-init:exited/0|[a-z-]+:healthy)$' <<<"$states" \
-       && [ "$(grep -c ':healthy$' <<<"$states")" -ge 6 ] \
+    if ! grep -vqE '^(airflow-init:exited/0|[a-z0-9-]+:healthy)$' <<<"$states" \
+       && [ "$(grep -c ':healthy$' <<<"$states")" -ge 10 ] \
        && curl -fsS -o /dev/null "$API/api/v2/monitor/health"; then
       break
     fi
@@ -194,7 +200,8 @@ publish_serving_base() {
   if how=$("$PY" - "$SERVING_BASE_SOURCE" "$REGISTRY/$SERVING_IMAGE" <<'PY'
 import sys, tempfile
 from pathlib import Path
-from tfserving_deploy.oci.registry import RegistryClient, parse_reference
+from tfserving_deploy.oci.registry import RegistryClient
+from tfserving_deploy.references import parse_reference
 
 src, dst = (parse_reference(r) for r in sys.argv[1:3])
 a, b = RegistryClient(src.host), RegistryClient(dst.host)
@@ -242,11 +249,13 @@ case "$mode" in
 esac
 
 # --- the test --------------------------------------------------------------------------------------
-http_pid=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  [ -z "$http_pid" ] || kill "$http_pid" 2>/dev/null || true
+  if [ $rc -ne 0 ]; then
+    log "service log tails (docker-compose logs)"
+    dc logs --no-color --tail 30 scheduler worker-1 worker-2 model-server 2>&1 | tail -n 120 >&2 || true
+  fi
   if [ "${KEEP_STACK:-0}" = 1 ]; then
     log "KEEP_STACK=1: stack left running at $API (\`scripts/stack-test.sh down\` removes it)"
   else
@@ -265,11 +274,17 @@ trap 'exit 130' INT TERM
 [ -x "$PY" ] || die "$PY missing (run \`make venv\`)"
 [ -n "$ADMIN_PASSWORD" ] || die "AIRFLOW_ADMIN_PASSWORD is empty in .env"
 
-# On a fresh DB, unpausing a DAG whose CronTriggerTimetable has catchup=False creates a run for
-# the latest past cron point at once (default params: the tutorial URL, unreachable here), and
-# max_active_runs=1 holds our run behind it. For the test, a cron whose next point lies in the
-# future (Feb 29) keeps the REST-triggered run the only one.
-export TFSERVING_RESNET_REFRESH_CRON="${STACK_TEST_CRON:-0 0 29 2 *}"
+# The UI test's browser: Debian's Chromium (Playwright's own browser download cannot work here),
+# driven by the venv's playwright (requirements-dev.txt).
+if [ ! -x /usr/bin/chromium ]; then
+  log "apt-get install chromium (the UI test's headless browser)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+"$PY" -c 'import playwright' 2>/dev/null || die "playwright missing in .venv (run \`make venv\`)"
+
+# The stack as a user runs it (daily refresh cron, the form's defaults from the environment), but
+# with the stacktest model name, so its replicas never touch `make demo`'s `resnet` ones.
+export TFSERVING_RESNET_MODEL_NAME="$MODEL_PREFIX"
 
 build_images
 log "removing leftovers of an earlier run"
@@ -279,127 +294,11 @@ stack_up
 publish_serving_base
 
 start=$SECONDS
-tarball="$root/build/demo/resnet_demo_savedmodel.tar.gz"
-log "demo model $tarball"
-"$PY" -m tfserving_demo --out "$tarball"
-http_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$PY" -m http.server --bind 127.0.0.1 --directory "$(dirname "$tarball")" "$http_port" >/dev/null 2>&1 &
-http_pid=$!
-for _ in $(seq 50); do curl -fs -o /dev/null -I "http://127.0.0.1:$http_port/$(basename "$tarball")" && break; sleep 0.2; done
-mark "demo model + http server" $((SECONDS - start))
-
-start=$SECONDS
-export API ADMIN_USER ADMIN_PASSWORD DAG_ID RUN_TIMEOUT
-export MODEL_URL="http://127.0.0.1:$http_port/$(basename "$tarball")"
-export SERVING_BASE="$REGISTRY/$SERVING_IMAGE" IMAGE_REPOSITORY="$REGISTRY/stacktest-serving" MODEL_NAME
-"$PY" - <<'PY'
-"""Drive the run through the public REST API v2 with a JWT from the simple auth manager."""
-import os, sys, time
-import requests
-
-api, dag_id = os.environ["API"], os.environ["DAG_ID"]
-s = requests.Session()
-
-
-def call(method, path, expect=(200,), **kw):
-    r = s.request(method, api + path, timeout=30, **kw)
-    if r.status_code not in expect:
-        sys.exit(f"error: {method} {path} -> HTTP {r.status_code}: {r.text[:500]}")
-    return r
-
-
-r = call("POST", "/auth/token", expect=(200, 201),
-         json={"username": os.environ["ADMIN_USER"], "password": os.environ["ADMIN_PASSWORD"]})
-s.headers["Authorization"] = "Bearer " + r.json()["access_token"]
-print("==> got a JWT from POST /auth/token", flush=True)
-
-deadline = time.monotonic() + 120  # the dag-processor's first parse
-while True:
-    r = s.get(f"{api}/api/v2/dags/{dag_id}", timeout=30)
-    if r.status_code == 200:
-        break
-    errors = call("GET", "/api/v2/importErrors").json().get("import_errors", [])
-    if errors or time.monotonic() > deadline:
-        for e in errors:
-            print(f"--- import error in {e.get('filename')}:\n{e.get('stack_trace')}", file=sys.stderr)
-        sys.exit(f"error: DAG {dag_id} not parsed (HTTP {r.status_code}) within 120 s")
-    time.sleep(2)
-call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-conf = {
-    "model_url": os.environ["MODEL_URL"],
-    "serving_base_image": os.environ["SERVING_BASE"],
-    "image_repository": os.environ["IMAGE_REPOSITORY"],
-    "model_name": os.environ["MODEL_NAME"],
-    "replicas": 2,
-    "expected_class": 286,
-}
-run = call("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}).json()
-run_id = run["dag_run_id"]
-print(f"==> triggered {dag_id} run {run_id} (unpaused) with {conf}", flush=True)
-
-started, seen = time.monotonic(), {}
-timeout = float(os.environ["RUN_TIMEOUT"])
-while True:
-    state = call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
-    tis = call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    for ti in tis:
-        if ti["state"] and seen.get(ti["task_id"]) != ti["state"]:
-            seen[ti["task_id"]] = ti["state"]
-            print(f"    {time.monotonic() - started:6.1f}s  {ti['task_id']:<20} {ti['state']}", flush=True)
-    if state in ("success", "failed") or time.monotonic() - started > timeout:
-        break
-    time.sleep(3)
-
-order = {t: i for i, t in enumerate(["check_for_change", "fetch_model", "build_image", "push_image", "ensure_cluster",
-                                     "start_candidate", "validate_candidate", "stop_candidate", "deploy",
-                                     "wait_for_endpoint", "validate"])}
-print(f"==> run {run_id}: {state} after {time.monotonic() - started:.0f} s")
-for ti in sorted(tis, key=lambda t: order.get(t["task_id"], 99)):
-    print(f"    {ti['task_id']:<20} {str(ti['state']):<16} try {ti['try_number']}  "
-          f"{(ti.get('duration') or 0):6.1f} s")
-others = [r["dag_run_id"] for r in call("GET", f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"] if r["dag_run_id"] != run_id]
-if others:
-    print(f"warning: other runs of {dag_id} in this stack: {others}", file=sys.stderr)
-if state == "success":
-    sys.exit(0)
-bad = [ti for ti in tis if ti["state"] in ("failed", "up_for_retry", "running", "deferred", "queued")]
-for ti in bad:
-    r = s.get(f"{api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
-              params={"full_content": "true"}, headers={"Accept": "application/json"}, timeout=60)
-    content = r.json().get("content") if r.ok else r.text
-    lines = []
-    for entry in content if isinstance(content, list) else str(content).splitlines():
-        if isinstance(entry, dict):
-            extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "timestamp", "level", "logger"))
-            lines.append(f"{entry.get('timestamp', '')} {entry.get('level', '')} {entry.get('event', '')} {extra}".rstrip())
-        else:
-            lines.append(str(entry))
-    print(f"---- log tail of {ti['task_id']} (try {ti['try_number']}, {ti['state']}) ----", file=sys.stderr)
-    print("\n".join(lines[-40:]), file=sys.stderr)
-sys.exit(f"error: run {run_id} ended {state}" if state == "failed" else f"error: run {run_id} still {state} after {timeout:.0f} s")
-PY
-mark "DAG run via REST (trigger..success)" $((SECONDS - start))
-
-# What the run must have left behind: the replicas, and lineage events in the file transport.
-replicas=$(docker ps -q --filter "label=io.tfserving-deploy.serving-model=$MODEL_NAME" --filter status=running | wc -l)
-[ "$replicas" -eq 2 ] || die "expected 2 running $MODEL_NAME replicas, found $replicas"
-log "$replicas $MODEL_NAME replicas running: $(docker ps --filter "label=io.tfserving-deploy.serving-model=$MODEL_NAME" --format '{{.Names}} {{.Ports}}' | tr '\n' ';')"
-# The lineage chain model -> image -> endpoint, as OpenLineage COMPLETE events (file transport).
-dc exec -T scheduler python - "$REGISTRY" "$MODEL_NAME" <<'PY' || die "OpenLineage events incomplete"
-import json, sys
-registry, model = sys.argv[1:3]
-outputs = {}
-for line in open("/opt/airflow/logs/openlineage/events.jsonl"):
-    e = json.loads(line)
-    if e["eventType"] == "COMPLETE":
-        outputs.setdefault(e["job"]["name"].split(".")[-1], []).extend(
-            f"{d['namespace']}/{d['name']}" for d in e.get("outputs", []))
-want = {"fetch_model": "http://127.0.0.1:", "push_image": f"oci://{registry}/stacktest-serving@sha256:",
-        "deploy": f"tfserving://local/{model}"}
-missing = [f"{task} -> {prefix}..." for task, prefix in want.items()
-           if not any(o.startswith(prefix) for o in outputs.get(task, []))]
-if missing:
-    sys.exit(f"error: no OpenLineage COMPLETE event with output {', '.join(missing)}")
-for task in want:
-    print(f"==> OpenLineage: {task} -> {outputs[task][0]}")
-PY
+artifacts="$root/.artifacts/stack"
+rm -rf "$artifacts" && mkdir -p "$artifacts"
+log "stack tests (tests/stack; screenshots and timings in ${artifacts#"$root/"})"
+STACK_API="$API" STACK_ADMIN_USER="$ADMIN_USER" STACK_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
+STACK_REGISTRY="$REGISTRY" STACK_MODEL_SERVER="http://127.0.0.1:$(env_get MODEL_SERVER_PORT 8090)" \
+STACK_ARTIFACTS="$artifacts" STACK_COMPOSE="${COMPOSE[*]}" RUN_TIMEOUT="$RUN_TIMEOUT" \
+  "$PY" -m pytest -p no:cacheprovider -v -s --rootdir "$root" tests/stack ${PYTEST_ARGS:-}
+mark "stack tests (tests/stack)" $((SECONDS - start))

@@ -92,7 +92,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         for replica in report.replicas:  # a replica that stopped answering: say what became of it
             if any(f.startswith("Predict failed") for f in replica.failures):
                 replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
-        summary = report.summary()
+        summary = f"{report.summary()}\n  image: {self.image}"  # the digest, beside model and version
         self.log.info("%s", summary)
         with explained_failures():
             raise_for_report(report)
