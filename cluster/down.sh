@@ -18,10 +18,12 @@ fi
 stop containerd
 pkill -9 -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null
 
-# Mounts under the state directory (pod volumes, container root filesystems) and pod netns.
-if [ -d "$STATE" ]; then
-  findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r | while read -r mount; do umount -l "$mount"; done
-fi
+# Mounts under the state and run directories (pod volumes, container root filesystems, sandbox
+# /dev/shm) and pod netns.
+for dir in "$STATE" "$RUN_DIR"; do
+  [ -d "$dir" ] || continue
+  findmnt -rn -o TARGET | grep -F "$dir/" | sort -r | while read -r mount; do umount -l "$mount"; done
+done
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
   ip netns pids "$ns" 2>/dev/null | grep -q . || ip netns delete "$ns"
 done
