@@ -256,8 +256,10 @@ def test_signed_url_tokens_stay_out_of_disk_xcom_rendered_fields_and_logs(
             "expected_class": 286,
             "image_repository": "127.0.0.1:5000/tfserving-deploy-untrusted",
             "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
+            "model_name": "untrusted",  # its own replicas, removed below: not the demo's "resnet"
         }
     )
+    _remove_replicas("untrusted")
     states = run_states(run)
     assert all_succeeded({task: state for task, (state, _) in states.items()}), states
     assert any(TOKEN in r for r in recorder.requests)  # the server did get its signed URL
@@ -271,6 +273,14 @@ def test_signed_url_tokens_stay_out_of_disk_xcom_rendered_fields_and_logs(
         rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
     assert TOKEN not in json.dumps(rendered) and "***" in rendered["model_url"], rendered
     assert TOKEN not in json.dumps(return_value(dag, run, "fetch_model"))
+
+
+def _remove_replicas(model_name: str) -> None:
+    import docker
+    from tfserving_deploy.targets.local import LABEL_MODEL
+
+    for c in docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_MODEL}={model_name}"}):
+        c.remove(force=True)
 
 
 def _demo_bytes(demo_model_url: str) -> bytes:
