@@ -128,14 +128,7 @@ class LocalDockerTarget:
                 addresses, model_name, version, timeout=ready_timeout, alive=self._alive(addresses, ready)
             )
         except (RolloutError, TargetError) as exc:
-            logs = "".join(_tail(c) for c in started)
-            for c in started:
-                c.remove(force=True)
-            serving = sorted({c.labels.get(LABEL_IMAGE, "?") for c in others if c.status == "running"})
-            raise RolloutError(
-                f"{exc}\nrolled back: removed the {len(started)} new replica(s) of {image}; "
-                f"still serving: {', '.join(serving) or 'nothing (first deployment)'}{logs}"
-            ) from exc
+            raise _undo(started, others, image, exc) from exc
 
         if promoted and on_change:
             on_change()
@@ -304,6 +297,18 @@ def _keep_running(current: list, replicas: int) -> list:
             log.info("removing stale container %s (%s)", c.name, c.status)
             c.remove(force=True)
     return keep
+
+
+def _undo(started: list, others: list, image: str, exc: Exception) -> RolloutError:
+    """Remove the replicas a failed deploy started; the error says why and what still serves."""
+    logs = "".join(_tail(c) for c in started)
+    for c in started:
+        c.remove(force=True)
+    serving = sorted({c.labels.get(LABEL_IMAGE, "?") for c in others if c.status == "running"})
+    return RolloutError(
+        f"{exc}\nrolled back: removed the {len(started)} new replica(s) of {image}; "
+        f"still serving: {', '.join(serving) or 'nothing (first deployment)'}{logs}"
+    )
 
 
 def _retire(others: list) -> list:
