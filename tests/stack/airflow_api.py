@@ -10,20 +10,6 @@ from dataclasses import dataclass, field
 
 import requests
 
-TASK_ORDER = [
-    "check_for_change",
-    "fetch_model",
-    "build_image",
-    "push_image",
-    "ensure_cluster",
-    "start_candidate",
-    "validate_candidate",
-    "stop_candidate",
-    "deploy",
-    "wait_for_endpoint",
-    "validate",
-    "rollback",
-]
 FINISHED = ("success", "failed")
 
 
@@ -148,9 +134,9 @@ class AirflowApi:
 
 
 def durations(tis: dict[str, dict]) -> str:
-    """One line per task in DAG order: state, worker, seconds."""
+    """One line per task in the order they started (those that never ran last): state, worker, seconds."""
     rows = []
-    for task_id in sorted(tis, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99):
+    for task_id in sorted(tis, key=lambda t: (tis[t].get("start_date") is None, tis[t].get("start_date") or "")):
         ti = tis[task_id]
         rows.append(
             f"    {task_id:<20} {str(ti['state']):<10} {str(ti.get('hostname') or '-'):<10} "
