@@ -89,6 +89,10 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "pod_access",
         "service_type",
         "load_balancer_source_ranges",
+        "grpc_max_connection_age_ms",
+        "grpc_max_connection_age_grace_ms",
+        "batching_parameters",
+        "balance_check_seconds",
         "gcp_conn_id",
         "project_id",
         "location",
@@ -117,6 +121,10 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         ("resources", "500m"),
         ("service_type", "ExternalName"),
         ("load_balancer_source_ranges", ["not-a-cidr"]),
+        ("grpc_max_connection_age_ms", -1),
+        ("batching_parameters", {"max_batch": 8}),
+        ("batching_parameters", {"max_batch_size": 0}),
+        ("balance_check_seconds", 601),
     ],
 )
 def test_bad_params_are_rejected(dag, name, value):

@@ -10,6 +10,7 @@ import logging
 import time
 
 from ...errors import RolloutError, TargetError
+from ...server_config import ServerConfig
 from ..manifests import candidate_labels, candidate_pod_manifest
 from . import objects
 from .api import KubernetesApi
@@ -19,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class Candidates:
-    def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict):
-        self.api, self.watch, self.resources = api, watch, resources
+    def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict, server: ServerConfig):
+        self.api, self.watch, self.resources, self.server = api, watch, resources, server
 
     def start(
         self, image: str, *, model_name: str, version: int, ready_timeout: float, run: str | None = None
@@ -34,6 +35,7 @@ class Candidates:
             namespace=self.api.namespace,
             resources=self.resources,
             run=run,
+            server=self.server,
         )
         name = pod["metadata"]["name"]
         where = f"{self.api.namespace}/{name}"
