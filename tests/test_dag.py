@@ -75,6 +75,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "image_repository",
         "serving_base_image",
         "image_builder",
+        "warmup_requests",
         "registry_conn_id",
         "replicas",
         "target",
