@@ -137,3 +137,37 @@ def test_an_existing_assets_extra_directory_gets_the_file_beside_its_own(tmp_pat
         "models/resnet/1/assets.extra/tf_serving_warmup_requests",
         "models/resnet/1/assets.extra/zz.txt",
     ]
+
+
+@pytest.mark.parametrize("switch", ["True", "False"])  # as the task gets the rendered param
+def test_build_image_hands_the_builder_the_validation_request_unless_switched_off(switch, tmp_path, monkeypatch):
+    from savedmodels import make_string_model
+
+    from tfserving_airflow.operators import BuildImageOperator
+    from tfserving_deploy.artifact import FetchedModel
+    from tfserving_deploy.savedmodel import read_signature
+
+    model_dir = make_string_model(tmp_path / "1")
+    signature = read_signature(model_dir)
+    fetched = FetchedModel("file:///m.tar.gz", "0" * 64, "", str(model_dir), 1, signature)
+    built: list[ModelFiles] = []
+
+    class Recorder:
+        def build(self, model, *, base_image, repository):
+            built.append(model)
+            return f"{repository}@sha256:{'1' * 64}"
+
+    monkeypatch.setattr(BuildImageOperator, "builder_for", lambda self, repository: Recorder())
+    operator = BuildImageOperator(
+        task_id="build_image",
+        model=fetched.to_dict(),
+        model_name="resnet",
+        base_image="base:1",
+        image_repository="127.0.0.1:5000/resnet",
+        builder_name="oci",
+        warmup_requests=switch,
+        warmup_image_path=str(Path(__file__).parents[1] / "include" / "images" / "cat.jpg"),
+    )
+    operator.execute({})
+    expected = warmup.warmup_requests("resnet", signature, CAT) if switch == "True" else None
+    assert [m.warmup for m in built] == [expected]
