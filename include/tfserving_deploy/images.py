@@ -3,7 +3,8 @@
 The tutorial runs the base image, ``docker cp``s the model to ``/models/<name>/<version>``,
 ``docker commit``s with ``ENV MODEL_NAME`` and pushes. ``DockerCommitBuilder`` does the same
 through the Docker SDK, but idempotently: the tag is derived from the inputs (base image id,
-model sha256, model name, warmup requests), so a re-run finds the image already built and the push is a no-op.
+model sha256, model name, warmup requests), so a re-run finds the image already built and the
+push is a no-op.
 """
 
 from __future__ import annotations
