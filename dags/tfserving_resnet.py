@@ -152,6 +152,15 @@ with DAG(
                 "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push."
             ),
         ),
+        "warmup_requests": Param(
+            True,
+            type="boolean",
+            description=(
+                "Bake the validation request (the cat photo) into the image as the model's "
+                "assets.extra/tf_serving_warmup_requests, unless the model has one: TF Serving replays it before "
+                "reporting the model AVAILABLE, so the first client request is not the slow one."
+            ),
+        ),
         "registry_conn_id": Param(
             None,
             type=["null", "string"],
@@ -325,6 +334,8 @@ with DAG(
         model=fetch.output,
         base_image=P("serving_base_image"),
         image_repository=P("image_repository"),
+        warmup_requests=P("warmup_requests"),
+        warmup_image_path=CAT_JPEG,
         **BUILDER,
         **MODEL,
     )

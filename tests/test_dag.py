@@ -54,6 +54,13 @@ def test_a_failure_after_the_promotion_rolls_back(dag):
     assert rollback.upstream_task_ids == {"deploy", "wait_for_endpoint", "validate", "push_image"}
 
 
+def test_the_image_is_warmed_with_the_request_validation_sends(dag):
+    build = dag.get_task("build_image")
+    assert build.warmup_requests == "{{ params.warmup_requests }}" and dag.params["warmup_requests"] is True
+    assert build.warmup_image_path == dag.get_task("validate").image_path
+    assert Path(build.warmup_image_path).is_file()
+
+
 def test_promotions_never_run_concurrently(dag):
     assert dag.get_task("deploy").max_active_tis_per_dag == 1
     assert dag.max_active_runs == 1
@@ -75,6 +82,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "image_repository",
         "serving_base_image",
         "image_builder",
+        "warmup_requests",
         "registry_conn_id",
         "replicas",
         "target",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,21 @@ def test_build_is_idempotent_and_push_returns_a_digest(builder, client, models, 
     assert builder.push(first) == images["v1"]
     env = client.images.get(first).attrs["Config"]["Env"]
     assert f"MODEL_NAME={MODEL}" in env
+
+
+def test_warmup_requests_are_in_the_tag_key_and_in_the_pushed_image(builder, client, models):
+    from registry_files import top_layer_files
+
+    from tfserving_deploy.warmup import warmup_requests
+
+    cat = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
+    warm = replace(models["v1"], warmup=warmup_requests(MODEL, SIGNATURE, cat))
+    plain_tag = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=REPOSITORY)
+    tag = builder.build(warm, base_image=SERVING_IMAGE, repository=REPOSITORY)
+    assert tag != plain_tag and builder.build(warm, base_image=SERVING_IMAGE, repository=REPOSITORY) == tag
+    files = top_layer_files(builder.push(tag))
+    assert files[f"models/{MODEL}/1/assets.extra/tf_serving_warmup_requests"] == warm.warmup
+    assert not Path(models["v1"].path, "assets.extra").exists()  # the model directory is never changed
 
 
 def test_missing_base_image_is_explained(builder, models):
