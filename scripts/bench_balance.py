@@ -26,7 +26,6 @@ SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "153
 
 def publish_demo_model(workdir: Path) -> str:
     from tfserving_demo import export_demo_model
-
     from tfserving_deploy.images import ModelFiles
     from tfserving_deploy.oci import OciImageBuilder
 
@@ -42,7 +41,8 @@ def measure(api, image: str, age_ms: int, window: float):
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
     from tfserving_deploy.validation import ValidationReport, check_spread
 
-    target = KubernetesTarget(api, namespace=NAMESPACE, resources=SMALL, server=ServerConfig(max_connection_age_ms=age_ms))
+    server = ServerConfig(max_connection_age_ms=age_ms)
+    target = KubernetesTarget(api, namespace=NAMESPACE, resources=SMALL, server=server)
     target.ensure_ready(image.split("@")[0])
     target.deploy(image, model_name=MODEL, version=1, replicas=3, ready_timeout=300)
     deadline = time.monotonic() + 60
