@@ -111,6 +111,13 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     assert states["rollback"] == "failed"  # it ran because a task failed, and had nothing to undo
     assert sorted(c.id for c in containers()) == serving
 
+    # Other server settings are a change: the same model is redeployed with them, on new replicas.
+    tuned = dag.test(run_conf={**conf, "grpc_max_connection_age_ms": 2000})
+    states = _task_states(tuned)
+    assert all_succeeded(states), states
+    assert not {c.id for c in containers()} & set(serving) and len(containers()) == 3
+    assert all("grpc.max_connection_age_ms=2000" in " ".join(c.attrs["Args"]) for c in containers())
+
 
 def assert_lineage_chain(run_id: str) -> None:
     """The run's OpenLineage events link model -> image -> endpoint, task to task."""
