@@ -74,11 +74,21 @@ def images(tmp_path_factory):
     broken = root / "broken" / "3"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    # Pods run the image's /usr/bin/tf_serving_entrypoint.sh (the tensorflow/serving contract) with
+    # the pipeline's flags: these bases change that script.
     crashing_base = derived_base(
-        "crashing:1", ['ENTRYPOINT ["sh", "-c", "echo model server: fatal: cannot open /models >&2; exit 3"]']
+        "crashing:2",
+        [
+            r"""RUN printf '#!/bin/sh\necho model server: fatal: cannot open /models >&2; exit 3\n' """
+            "> /usr/bin/tf_serving_entrypoint.sh"
+        ],
     )
     retrying_base = derived_base(
-        "retrying:1", ['CMD ["--max_num_load_retries=100000", "--load_retry_interval_micros=2000000"]']
+        "retrying:2",
+        [
+            """RUN sed -i 's|"[$]@"|--max_num_load_retries=100000 --load_retry_interval_micros=2000000 "$@"|' """
+            "/usr/bin/tf_serving_entrypoint.sh"
+        ],
     )
     return {
         "A": publish_model_image(root / "good" / "1", name=MODEL, version=1),

@@ -48,13 +48,23 @@ def test_the_command_writes_the_files_then_runs_the_images_entrypoint(tmp_path):
     """Run the rendered command with a stand-in entrypoint: the files hold the texts, the flags pass through."""
     config = ServerConfig(batching={"max_batch_size": 4})
     command = config.command()
-    script = command[2].replace(CONFIG_DIR, str(tmp_path / "cfg")).replace(ENTRYPOINT, "echo")
+    entrypoint = tmp_path / "tf_serving_entrypoint.sh"
+    entrypoint.write_text('#!/bin/sh\necho "$@"\n')
+    entrypoint.chmod(0o755)
+    script = command[2].replace(CONFIG_DIR, str(tmp_path / "cfg")).replace(ENTRYPOINT, str(entrypoint))
     env = {"PATH": "/usr/bin:/bin", **config.files()}
     out = subprocess.run([*command[:2], script, command[3], *config.server_args()], env=env, capture_output=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().split() == config.server_args()  # the flags reach the entrypoint unchanged
     assert (tmp_path / "cfg" / "batching.config").read_text() == "max_batch_size { value: 4 }\n"
     assert 'path: "/monitoring/prometheus/metrics"' in (tmp_path / "cfg" / "monitoring.config").read_text()
+
+
+def test_an_image_without_the_tf_serving_entrypoint_is_named(tmp_path):
+    command = ServerConfig().command()
+    script = command[2].replace(ENTRYPOINT, str(tmp_path / "missing.sh"))
+    out = subprocess.run([*command[:2], script, command[3]], capture_output=True, text=True)
+    assert out.returncode == 64 and "must be tensorflow/serving or built from it" in out.stderr
 
 
 def test_pods_carry_the_flags_and_scrape_annotations():

@@ -3,8 +3,10 @@
 One rendering for every target (the local containers and the Kubernetes pods get the same
 command), and nothing specific to an image: the config files the flags name are written to
 ``/tmp`` (the one writable path) by ``/bin/sh`` from environment variables, then the image's own
-``/usr/bin/tf_serving_entrypoint.sh`` runs with the flags, as the real ``tensorflow/serving``
-image documents it. Baking the files into the image instead would tie its digest to settings.
+``/usr/bin/tf_serving_entrypoint.sh`` runs with the flags, as the ``tensorflow/serving`` image
+documents it. So a base image's own ENTRYPOINT and CMD are replaced (as a Kubernetes ``command``
+and ``args`` replace them): server flags come from params. Baking the files into the image
+instead would tie its digest to settings.
 
 * ``grpc.max_connection_age_ms``: a gRPC client keeps one HTTP/2 connection, so behind an L4 load
   balancer it stays on one pod and pods added later get nothing. The server closes each
@@ -78,7 +80,12 @@ class ServerConfig:
     def command(self) -> list[str]:
         """The container's command (its args are ``server_args``): write the files, run the entrypoint."""
         writes = " && ".join(f'printf "%s" "${name}" > {CONFIG_DIR}/{CONFIG_FILES[name]}' for name in self.files())
-        return ["/bin/sh", "-c", f'mkdir -p {CONFIG_DIR} && {writes} && exec {ENTRYPOINT} "$@"', "tf_serving"]
+        missing = (
+            f"echo 'tfserving-deploy: {ENTRYPOINT} is not in the image: the serving base image must be "
+            "tensorflow/serving or built from it' >&2; exit 64"
+        )
+        script = f'[ -x {ENTRYPOINT} ] || {{ {missing}; }}; mkdir -p {CONFIG_DIR} && {writes} && exec {ENTRYPOINT} "$@"'
+        return ["/bin/sh", "-c", script, "tf_serving"]
 
     def fingerprint(self) -> str:
         """Short and stable: a replica started with other settings is another revision."""
