@@ -206,6 +206,55 @@ class KubernetesApi:
             raw=True,
         )
 
+    def exec_in_pod(self, name: str, command: list[str], *, timeout: float = REQUEST_TIMEOUT) -> str:
+        """``command``'s standard output, run in pod ``name``'s serving container (``pods/exec``).
+        Raises TargetError, saying why, when the API refuses or the command fails."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        from ..manifests import CONTAINER_NAME
+
+        what = f"exec {command!r} in pod {self.namespace}/{name}"
+        # A client of its own, as for port-forwards: ``stream`` swaps its ApiClient's request method.
+        core = client.CoreV1Api(client.ApiClient(self.client.configuration))
+        try:
+            response = stream(
+                core.connect_get_namespaced_pod_exec,
+                name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                command=command,
+                stdout=True,
+                stderr=True,
+                stdin=False,
+                tty=False,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except Exception as exc:  # ApiException (403, 404) or the websocket's own errors
+            status = getattr(exc, "status", 0) or 0
+            reason = str(getattr(exc, "reason", None) or getattr(exc, "body", None) or exc)[:300]
+            raise api_call_error(
+                explain(
+                    status,
+                    what=what,
+                    host=self.host,
+                    message=reason,
+                    credentials=self.credentials,
+                    namespace=self.namespace,
+                    permission="create on pods/exec",
+                ),
+                status,
+            ) from exc
+        try:
+            response.run_forever(timeout=timeout)
+            out, err, code = response.read_stdout(), response.read_stderr(), response.returncode
+        finally:
+            response.close()
+        if code != 0:
+            raise TargetError(f"{what} exited with {code}: {(err or out).strip()[-300:]!r}")
+        return out
+
     def pod_events(self, pod: dict) -> list[dict]:
         """This pod's events (not those of an earlier pod of the same name), oldest first."""
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]

@@ -116,3 +116,11 @@ def pod_state(pod: dict) -> str:
     if ready.get("status") != "True":
         words.append(f"not ready{': ' + ready['message'] if ready.get('message') else ''}")
     return ", ".join(words)
+
+
+def serving_started_at(pod: dict) -> str | None:
+    """When the serving container (its current run) started, as the kubelet recorded it."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER_NAME:
+            return ((container.get("state") or {}).get("running") or {}).get("startedAt")
+    return None

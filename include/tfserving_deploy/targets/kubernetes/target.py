@@ -14,6 +14,7 @@ outside it, e.g. a laptop or another VPC), ``auto`` tries a pod IP once and fall
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,9 +22,11 @@ from contextlib import ExitStack, contextmanager
 from ...defaults import GRPC_PORT, NAMESPACE
 from ...errors import InvalidParameter, TargetError
 from ...references import is_loopback, registry_host
+from ...sizing import Measurement, Sizing
 from ..manifests import (
     ANNOTATION_META,
     ANNOTATION_VERSION,
+    LIVENESS_INITIAL_DELAY_SECONDS,
     MANAGED_BY,
     PROGRESS_DEADLINE_SECONDS,
     SERVICE_TYPES,
@@ -117,18 +120,32 @@ class KubernetesTarget:
         }
 
     def render(
-        self, image: str, *, model_name: str, version: int, replicas: int, metadata: dict | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        replicas: int,
+        metadata: dict | None = None,
+        sizing: Sizing | None = None,
     ) -> list[dict]:
-        """[Deployment, Service, PodDisruptionBudget]; also written as YAML to ``manifest_dir`` when set."""
+        """[Deployment, Service, PodDisruptionBudget]; also written as YAML to ``manifest_dir`` when set.
+        ``sizing`` (from the candidate's measurement) gives the pods' resources and startup budget;
+        the progress deadline then covers at least one wave's ready timeout."""
+        resources, startup, deadline = self.resources, LIVENESS_INITIAL_DELAY_SECONDS, self.progress_deadline_seconds
+        if sizing is not None:
+            resources, startup = check_resources(sizing.resources), sizing.startup_seconds
+            deadline = max(deadline, math.ceil(sizing.ready_timeout))
         deployment = deployment_manifest(
             image,
             model_name=model_name,
             version=version,
             replicas=replicas,
             namespace=self.namespace,
-            resources=self.resources,
+            resources=resources,
             metadata=metadata,
-            progress_deadline_seconds=self.progress_deadline_seconds,
+            progress_deadline_seconds=deadline,
+            startup_seconds=startup,
         )
         service = service_manifest(
             model_name=model_name,
@@ -142,10 +159,17 @@ class KubernetesTarget:
         return objects
 
     def start_candidate(
-        self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        ready_timeout: float = 300.0,
+        run: str | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
     ) -> list[str]:
         return self.candidates.start(
-            image, model_name=model_name, version=version, ready_timeout=ready_timeout, run=run
+            image, model_name=model_name, version=version, ready_timeout=ready_timeout, run=run, on_measured=on_measured
         )
 
     def stop_candidate(self, model_name: str, run: str | None = None) -> int:
@@ -161,6 +185,7 @@ class KubernetesTarget:
         ready_timeout: float = 600.0,
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
+        sizing: Sizing | None = None,
     ) -> dict:
         """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
         and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
@@ -171,7 +196,7 @@ class KubernetesTarget:
         has recorded that this run changed what serves. A retry whose revision an earlier try
         already wrote (the same metadata) counts as that change too."""
         deployment, service, budget = self.render(
-            image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
+            image, model_name=model_name, version=version, replicas=replicas, metadata=metadata, sizing=sizing
         )
         service_change = apply_service(self.api, service)
         apply_disruption_budget(self.api, budget)
