@@ -231,9 +231,8 @@ class KubernetesApi:
                 _preload_content=False,
                 _request_timeout=timeout,
             )
-        except Exception as exc:  # ApiException (403, 404) or the websocket's own errors
-            status = getattr(exc, "status", 0) or 0
-            reason = str(getattr(exc, "reason", None) or getattr(exc, "body", None) or exc)[:300]
+        except Exception as exc:  # the websocket's refusal, under the library's own AttributeError
+            status, reason = websocket_refusal(exc)
             raise api_call_error(
                 explain(
                     status,
@@ -340,6 +339,23 @@ class KubernetesApi:
         except ApiCallError as exc:
             if exc.status != 404:
                 raise
+
+
+def websocket_refusal(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, the API's message) behind a failed exec or port-forward websocket: the
+    client library hides the handshake's answer in the chain of an AttributeError."""
+    status, reason = 0, str(exc)
+    chain: BaseException | None = exc
+    while chain is not None:
+        status = getattr(chain, "status_code", None) or status
+        reason = str(getattr(chain, "reason", None) or "") or reason
+        chain = chain.__context__
+    body = reason.split(" -+-+- ")[-1]
+    try:
+        reason = str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return int(status), reason[:300]
 
 
 def _event_time(event: dict) -> str:
