@@ -184,6 +184,13 @@ def test_a_candidate_pod_measures_itself_and_sizes_the_deployment(admin, ns, mod
     assert container["livenessProbe"]["initialDelaySeconds"] == sizing.startup_seconds
     assert deployment["spec"]["progressDeadlineSeconds"] >= sizing.ready_timeout
 
+    # a forced re-run measures again and differs a little: the serving revision keeps its sizing, no restart
+    remeasured = choose(
+        Measurement(load_seconds=measurement.load_seconds + 20, peak_bytes=measurement.peak_bytes + MIB)
+    )
+    again = target.deploy(image, model_name=K8S, version=1, replicas=1, ready_timeout=120, sizing=remeasured)
+    assert again["deployment_change"] == "unchanged" and again["promoted"] is False
+
     # explicit resources win entirely, the measured startup budget stays
     explicit = choose(measurement, explicit_resources=SMALL)
     (rendered, _, _) = target.render(image, model_name=K8S, version=1, replicas=1, sizing=explicit)

@@ -69,6 +69,7 @@ class Sizing:
     ready_timeout: float
     reasons: list[str] = field(default_factory=list)
     measured: dict = field(default_factory=dict)
+    explicit_resources: bool = False  # the resources param, not the measurement
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +84,7 @@ class Sizing:
             ready_timeout=float(value["ready_timeout"]),
             reasons=list(value.get("reasons") or []),
             measured=dict(value.get("measured") or {}),
+            explicit_resources=bool(value.get("explicit_resources")),
         )
 
     def memory_limit_bytes(self) -> int | None:
@@ -141,7 +143,7 @@ def choose(measurement: Measurement, *, explicit_resources: dict | None = None) 
             f"after {startup}s = {STARTUP_FACTOR:g} x load (at least {MIN_STARTUP_SECONDS}s), {ready:g}s per "
             f"wave to become ready = {READY_FACTOR:g} x load (at least {MIN_READY_SECONDS:g}s)"
         )
-    return Sizing(resources, startup, ready, reasons, measured)
+    return Sizing(resources, startup, ready, reasons, measured, explicit_resources is not None)
 
 
 def memory_resources(peak_bytes: int) -> dict:

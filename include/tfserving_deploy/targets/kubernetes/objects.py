@@ -40,9 +40,14 @@ def pod_grpc_address(pod: dict) -> str:
 
 def image_of(pod_or_template: dict) -> str | None:
     """The serving container's image in a Pod or a pod template."""
+    return (serving_container(pod_or_template) or {}).get("image")
+
+
+def serving_container(pod_or_template: dict) -> dict | None:
+    """The serving container of a Pod or a pod template."""
     for container in (pod_or_template.get("spec") or {}).get("containers") or []:
         if container.get("name") == CONTAINER_NAME:
-            return container.get("image")
+            return container
     return None
 
 

@@ -13,6 +13,7 @@ outside it, e.g. a laptop or another VPC), ``auto`` tries a pod IP once and fall
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
@@ -195,6 +196,7 @@ class KubernetesTarget:
         Deployment is written, before the rollout is waited for, so whoever dies during the wait
         has recorded that this run changed what serves. A retry whose revision an earlier try
         already wrote (the same metadata) counts as that change too."""
+        sizing = self._keep_sizing_of_the_serving_revision(model_name, image, sizing)
         deployment, service, budget = self.render(
             image, model_name=model_name, version=version, replicas=replicas, metadata=metadata, sizing=sizing
         )
@@ -224,6 +226,25 @@ class KubernetesTarget:
             "service_change": service_change,
             "available_replicas": available,
         }
+
+    def _keep_sizing_of_the_serving_revision(self, model_name: str, image: str, sizing: Sizing | None):
+        """A re-deploy of the image the Deployment already runs keeps the memory (unless given
+        explicitly) and startup budget it was rolled out with: a fresh measurement differs by a
+        few MiB or seconds, and a changed pod template would restart every pod for nothing."""
+        live = self.api.read_deployment(object_name(model_name)) if sizing is not None else None
+        if sizing is None or live is None or objects.image_of(live["spec"]["template"]) != image:
+            return sizing
+        container = objects.serving_container(live["spec"]["template"]) or {}
+        resources = sizing.resources if sizing.explicit_resources else container.get("resources") or sizing.resources
+        startup = (container.get("livenessProbe") or {}).get("initialDelaySeconds", sizing.startup_seconds)
+        reason = (
+            f"{image} already serves: it keeps the sizing it was rolled out with "
+            f"(resources {resources}, liveness after {startup}s)"
+        )
+        log.info("sizing: %s", reason)
+        return dataclasses.replace(
+            sizing, resources=resources, startup_seconds=int(startup), reasons=[*sizing.reasons, reason]
+        )
 
     def rollback(
         self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0
