@@ -66,6 +66,15 @@ def test_explicit_resources_win_entirely():
     assert sizing.measured["peak_mib"] == 900  # still reported
 
 
+def test_an_explicit_limit_below_a_version_swap_is_warned_about():
+    measured = Measurement(load_seconds=10.0, peak_bytes=900 * MIB)
+    tight = choose(measured, explicit_resources={"limits": {"memory": "1Gi"}})
+    assert tight.resources == {"limits": {"memory": "1Gi"}}  # still wins
+    assert tight.reasons[1].startswith("warning: the explicit memory limit 1Gi is below 2250Mi (2 x the measured")
+    roomy = choose(measured, explicit_resources={"limits": {"memory": "3Gi"}})
+    assert not any(r.startswith("warning") for r in roomy.reasons)
+
+
 def test_sizing_travels_through_xcom_as_a_dict():
     sizing = choose(Measurement(load_seconds=5.5, peak_bytes=700 * MIB))
     assert Sizing.from_dict(sizing.to_dict()) == sizing

@@ -120,6 +120,7 @@ def choose(measurement: Measurement, *, explicit_resources: dict | None = None) 
     if explicit_resources is not None:
         resources = copy.deepcopy(explicit_resources)
         reasons.append(f"resources given explicitly (the resources param): {resources}")
+        reasons.extend(_explicit_limit_warning(resources, measurement.peak_bytes))
     elif measurement.peak_bytes is None:
         resources = copy.deepcopy(DEFAULT_RESOURCES)
         reasons.append(f"memory: peak not measured, so the defaults {_memory(resources)}")
@@ -173,6 +174,25 @@ def quantity_bytes(quantity: str) -> int:
     if match is None:
         raise ValueError(f"memory quantity {quantity!r} is not like 512Mi, 2Gi or 1G")
     return math.ceil(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def _explicit_limit_warning(resources: dict, peak_bytes: int | None) -> list[str]:
+    """A warning when an explicit memory limit is below what the measurement says a version swap needs."""
+    limit = (resources.get("limits") or {}).get("memory")
+    if limit is None or peak_bytes is None:
+        return []
+    needed = memory_resources(peak_bytes)["limits"]["memory"]
+    try:
+        short = quantity_bytes(str(limit)) < quantity_bytes(needed)
+    except ValueError:
+        return [f"warning: the explicit memory limit {limit!r} is not a quantity this check reads"]
+    if not short:
+        return []
+    return [
+        f"warning: the explicit memory limit {limit} is below {needed} (2 x the measured peak of "
+        f"{_mib(peak_bytes)} MiB + {SWAP_HEADROOM:.0%}): a version swap may be OOM-killed; raise it or leave "
+        "resources empty to size from the measurement"
+    ]
 
 
 def _mib(value: int | None) -> int | None:

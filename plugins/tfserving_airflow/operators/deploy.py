@@ -90,7 +90,7 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
         measurement = measured[0] if measured else Measurement(notes=("the target measured nothing",))
         sizing = choose(measurement, explicit_resources=self.target_config.resources)
         for reason in sizing.reasons:
-            self.log.info("sizing: %s", reason)
+            _log_reason(self.log, reason)
         context["ti"].xcom_push(key=SIZING, value=sizing.to_dict())
         return addresses
 
@@ -205,7 +205,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
                 sizing, ready_timeout=float(self.ready_timeout), reasons=[*sizing.reasons, reason]
             )
         for reason in sizing.reasons if sizing else ["no measurement from start_candidate: the target's settings"]:
-            self.log.info("sizing: %s", reason)
+            _log_reason(self.log, reason)
         return sizing
 
     def _refuse_stale_promotion(self, context, date) -> None:
@@ -230,6 +230,10 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
             outputs=[lineage.openlineage_dataset(self._endpoint)] if self._endpoint else [],
         )
+
+
+def _log_reason(log, reason: str) -> None:
+    (log.warning if reason.startswith("warning") else log.info)("sizing: %s", reason)
 
 
 def _next_scheduled_date(context):
