@@ -42,8 +42,9 @@ def test_memory_rounds_up_to_whole_mebibytes_and_has_a_floor():
 def test_startup_budget_is_a_multiple_of_the_load_time_with_floors():
     slow = choose(Measurement(load_seconds=95.2, peak_bytes=MIB * 1024))
     assert (slow.startup_seconds, slow.ready_timeout) == (286, 286.0)  # 3 x 95.2, rounded up
+    assert choose(Measurement(load_seconds=61.0)).ready_timeout == 183.0
     fast = choose(Measurement(load_seconds=2.0, peak_bytes=MIB * 1024))
-    assert (fast.startup_seconds, fast.ready_timeout) == (30, 60.0)  # the floors
+    assert (fast.startup_seconds, fast.ready_timeout) == (30, 180.0)  # the floors
     assert any("loaded in 2.0s" in r for r in fast.reasons)
 
 

@@ -11,7 +11,8 @@ resources and probe timing; the rule lives here and only here:
   one, so a version swap briefly holds two copies), never below the request;
 * startup budget (liveness ``initialDelaySeconds``) and the deploy's per-wave ready timeout =
   the load time x ``STARTUP_FACTOR`` / ``READY_FACTOR``, with floors: a busier node or a cold
-  page cache loads slower than the candidate did.
+  page cache loads slower than the candidate did, and a wave's pods may first pull the image
+  (so the ready timeout never goes below today's default: sizing only raises it, for big models).
 
 The cgroup peak counts the page cache (model files, the server's libraries) as well: an upper
 bound of what the process needs, so the limit errs on the safe side. Anything not measured
@@ -35,7 +36,7 @@ SWAP_HEADROOM = 0.25  # on top of two copies
 STARTUP_FACTOR = 3.0
 MIN_STARTUP_SECONDS = 30
 READY_FACTOR = 3.0
-MIN_READY_SECONDS = 60.0
+MIN_READY_SECONDS = 180.0  # a wave also pulls the image on nodes that lack it, which the load time does not show
 
 # What the probes and waits use when nothing was measured (the values before sizing existed).
 DEFAULT_RESOURCES = {
