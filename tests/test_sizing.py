@@ -100,7 +100,11 @@ def test_the_deployment_carries_the_sized_memory_and_liveness_delay():
 
 @pytest.mark.parametrize(
     "output,peak",
-    [("640311296\n", 640311296), ("cat: /sys/fs/cgroup/memory.peak: No such file\n4349952\n", 4349952)],
+    [
+        ("640311296\n", 640311296),
+        ("cat: /sys/fs/cgroup/memory.peak: No such file\n4349952\n", 4349952),
+        ("4349952\ncat: /sys/fs/cgroup/memory.peak: No such file\n", 4349952),  # stderr after stdout
+    ],
 )
 def test_peak_is_read_from_either_cgroup_file(output, peak):
     assert parse_peak(output) == peak

@@ -48,7 +48,7 @@ DEFAULT_READY_SECONDS = 180.0
 
 # The container's own memory high-water mark, read inside it: cgroup v2 (kernel >= 5.19), else v1.
 CGROUP_PEAK_FILES = ("/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes")
-PEAK_COMMAND = ["sh", "-c", " || ".join(f"cat {path}" for path in CGROUP_PEAK_FILES)]
+PEAK_COMMAND = ["sh", "-c", f"cat {CGROUP_PEAK_FILES[0]} 2>/dev/null || cat {CGROUP_PEAK_FILES[1]}"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,12 @@ class Sizing:
 
 
 def parse_peak(output: str) -> int:
-    """The byte count ``PEAK_COMMAND`` printed; ValueError for anything else."""
-    lines = output.strip().splitlines()
-    if not lines:
-        raise ValueError("no output")
-    value = int(lines[-1])
+    """The byte count ``PEAK_COMMAND`` printed (Docker's exec interleaves stderr, so any line);
+    ValueError for anything else."""
+    numbers = [line.strip() for line in output.splitlines() if line.strip().isdigit()]
+    if not numbers:
+        raise ValueError(f"no byte count in {output.strip()[-200:]!r}")
+    value = int(numbers[-1])
     if value <= 0:
         raise ValueError(f"{value} bytes")
     return value
