@@ -67,9 +67,11 @@ clean:  ## remove the demo's replicas and local state (not the images)
 	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f
 	rm -rf $(AIRFLOW_HOME) .cache build
 
-bench: venv services images airflow-db  ## publish: docker commit/push vs the OCI builder; model-to-serving per task (about 5 min)
+bench: venv services images airflow-db cluster  ## publish: docker commit/push vs the OCI builder; model-to-serving per task; warmup; gRPC spread through the cluster's balancer (about 11 min)
 	$(PY) scripts/bench_publish.py
 	$(PY) scripts/bench_serving.py
+	$(PY) scripts/bench_warmup.py --runs 7
+	$(PY) scripts/bench_balance.py
 
 stack-test: venv services images  ## the docker-compose stack: build, up, trigger the DAG over the REST API, down -v (about 3.5 min warm)
 	bash scripts/stack-test.sh

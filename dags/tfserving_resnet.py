@@ -29,6 +29,11 @@ from tfserving_airflow.operators import (
 )
 from tfserving_airflow.sensors import WaitForEndpointSensor
 from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
+from tfserving_deploy.server_config import (
+    BATCHING_FIELDS,
+    DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
+    DEFAULT_MAX_CONNECTION_AGE_MS,
+)
 
 TUTORIAL_MODEL_URL = (
     "http://download.tensorflow.org/models/official/20181001_resnet/savedmodels/"
@@ -76,6 +81,9 @@ TARGET = {
                 "pod_access",
                 "service_type",
                 "load_balancer_source_ranges",
+                "grpc_max_connection_age_ms",
+                "grpc_max_connection_age_grace_ms",
+                "batching_parameters",
             )
         },
     },
@@ -84,7 +92,7 @@ BUILDER = {
     "builder_name": P("image_builder"),
     "builder_options": {"docker_conn_id": P("registry_conn_id"), "gcp_conn_id": P("gcp_conn_id")},
 }
-K8S, GKE = "Kubernetes and GKE targets", "GKE target"
+K8S, GKE, SERVING = "Kubernetes and GKE targets", "GKE target", "Serving behaviour"
 MODEL = {"model_name": P("model_name")}
 
 with DAG(
@@ -144,6 +152,15 @@ with DAG(
                 "digest (the base image must be in a registry). 'docker': the tutorial's run/cp/commit/push."
             ),
         ),
+        "warmup_requests": Param(
+            True,
+            type="boolean",
+            description=(
+                "Bake the validation request (the cat photo) into the image as the model's "
+                "assets.extra/tf_serving_warmup_requests, unless the model has one: TF Serving replays it before "
+                "reporting the model AVAILABLE, so the first client request is not the slow one."
+            ),
+        ),
         "registry_conn_id": Param(
             None,
             type=["null", "string"],
@@ -181,6 +198,45 @@ with DAG(
             False,
             type="boolean",
             description="Rebuild and redeploy even when this exact model already serves, healthy.",
+        ),
+        "grpc_max_connection_age_ms": Param(
+            DEFAULT_MAX_CONNECTION_AGE_MS,
+            type="integer",
+            minimum=0,
+            section=SERVING,
+            description=(
+                "Each replica closes a client's gRPC connection after this age, so the client reconnects and "
+                "the load balancer picks a pod again (one channel otherwise stays on one pod). 0: never."
+            ),
+        ),
+        "grpc_max_connection_age_grace_ms": Param(
+            DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
+            type="integer",
+            minimum=0,
+            section=SERVING,
+            description="How long calls in flight on an aged connection may take to finish.",
+        ),
+        "batching_parameters": Param(
+            None,
+            type=["null", "object"],
+            properties={key: {"type": "integer", "minimum": 1} for key in BATCHING_FIELDS},
+            additionalProperties=False,
+            section=SERVING,
+            description=(
+                'Server-side batching, e.g. {"max_batch_size": 32, "batch_timeout_micros": 2000, '
+                '"num_batch_threads": 4}: more throughput for some latency. null: off.'
+            ),
+        ),
+        "balance_check_seconds": Param(
+            120,
+            type="integer",
+            minimum=0,
+            maximum=600,
+            section=SERVING,
+            description=(
+                "validate sends requests through the load balancer on one gRPC channel until every ready pod "
+                "has answered, for at most this long, and fails if one got none. 0: no check."
+            ),
         ),
         "namespace": Param(
             NAMESPACE,
@@ -279,6 +335,8 @@ with DAG(
         model=fetch.output,
         base_image=P("serving_base_image"),
         image_repository=P("image_repository"),
+        warmup_requests=P("warmup_requests"),
+        warmup_image_path=CAT_JPEG,
         **BUILDER,
         **MODEL,
     )
@@ -338,6 +396,7 @@ with DAG(
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
+        balance_check_seconds=P("balance_check_seconds"),
         outlets=[AssetAlias("tfserving_endpoint")],
         **TARGET,
         **MODEL,

@@ -68,6 +68,13 @@ def test_deploy_is_sized_from_the_candidates_measurement(dag):
     assert "start_candidate" in dag.get_task("deploy").upstream_task_ids
 
 
+def test_the_image_is_warmed_with_the_request_validation_sends(dag):
+    build = dag.get_task("build_image")
+    assert build.warmup_requests == "{{ params.warmup_requests }}" and dag.params["warmup_requests"] is True
+    assert build.warmup_image_path == dag.get_task("validate").image_path
+    assert Path(build.warmup_image_path).is_file()
+
+
 def test_promotions_never_run_concurrently(dag):
     assert dag.get_task("deploy").max_active_tis_per_dag == 1
     assert dag.max_active_runs == 1
@@ -89,6 +96,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "image_repository",
         "serving_base_image",
         "image_builder",
+        "warmup_requests",
         "registry_conn_id",
         "replicas",
         "target",
@@ -103,6 +111,10 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "pod_access",
         "service_type",
         "load_balancer_source_ranges",
+        "grpc_max_connection_age_ms",
+        "grpc_max_connection_age_grace_ms",
+        "batching_parameters",
+        "balance_check_seconds",
         "gcp_conn_id",
         "project_id",
         "location",
@@ -131,6 +143,10 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         ("resources", "500m"),
         ("service_type", "ExternalName"),
         ("load_balancer_source_ranges", ["not-a-cidr"]),
+        ("grpc_max_connection_age_ms", -1),
+        ("batching_parameters", {"max_batch": 8}),
+        ("batching_parameters", {"max_batch_size": 0}),
+        ("balance_check_seconds", 601),
     ],
 )
 def test_bad_params_are_rejected(dag, name, value):

@@ -112,6 +112,13 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     assert states["rollback"] == "failed"  # it ran because a task failed, and had nothing to undo
     assert sorted(c.id for c in containers()) == serving
 
+    # Other server settings are a change: the same model is redeployed with them, on new replicas.
+    tuned = dag.test(run_conf={**conf, "grpc_max_connection_age_ms": 2000})
+    states = _task_states(tuned)
+    assert all_succeeded(states), states
+    assert not {c.id for c in containers()} & set(serving) and len(containers()) == 3
+    assert all("grpc.max_connection_age_ms=2000" in " ".join(c.attrs["Args"]) for c in containers())
+
 
 def assert_sized_from_the_candidate(run_id: str, replicas: list) -> None:
     """deploy's result says what the replicas got from the candidate's measurement, and why; they got it."""

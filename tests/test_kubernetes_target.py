@@ -691,3 +691,39 @@ def test_read_only_root_and_a_disruption_budget_hold_for_real(make_target, admin
             second["metadata"]["name"], ns, {**eviction, "metadata": {"name": second["metadata"]["name"]}}
         )
     assert refused.value.status == 429 and "disruption budget" in refused.value.body
+
+
+# -- serving behaviour: connection ageing through the real kube-proxy -----------------------------
+
+
+@pytest.mark.parametrize("age_ms", [1000, 0], ids=["ageing", "no-ageing"])
+def test_one_channel_through_the_balancer_reaches_every_pod_only_with_connection_ageing(
+    make_target, admin, ns, images, age_ms, record_property
+):
+    """kube-proxy picks a pod per connection: with max_connection_age the one channel is moved to
+    new connections, and every pod answers some; without it, exactly one pod answers them all."""
+    from tfserving_deploy.server_config import ServerConfig
+    from tfserving_deploy.signature import Signature, TensorInfo
+    from tfserving_deploy.validation import ValidationReport, check_spread
+
+    target = make_target(server=ServerConfig(max_connection_age_ms=age_ms, max_connection_age_grace_ms=1000))
+    deploy(target, images["A"], replicas=3)
+    live = read(admin, "deployment", NAME, ns)["spec"]["template"]
+    assert live["metadata"]["annotations"]["prometheus.io/path"] == "/monitoring/prometheus/metrics"
+    balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
+    pods = target.endpoints(MODEL, images["A"])
+    assert target.metrics_address(balancer) is None and len(pods) == 3
+    signature = Signature("serving_default", inputs={"image_bytes": TensorInfo("DT_STRING", [-1])})
+    report = ValidationReport(MODEL, 1, [])
+    with target.reachable([target.metrics_address(p) for p in pods]) as dial:
+        rest = {p: dial[target.metrics_address(p)] for p in pods}
+        check_spread(report, balancer, rest, signature=signature, jpeg=b"cat.jpg", window_s=30 if age_ms else 8)
+    spread = report.spread
+    record_property("spread", json.dumps(spread.per_pod))
+    print(f"\n{spread.summary()}")
+    if age_ms:
+        assert spread.ok and all(spread.per_pod.values()) and spread.connections > 1, spread.summary()
+    else:
+        assert not spread.ok and spread.connections == 1, spread.summary()
+        assert sorted(n > 0 for n in spread.per_pod.values()) == [False, False, True]
+        assert "got no request" in spread.failures[0] and "grpc_max_connection_age_ms" in spread.failures[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,21 @@ def test_build_is_idempotent_and_push_returns_a_digest(builder, client, models, 
     assert builder.push(first) == images["v1"]
     env = client.images.get(first).attrs["Config"]["Env"]
     assert f"MODEL_NAME={MODEL}" in env
+
+
+def test_warmup_requests_are_in_the_tag_key_and_in_the_pushed_image(builder, client, models):
+    from registry_files import top_layer_files
+
+    from tfserving_deploy.warmup import warmup_requests
+
+    cat = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
+    warm = replace(models["v1"], warmup=warmup_requests(MODEL, SIGNATURE, cat))
+    plain_tag = builder.build(models["v1"], base_image=SERVING_IMAGE, repository=REPOSITORY)
+    tag = builder.build(warm, base_image=SERVING_IMAGE, repository=REPOSITORY)
+    assert tag != plain_tag and builder.build(warm, base_image=SERVING_IMAGE, repository=REPOSITORY) == tag
+    files = top_layer_files(builder.push(tag))
+    assert files[f"models/{MODEL}/1/assets.extra/tf_serving_warmup_requests"] == warm.warmup
+    assert not Path(models["v1"].path, "assets.extra").exists()  # the model directory is never changed
 
 
 def test_missing_base_image_is_explained(builder, models):
@@ -265,3 +281,26 @@ def test_a_candidate_that_never_loads_fails_and_is_removed(target, client, image
     with pytest.raises(RolloutError, match="candidate .* failed: .*state END"):
         target.start_candidate(images["broken"], model_name=MODEL, version=3, ready_timeout=120)
     assert target.stop_candidate(MODEL) == 0
+
+
+def test_server_settings_reach_the_replicas_and_a_change_is_a_new_revision(client, images):
+    """The flags of ``ServerConfig`` start every replica (the server logs what it read); the same
+    image with other settings is another revision, started beside the old one; the same settings
+    again restart nothing."""
+    from tfserving_deploy.server_config import ServerConfig
+    from tfserving_deploy.serving_metrics import read_request_metrics
+
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
+        c.remove(force=True)
+    LocalDockerTarget(client).deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
+    batched = LocalDockerTarget(client, server=ServerConfig(max_connection_age_ms=2000, batching={"max_batch_size": 8}))
+    result = batched.deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
+    assert (result["promoted"], result["started"], result["retired"]) == (True, 1, 1)
+    (replica,) = _running(client)
+    logs = replica.logs().decode()
+    assert "batching parameters (accepted" in logs and "'max_batch_size': 8" in logs, logs[-2000:]
+    assert "ignoring unsupported flags" not in logs and "Prometheus metrics at :8501" in logs
+    (address,) = batched.endpoints(MODEL, images["v1"])
+    assert read_request_metrics(batched.metrics_address(address), MODEL).ok == 0
+    again = batched.deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
+    assert (again["promoted"], again["started"], again["kept"]) == (False, 0, 1)

@@ -18,6 +18,7 @@ import socket
 import tarfile
 import threading
 import uuid
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -368,6 +369,25 @@ def test_layer_is_reproducible_and_config_sets_model_name(fake, tmp_path):
     assert all(not m.pax_headers for m in members)
 
 
+def test_warmup_requests_go_into_the_layer_and_into_the_key(fake, tmp_path):
+    fake.add_image("base", "1")
+    base, repository = f"{fake.host}/base:1", f"{fake.host}/app"
+    plain = fake_model(tmp_path / "m")
+    warm, other = replace(plain, warmup=b"requests"), replace(plain, warmup=b"other requests")
+    builder = builder_for(tmp_path)  # one cache: a layer built without warmup is never reused with it
+    digests = [builder.build(m, base_image=base, repository=repository) for m in (plain, warm, other)]
+    assert len(set(digests)) == 3
+    cold = builder_for(tmp_path, cache_dir=tmp_path / "fresh")
+    assert cold.build(warm, base_image=base, repository=repository) == digests[1]  # same inputs, same digest
+    assert builder.build(plain, base_image=base, repository=repository) == digests[0]
+
+    manifest, _ = image_in(fake, builder.push(digests[1]))
+    with tarfile.open(fileobj=io.BytesIO(fake.blobs[manifest["layers"][-1]["digest"]])) as tar:
+        warmup = tar.extractfile(f"models/{MODEL}/1/assets.extra/tf_serving_warmup_requests")
+        assert warmup is not None and warmup.read() == b"requests"
+    assert not Path(plain.path, "assets.extra").exists()  # the cached model is never changed
+
+
 def test_oci_base_gives_an_oci_manifest_and_gzip_is_optional(fake, tmp_path):
     fake.add_image("base", "oci", oci=True)
     builder = builder_for(tmp_path, compression="gzip")
@@ -603,6 +623,25 @@ def test_published_image_runs_and_answers_predict(docker_client, base_in_registr
             container.remove(force=True)
     finally:
         docker_client.images.remove(image.id, force=True)
+
+
+@pytest.mark.integration
+def test_the_pushed_image_holds_the_warmup_requests_unless_switched_off(base_in_registry, string_model, tmp_path):
+    from registry_files import top_layer_files
+
+    from tfserving_deploy.signature import Signature, TensorInfo
+    from tfserving_deploy.warmup import warmup_requests
+
+    cat = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
+    signature = Signature("serving_default", inputs={"image_bytes": TensorInfo("DT_STRING", [-1])})
+    requests_file = warmup_requests(MODEL, signature, cat)
+    repository, path = f"{REGISTRY}/oci-tests-warmup-{RUN}", f"models/{MODEL}/1/assets.extra/tf_serving_warmup_requests"
+    warm = builder_for(tmp_path).publish(
+        replace(string_model, warmup=requests_file), base_image=base_in_registry, repository=repository
+    )
+    assert top_layer_files(warm)[path] == requests_file
+    plain = builder_for(tmp_path).publish(string_model, base_image=base_in_registry, repository=repository)
+    assert plain != warm and path not in top_layer_files(plain)
 
 
 @pytest.mark.integration

@@ -15,10 +15,10 @@ import pytest
 from savedmodels import make_float_model, make_model_without_default_signature, make_string_model, make_two_input_model
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
 from tfserving_deploy.model_status import GetModelStatusRequest, GetModelStatusResponse
-from tfserving_deploy.protos import DATA_TYPE_NAMES
+from tfserving_deploy.protos import CLASSES, DATA_TYPE_NAMES
 from tfserving_deploy.savedmodel import read_signature
 from tfserving_deploy.signature import Signature, TensorInfo
 
@@ -44,14 +44,38 @@ def test_tf_servings_response_reads_the_same_every_field():
     ]
 
 
-def test_status_checks_and_signature_reading_import_no_tensorflow(tmp_path):
-    """What the change check, fetch_model, the waits and the local target's readiness import."""
+def test_a_prediction_log_reads_as_tf_servings_own_and_back():
+    import tensorflow as tf
+
+    ours = CLASSES["PredictionLog"]()
+    request = ours.predict_log.request
+    request.model_spec.name, request.model_spec.signature_name = "resnet", "serving_default"
+    request.inputs["image_bytes"].dtype = 7  # DT_STRING
+    request.inputs["image_bytes"].tensor_shape.dim.add(size=1)
+    request.inputs["image_bytes"].string_val.append(b"\xff\xd8jpeg")
+    request.inputs["pixels"].dtype = 1  # DT_FLOAT
+    request.inputs["pixels"].tensor_shape.dim.add(size=2)
+    request.inputs["pixels"].tensor_content = b"\x00\x00\x80\x3f\x00\x00\x00\x40"
+    theirs = prediction_log_pb2.PredictionLog.FromString(ours.SerializeToString())
+    assert theirs.WhichOneof("log_type") == "predict_log"
+    got = theirs.predict_log.request
+    assert (got.model_spec.name, got.model_spec.signature_name) == ("resnet", "serving_default")
+    assert tf.make_ndarray(got.inputs["image_bytes"]).tolist() == [b"\xff\xd8jpeg"]
+    assert tf.make_ndarray(got.inputs["pixels"]).tolist() == [1.0, 2.0]
+    assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
+    assert CLASSES["PredictionLog"].FromString(theirs.SerializeToString()) == ours
+
+
+def test_status_checks_signature_reading_and_warmup_import_no_tensorflow(tmp_path):
+    """What the change check, fetch_model, build_image, the waits and the local target's readiness import."""
     model = make_string_model(tmp_path / "1")
     probe = (
         "import sys, json\n"
         "import tfserving_deploy.model_status, tfserving_airflow.sensors, tfserving_airflow.operators.model\n"
         "import tfserving_deploy.artifact, tfserving_deploy.targets.local, tfserving_deploy.targets.kubernetes\n"
-        "from tfserving_deploy.savedmodel import read_signature; read_signature(sys.argv[1])\n"
+        "import tfserving_airflow.operators.image, tfserving_deploy.images, tfserving_deploy.oci\n"
+        "from tfserving_deploy.savedmodel import read_signature; signature = read_signature(sys.argv[1])\n"
+        "from tfserving_deploy.warmup import warmup_requests; warmup_requests('m', signature, b'jpeg')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving'))))"
     )
     result = subprocess.run(

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -44,6 +45,9 @@ SERVER_DIR = ROOT / "include" / "serving_image"  # the tf_serving_server package
 STARTUP_TIMEOUT = 90  # seconds; importing TensorFlow on a busy 2-core machine can take 20 s
 State = get_model_status_pb2.ModelVersionStatus
 STRING_VERSION = 7
+CONNECTION_AGE_MS = 1500
+MONITORING_CONFIG = 'prometheus_config {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n'
+BATCHING = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\nnum_batch_threads { value: 2 }\n"
 
 
 def free_port():
@@ -107,6 +111,7 @@ def models(tmp_path_factory):
     """resnet: string model at versions 1 (empty) and 7; keras: float model; empty: no version."""
     root = tmp_path_factory.mktemp("models")
     make_string_model(root / "resnet" / str(STRING_VERSION))
+    write_warmup(root / "resnet" / str(STRING_VERSION), [string_request([b"warm"]), string_request([b"up", b"2"])])
     (root / "resnet" / "1").mkdir()  # lower version: must be ignored
     (root / "resnet" / "99-tmp").mkdir()  # not numeric: must be ignored
     make_float_model(root / "keras" / "3")
@@ -130,6 +135,11 @@ def resnet(models):
                 "--host=127.0.0.1",
                 "--model_name=resnet",
                 f"--model_base_path={models / 'resnet'}",
+                f"--grpc_channel_arguments=grpc.max_connection_age_ms={CONNECTION_AGE_MS},"
+                "grpc.max_connection_age_grace_ms=500",
+                f"--monitoring_config_file={write(models / 'monitoring.config', MONITORING_CONFIG)}",
+                "--enable_batching",
+                f"--batching_parameters_file={write(models / 'batching.config', BATCHING)}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -145,6 +155,7 @@ def resnet(models):
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.UNAVAILABLE, e  # port not open yet
             time.sleep(0.2)
+        client.log_path = log_path
         yield client
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -167,6 +178,21 @@ def servers(server_module, models):
     yield started
     for server in started.values():
         server.stop()
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def write_warmup(version_dir, requests):
+    """``assets.extra/tf_serving_warmup_requests`` as TF Serving reads it: a TFRecord of PredictionLog."""
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(entry.SerializeToString())
 
 
 def string_request(values, name="resnet", **spec):
@@ -488,3 +514,95 @@ def test_the_signature_gate_reads_both_servers_and_names_the_break(server_module
         assert check_signature_change("serving", "candidate", **gate) == []
     finally:
         candidate.stop()
+
+
+# --- serving behaviour: warmup, metrics, connection ageing, batching flags ----------------------
+
+
+def test_warmup_requests_are_replayed_before_available(resnet):
+    log = resnet.log_path.read_text()
+    assert "Number of warmup records read: 2." in log
+    assert log.index("Number of warmup records read") < log.index("AVAILABLE")
+    assert "batching parameters (accepted" in log and "'max_batch_size': 32" in log
+    assert "ignoring unsupported flags" not in log
+
+
+def test_a_bad_warmup_record_fails_the_load(server_module, tmp_path):
+    make_string_model(tmp_path / "m" / "2")
+    wrong_input = predict_pb2.PredictRequest()
+    wrong_input.inputs["pixels"].CopyFrom(tf.make_tensor_proto([1.0]))
+    write_warmup(tmp_path / "m" / "2", [string_request([b"ok"]), wrong_input])
+    model = server_module.ServedModel("m", str(tmp_path / "m"))
+    model.load()
+    version, state, code, error = model.status("m")
+    assert (state, code) == (State.END, grpc.StatusCode.INVALID_ARGUMENT)
+    assert "input tensor alias not found in signature: pixels" in error
+
+
+def metric_lines(resnet):
+    with urllib.request.urlopen(f"http://127.0.0.1:{resnet.rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+        return r.read().decode().splitlines()
+
+
+def test_prometheus_metrics_count_requests_like_the_real_server(resnet):
+    def count(lines, status):
+        prefix = f':tensorflow:serving:request_count{{model_name="resnet",status="{status}"}} '
+        return next((int(line[len(prefix) :]) for line in lines if line.startswith(prefix)), 0)
+
+    before = metric_lines(resnet)
+    for _ in range(3):
+        resnet.predict.Predict(string_request([b"x"]), timeout=10)
+    rpc_error(resnet.predict.Predict, string_request([b"x"], signature_name="nope"))
+    assert resnet.rest("/v1/models/resnet:predict", {"instances": [{"b64": "eA=="}]})[0] == 200
+    after = metric_lines(resnet)
+    assert count(after, "OK") - count(before, "OK") == 4  # warmup requests are not counted
+    assert count(after, "FAILED_PRECONDITION") - count(before, "FAILED_PRECONDITION") == 1
+    histogram = ':tensorflow:serving:request_latency_count{model_name="resnet",API="predict",entrypoint="GRPC"} '
+    assert any(line.startswith(histogram) for line in after)
+    assert any('entrypoint="REST",le="+Inf"' in line for line in after)
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in after
+
+
+def test_max_connection_age_moves_a_long_lived_channel_to_a_new_connection(resnet):
+    """The server ends a connection after max_connection_age (GOAWAY): the channel goes IDLE, and
+    its next call opens another connection, which a load balancer may send to another pod."""
+    states = []
+    channel = grpc.insecure_channel(f"127.0.0.1:{resnet.grpc_port}")
+    channel.subscribe(states.append, try_to_connect=False)
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(string_request([b"x"]), timeout=10)
+        deadline = time.monotonic() + 10 * CONNECTION_AGE_MS / 1000
+        while grpc.ChannelConnectivity.IDLE not in states[states.index(grpc.ChannelConnectivity.READY) :]:
+            assert time.monotonic() < deadline, f"connection never aged out: {states}"
+            time.sleep(0.1)
+        stub.Predict(string_request([b"x"]), timeout=10)  # a new connection, transparently
+    finally:
+        channel.close()
+
+
+def test_config_files_are_read_as_the_real_server_reads_them(server_module, tmp_path):
+    from tf_serving_server import config_files
+
+    assert config_files.parse_channel_arguments("grpc.max_connection_age_ms=30000, grpc.lb_policy_name=x") == [
+        ("grpc.max_connection_age_ms", 30000),
+        ("grpc.lb_policy_name", "x"),
+    ]
+    assert config_files.read_monitoring_config(write(tmp_path / "m", MONITORING_CONFIG)) == (
+        "/monitoring/prometheus/metrics"
+    )
+    assert config_files.read_monitoring_config(write(tmp_path / "off", "prometheus_config { enable: false }")) is None
+    assert config_files.read_batching_parameters(write(tmp_path / "b", BATCHING)) == {
+        "max_batch_size": 32,
+        "batch_timeout_micros": 1000,
+        "num_batch_threads": 2,
+    }
+    bad = [
+        ("--grpc_channel_arguments=grpc.max_connection_age_ms", "is not key=value"),
+        (f"--monitoring_config_file={write(tmp_path / 'typo', 'prometheus_config { enabled: true }')}", "enabled"),
+        ("--monitoring_config_file=/nonexistent/monitoring.config", "No such file"),
+        (f"--batching_parameters_file={write(tmp_path / 'bb', 'max_batch { value: 1 }')}", "max_batch"),
+    ]
+    for flag, message in bad:
+        with pytest.raises((ValueError, OSError), match=message):
+            server_module.main.__globals__["read_config_files"](server_module.parse_args([flag, "--enable_batching"]))

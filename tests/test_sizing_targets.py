@@ -1,6 +1,6 @@
 """Sizing from measurement, for real: a candidate on the Docker engine and one on the local cluster
 measure their load time and peak memory, and the replicas get what ``sizing.choose`` makes of it.
-An unreadable measurement (no shell in the image, no ``pods/exec`` permission) falls back, saying why."""
+An unreadable measurement (no ``cat`` in the image, no ``pods/exec`` permission) falls back, saying why."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tfserving_deploy.targets.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 
-LOCAL, NO_SHELL, K8S = "sizinglocal", "sizingnoshell", "sizingk8s"
+LOCAL, NO_CAT, K8S = "sizinglocal", "sizingnocat", "sizingk8s"
 CANDIDATE_LIMIT = 2 * 1024 * MIB  # the local target's default memory limit
 
 
@@ -51,7 +51,7 @@ def client():
 
 
 def _remove_local(client) -> None:
-    for model in (LOCAL, NO_SHELL):
+    for model in (LOCAL, NO_CAT):
         for label in (LABEL_MODEL, LABEL_CANDIDATE):
             for c in client.containers.list(all=True, filters={"label": f"{label}={model}"}):
                 c.remove(force=True)
@@ -101,24 +101,19 @@ def test_a_local_candidate_measures_itself_and_sizes_the_replicas(client, models
     assert replica.attrs["HostConfig"]["Memory"] == 1000 * MIB
 
 
-def test_a_candidate_without_a_shell_is_not_measured_and_the_defaults_apply(client, models):
-    """A distroless-like serving image: nothing to read the cgroup with. Sizing says so and keeps the defaults."""
-    base = derived_base(
-        "sizing-noshell:1",
-        [
-            "RUN rm /usr/bin/sh /usr/bin/dash",
-            f'ENTRYPOINT ["python", "-m", "tf_serving_server", "--port=8500", "--rest_api_port=8501", '
-            f'"--model_name={NO_SHELL}", "--model_base_path=/models/{NO_SHELL}"]',
-        ],
-    )
-    image = publish_model_image(models["1"], name=NO_SHELL, version=1, base=base)
+def test_a_candidate_without_cat_is_not_measured_and_the_defaults_apply(client, models):
+    """A slimmed serving image without coreutils' ``cat``: nothing reads the cgroup. Sizing says so
+    and keeps the defaults for memory; the load time is still measured."""
+    base = derived_base("sizing-nocat:1", ["RUN rm /usr/bin/cat"])
+    image = publish_model_image(models["1"], name=NO_CAT, version=1, base=base)
     measured: list[Measurement] = []
     target = LocalDockerTarget(client)
-    target.start_candidate(image, model_name=NO_SHELL, version=1, ready_timeout=120, on_measured=measured.append)
-    target.stop_candidate(NO_SHELL)
+    target.start_candidate(image, model_name=NO_CAT, version=1, ready_timeout=120, on_measured=measured.append)
+    target.stop_candidate(NO_CAT)
     (measurement,) = measured
     assert measurement.peak_bytes is None and measurement.load_seconds > 0
-    assert measurement.notes[0].startswith("peak memory: could not read it inside container tfs-sizingnoshell-")
+    assert measurement.notes[0].startswith("peak memory: could not read it inside container tfs-sizingnocat-")
+    assert "exit code 127" in measurement.notes[0] and "cat" in measurement.notes[0], measurement.notes
     sizing = choose(measurement)
     assert sizing.resources == DEFAULT_RESOURCES
     assert sizing.reasons[0] == measurement.notes[0]

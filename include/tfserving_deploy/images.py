@@ -3,7 +3,8 @@
 The tutorial runs the base image, ``docker cp``s the model to ``/models/<name>/<version>``,
 ``docker commit``s with ``ENV MODEL_NAME`` and pushes. ``DockerCommitBuilder`` does the same
 through the Docker SDK, but idempotently: the tag is derived from the inputs (base image id,
-model sha256, model name), so a re-run finds the image already built and the push is a no-op.
+model sha256, model name, warmup requests), so a re-run finds the image already built and the
+push is a no-op.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from . import tarball
 from .errors import ImageBuildError, RegistryDenied, RegistryError
 from .references import split_tag
+from .warmup import baked_entries
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,21 @@ LABEL_PREFIX = "io.tfserving-deploy"
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """What goes into the image: a SavedModel version directory and its identity."""
+    """What goes into the image: a SavedModel version directory and its identity.
+
+    ``warmup``: the ``tf_serving_warmup_requests`` file to bake in beside the model (``warmup.py``),
+    unless the model ships its own; None for none. The cached directory itself is never changed.
+    """
 
     name: str
     version: int
     sha256: str
     path: str
+    warmup: bytes | None = field(default=None, repr=False)
+
+    @property
+    def warmup_sha256(self) -> str | None:
+        return None if self.warmup is None else hashlib.sha256(self.warmup).hexdigest()
 
 
 class ImageBuilder(Protocol):
@@ -55,7 +66,8 @@ class DockerCommitBuilder:
         import docker.errors
 
         base = self._base_image(base_image)
-        key = hashlib.sha256(f"{base.id}\n{model.sha256}\n{model.name}".encode()).hexdigest()
+        warmup = f"\nwarmup {model.warmup_sha256}" if model.warmup is not None else ""
+        key = hashlib.sha256(f"{base.id}\n{model.sha256}\n{model.name}{warmup}".encode()).hexdigest()
         reference = f"{repository}:{model.version}-{key[:12]}"
         try:
             existing = self.client.images.get(reference)
@@ -133,12 +145,15 @@ class DockerCommitBuilder:
 
 def write_model_layer(sink, model: ModelFiles) -> None:
     """The image layer holding the model: ``models/``, ``models/<name>/`` and the SavedModel at
-    ``models/<name>/<version>/``, as a deterministic tar readable by the server's user."""
+    ``models/<name>/<version>/`` (with the warmup requests, if any), as a deterministic tar
+    readable by the server's user."""
     root = Path(model.path)
     if not (root / "saved_model.pb").is_file() and not (root / "saved_model.pbtxt").is_file():
         raise ImageBuildError(f"{root} holds no saved_model.pb; run fetch_model first")
-    parents = [("models", None), (f"models/{model.name}", None)]
+    parents: list[tuple[str, Path | bytes | None]] = [("models", None), (f"models/{model.name}", None)]
+    arcname = f"models/{model.name}/{model.version}"
     try:
-        tarball.write(sink, [*parents, *tarball.tree(root, f"models/{model.name}/{model.version}")])
+        entries = baked_entries([*parents, *tarball.tree(root, arcname)], root, arcname, model.warmup)
+        tarball.write(sink, entries)
     except tarball.UnsupportedEntry as exc:
         raise ImageBuildError(f"{exc}; a model holds only those") from None

@@ -1,10 +1,10 @@
-"""The few TensorFlow / TF Serving protobuf messages the pipeline reads, without importing TensorFlow.
+"""The few TensorFlow / TF Serving protobuf messages the pipeline reads or writes, without TensorFlow.
 
 ``tensorflow_serving.apis`` and ``tensorflow.core`` import all of TensorFlow (about 5 s) for
-their generated messages. The tasks that only read a SavedModel's signature or ask a server for
-its model status need a handful of fields; they are declared here with the upstream names and
-field numbers, so the bytes (and the text format) are the same. Fields not declared are skipped
-by the parser. Each declaration says where upstream keeps the real one.
+their generated messages. The tasks that only read a SavedModel's signature, ask a server for
+its model status or write warmup requests into an image need a handful of fields; they are
+declared here with the upstream names and field numbers, so the bytes (and the text format) are
+the same. Fields not declared are skipped by the parser. Each declaration says where upstream keeps the real one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _SCALARS = {
     "bool": _F.TYPE_BOOL,
     "int32": _F.TYPE_INT32,
     "int64": _F.TYPE_INT64,
+    "bytes": _F.TYPE_BYTES,
 }
 PACKAGE = "tfserving_deploy.protos"
 
@@ -67,7 +68,7 @@ ENUMS = {
 # message -> fields as "name number [repeated|map] type [oneof:<name>]"
 MESSAGES = {
     # tensorflow_serving/apis/model.proto, get_model_status.proto; tensorflow_serving/util/status.proto
-    "ModelSpec": ["name 1 string"],
+    "ModelSpec": ["name 1 string", "signature_name 3 string"],
     "GetModelStatusRequest": ["model_spec 1 ModelSpec"],
     "StatusProto": ["error_code 1 int32", "error_message 2 string"],
     "ModelVersionStatus": ["version 1 int64", "state 2 int32", "status 3 StatusProto"],
@@ -90,6 +91,17 @@ MESSAGES = {
     "TensorInfo": ["name 1 string", "dtype 2 DataType", "tensor_shape 3 TensorShapeProto"],
     "TensorShapeProto": ["dim 2 repeated Dim", "unknown_rank 3 bool"],
     "Dim": ["size 1 int64", "name 2 string"],
+    # tensorflow_serving/apis/prediction_log.proto, predict.proto; tensorflow/core/framework/tensor.proto
+    # (warmup requests, written at build time: warmup.py)
+    "PredictionLog": ["predict_log 6 PredictLog oneof:log_type"],
+    "PredictLog": ["request 1 PredictRequest"],
+    "PredictRequest": ["model_spec 1 ModelSpec", "inputs 2 map TensorProto"],
+    "TensorProto": [
+        "dtype 1 DataType",
+        "tensor_shape 2 TensorShapeProto",
+        "tensor_content 4 bytes",
+        "string_val 8 repeated bytes",
+    ],
 }
 
 

@@ -31,6 +31,10 @@ class ServingClient:
     def close(self) -> None:
         self._channel.close()
 
+    def watch_connectivity(self, callback) -> None:
+        """``callback(grpc.ChannelConnectivity)`` on every state change (READY: a new connection)."""
+        self._channel.subscribe(callback, try_to_connect=False)
+
     def model_status(self, model_name: str) -> list[VersionStatus]:
         """GetModelStatus on a channel of its own (``model_status.model_status``: no TensorFlow needed)."""
         return model_status(self.address, model_name, timeout=self.timeout)

@@ -7,6 +7,7 @@ files and directories go in; a link or a device in a model is refused.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
@@ -33,12 +34,15 @@ def tree(root: Path, arcname: str) -> Iterator[tuple[str, Path | None]]:
         raise UnsupportedEntry(f"{root} is neither a file nor a directory")
 
 
-def write(sink, entries: Iterable[tuple[str, Path | None]]) -> None:
-    """Write ``(name, path)`` entries (a None path is a directory) as a tar stream into ``sink``."""
+def write(sink, entries: Iterable[tuple[str, Path | bytes | None]]) -> None:
+    """Write ``(name, path)`` entries as a tar stream into ``sink``: a None path is a directory,
+    bytes are a file's contents."""
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:  # type: ignore[call-overload]
         for name, path in entries:
             if path is None:
                 tar.addfile(_entry(name, tarfile.DIRTYPE))
+            elif isinstance(path, bytes):
+                tar.addfile(_entry(name, tarfile.REGTYPE, len(path)), io.BytesIO(path))
             else:
                 with open(path, "rb") as f:
                     tar.addfile(_entry(name, tarfile.REGTYPE, os.fstat(f.fileno()).st_size), f)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .balance import SpreadReport
 from .cache import write_atomic
 from .errors import InvalidModelError, ValidationError
 from .signature import Signature, TensorInfo
@@ -136,6 +137,7 @@ class ReplicaReport:
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     dialed: str | None = None  # where the requests went, when not to ``address`` (a port-forward)
+    metrics: dict | None = None  # from the replica's own Prometheus metrics: version, ok, failed, latency
 
     @property
     def ok(self) -> bool:
@@ -147,10 +149,11 @@ class ValidationReport:
     model_name: str
     version: int
     replicas: list[ReplicaReport]
+    spread: SpreadReport | None = None  # through the load balancer, when there is one
 
     @property
     def ok(self) -> bool:
-        return bool(self.replicas) and all(r.ok for r in self.replicas)
+        return bool(self.replicas) and all(r.ok for r in self.replicas) and (self.spread is None or self.spread.ok)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -167,6 +170,14 @@ class ValidationReport:
                 f"p={_fmt(r.top_probability, '.3f')} latency p50={_fmt(r.latency_ms_p50, '.1f')}ms "
                 f"p99={_fmt(r.latency_ms_p99, '.1f')}ms over {r.requests} requests -> {verdict}"
             )
+            if r.metrics:
+                m = r.metrics
+                lines.append(
+                    f"    its metrics (version {m['version']}): {m['ok']} requests OK, {m['failed']} failed, "
+                    f"mean Predict latency {_fmt(m['latency_ms_mean'], '.1f')}ms since it started"
+                )
+        if self.spread:
+            lines.append(f"  {self.spread.summary()}")
         return "\n".join(lines)
 
 
@@ -344,10 +355,55 @@ def _time_requests(
         report.latency_ms_p99 = float(np.percentile(latencies, 99))
 
 
+def add_replica_metrics(report: ValidationReport, metrics: Mapping[str, str]) -> None:
+    """Each replica's request count and latency from its own metrics (``metrics``: replica
+    address -> where its REST port is dialed), beside the version it answered with."""
+    from .serving_metrics import read_request_metrics
+
+    for replica in report.replicas:
+        if replica.address in metrics:
+            figures = read_request_metrics(metrics[replica.address], report.model_name)
+            replica.metrics = {"version": replica.served_version, **asdict(figures)}
+
+
+def check_spread(
+    report: ValidationReport,
+    balancer: str,
+    metrics: Mapping[str, str],
+    *,
+    signature: Signature,
+    jpeg: bytes,
+    window_s: float,
+    until_all: bool = True,
+) -> None:
+    """Send the validation request through ``balancer`` on one channel until every replica in
+    ``metrics`` (address -> dialed REST port) has answered some: ``report.spread``."""
+    from .balance import measure_spread
+    from .serving_client import ServingClient
+    from .serving_metrics import read_request_metrics
+
+    request = to_tensor_protos(build_inputs(signature, jpeg))
+    counters = {
+        address: (lambda rest=rest: read_request_metrics(rest, report.model_name).ok)
+        for address, rest in metrics.items()
+    }
+    with ServingClient(balancer) as client:
+        report.spread = measure_spread(
+            client,
+            counters,
+            lambda: client.predict(report.model_name, request, signature_name=signature.name),
+            window_s=window_s,
+            until_all=until_all,
+        )
+
+
 def raise_for_report(report: ValidationReport) -> None:
     if not report.replicas:
         raise ValidationError(f"no replicas to validate for model {report.model_name!r}")
     if not report.ok:
-        raise ValidationError(
-            "validation failed; the deployed model does not answer like its artifact.\n" + report.summary()
+        what = (
+            "requests through the load balancer do not reach every ready pod"
+            if all(r.ok for r in report.replicas)
+            else "the deployed model does not answer like its artifact"
         )
+        raise ValidationError(f"validation failed; {what}.\n{report.summary()}")

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 
 from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
 from tfserving_deploy.errors import InvalidParameter
+from tfserving_deploy.server_config import (
+    DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
+    DEFAULT_MAX_CONNECTION_AGE_MS,
+    ServerConfig,
+)
 
 TARGETS = ("local", "kubernetes", "gke")
 IMAGE_BUILDERS = ("oci", "docker")
@@ -102,6 +107,7 @@ class TargetConfig:
     pod_access: str = "auto"
     service_type: str = "LoadBalancer"
     source_ranges: tuple[str, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
     gke: GkeConfig = field(default_factory=GkeConfig)
 
     @classmethod
@@ -133,6 +139,13 @@ class TargetConfig:
             pod_access=text(get("pod_access"), "auto"),
             service_type=text(get("service_type"), "LoadBalancer"),
             source_ranges=sequence(get("load_balancer_source_ranges")),
+            server=ServerConfig(
+                max_connection_age_ms=number(get("grpc_max_connection_age_ms"), DEFAULT_MAX_CONNECTION_AGE_MS),
+                max_connection_age_grace_ms=number(
+                    get("grpc_max_connection_age_grace_ms"), DEFAULT_MAX_CONNECTION_AGE_GRACE_MS
+                ),
+                batching=mapping(get("batching_parameters")),
+            ),
             gke=gke,
         )
 

@@ -22,7 +22,7 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
     if config.name == "local":
         from tfserving_deploy.targets.local import LocalDockerTarget
 
-        return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url))
+        return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url), server=config.server)
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
     if config.name == "gke":
@@ -38,6 +38,7 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
         pod_access=config.pod_access,
         service_type=config.service_type,
         source_ranges=config.source_ranges,
+        server=config.server,
     )
 
 

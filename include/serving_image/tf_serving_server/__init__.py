@@ -17,9 +17,13 @@ Deviations from the real server, on purpose:
   a TensorFlow load error) ends in END with the error at once: ``--max_num_load_retries``
   defaults to 0 here, to 5 (a minute apart, LOADING meanwhile) in the real server. Both honour
   the flag and ``--load_retry_interval_micros``.
-* One model, its highest numeric version, loaded once: no file-system polling, model config file,
-  version labels, batching, warmup replay or monitoring. SIGTERM exits immediately (no drain),
-  as the real server does.
+* One model, its highest numeric version, loaded once: no file-system polling, model config file
+  or version labels. SIGTERM exits immediately (no drain), as the real server does.
+* Warmup requests (``<version>/assets.extra/tf_serving_warmup_requests``) are replayed before
+  AVAILABLE, ``--grpc_channel_arguments`` reach the gRPC server, and ``--monitoring_config_file``
+  exports the request count and latency under the real names. ``--enable_batching`` and
+  ``--batching_parameters_file`` are checked (an unknown field stops the start) but requests run
+  one by one.
 """
 
 from .grpc_api import ModelServicer, PredictionServicer

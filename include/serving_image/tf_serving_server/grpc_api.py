@@ -1,5 +1,7 @@
 """The gRPC services: PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus)."""
 
+import time
+
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import (
@@ -20,18 +22,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.model = model
 
     def Predict(self, request, context):
+        started, status = time.perf_counter(), "OK"
+        try:
+            return self._predict(request, context)
+        except ServingError as e:
+            status = e.code.name
+            context.abort(e.code, e.message)
+        finally:
+            latency_us = (time.perf_counter() - started) * 1e6
+            self.model.metrics.record(request.model_spec.name, "predict", "GRPC", status, latency_us)
+
+    def _predict(self, request, context):
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
         try:
-            try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except (TypeError, ValueError) as e:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor: {e}") from e
-            key, outputs = self.model.predict(
-                spec.name, version, spec.signature_name, inputs, list(request.output_filter)
-            )
-        except ServingError as e:
-            context.abort(e.code, e.message)
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        except (TypeError, ValueError) as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor: {e}") from e
+        key, outputs = self.model.predict(spec.name, version, spec.signature_name, inputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.model.name
         response.model_spec.version.value = self.model.version

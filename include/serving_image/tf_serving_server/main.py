@@ -12,6 +12,7 @@ from http.server import ThreadingHTTPServer
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from .config_files import parse_channel_arguments, read_batching_parameters, read_monitoring_config
 from .grpc_api import ModelServicer, PredictionServicer
 from .model import ServedModel, log
 from .rest_api import make_rest_handler
@@ -32,16 +33,43 @@ def parse_args(argv=None):
         help="retries of a failed load, LOADING meanwhile (the real server's default is 5)",
     )
     parser.add_argument("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries")
-    args, ignored = parser.parse_known_args(argv)  # e.g. --enable_batching: accepted, not implemented
+    parser.add_argument(
+        "--grpc_channel_arguments",
+        default="",
+        help="gRPC server channel arguments: key=value,... (e.g. grpc.max_connection_age_ms=30000)",
+    )
+    parser.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text proto (Prometheus)")
+    parser.add_argument("--enable_batching", type=_flag, nargs="?", const=True, default=False)
+    parser.add_argument("--batching_parameters_file", default="", help="BatchingParameters text proto")
+    args, ignored = parser.parse_known_args(argv)
     args.ignored = ignored
     return args
 
 
-def start_servers(model, host, port, rest_api_port):
+def _flag(value):
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def read_config_files(args):
+    """(channel arguments, metrics path, batching parameters) from the flags; ValueError or
+    OSError when one is unreadable: the real server does not start then either."""
+    channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+    metrics_path = read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
+    batching = None
+    if args.enable_batching:
+        batching = read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file else {}
+    return channel_arguments, metrics_path, batching
+
+
+def start_servers(model, host, port, rest_api_port, *, channel_arguments=(), metrics_path=None):
     """Open the gRPC port and (unless 0) the REST port for `model`; returns both servers."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1), *channel_arguments],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
@@ -51,7 +79,7 @@ def start_servers(model, host, port, rest_api_port):
     log.info("Running gRPC ModelServer at %s:%d ...", host, port)
     httpd = None
     if rest_api_port:
-        httpd = ThreadingHTTPServer((host, rest_api_port), make_rest_handler(model))
+        httpd = ThreadingHTTPServer((host, rest_api_port), make_rest_handler(model, metrics_path))
         httpd.daemon_threads = True
         threading.Thread(target=httpd.serve_forever, name="rest", daemon=True).start()
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_api_port)
@@ -70,9 +98,25 @@ def main(argv=None):
     signal.signal(signal.SIGINT, exit_now)
     if args.ignored:
         log.warning("ignoring unsupported flags: %s", " ".join(args.ignored))
+    try:
+        channel_arguments, metrics_path, batching = read_config_files(args)
+    except (ValueError, OSError) as e:
+        log.error("%s", e)
+        return 1
+    if batching is not None:  # requests run one by one here; the flags are checked, then accepted
+        log.info("batching parameters (accepted, requests are not batched): %s", batching)
+    if metrics_path:
+        log.info("Prometheus metrics at :%d%s", args.rest_api_port, metrics_path)
     model = ServedModel(args.model_name, args.model_base_path)
     try:
-        server, _ = start_servers(model, args.host, args.port, args.rest_api_port)
+        server, _ = start_servers(
+            model,
+            args.host,
+            args.port,
+            args.rest_api_port,
+            channel_arguments=channel_arguments,
+            metrics_path=metrics_path,
+        )
     except (RuntimeError, OSError) as e:
         log.error("%s", e)
         return 1

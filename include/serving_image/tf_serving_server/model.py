@@ -8,11 +8,15 @@ import grpc
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+
+from .metrics import Metrics
 
 log = logging.getLogger("tf_serving")
 ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
 DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # the real server's limit
 GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes share these numbers
 HTTP_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -44,6 +48,8 @@ class ServedModel:
         self.version, self.state, self.error = 0, ModelVersionStatus.LOADING, (grpc.StatusCode.OK, "")
         self.signatures = {}  # signature key -> loaded concrete function
         self.signature_defs = {}  # signature key -> SignatureDef proto, as read from saved_model.pb
+        self.warmup_records = 0  # replayed before AVAILABLE, from <version>/assets.extra
+        self.metrics = Metrics()  # requests served (warmup not counted), for --monitoring_config_file
         self._loaded = None  # keeps the loaded object (and its variables) alive
 
     def _set_state(self, state, code=grpc.StatusCode.OK, message=""):
@@ -112,6 +118,7 @@ class ServedModel:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f'Serving signature key "{DEFAULT_SIGNATURE}" not found in {export_dir}.',
                 )
+            self.warmup_records = replay_warmup(export_dir, dict(loaded.signatures))
         except ServingError as e:
             return e.code, e.message
         except tf.errors.OpError as e:
@@ -145,56 +152,91 @@ class ServedModel:
     def predict(self, name, version, signature_name, inputs, output_filter=()):
         """Run a signature on numpy inputs; returns (signature key, {output name: numpy array})."""
         self._resolve(name, version)
-        key = signature_name or DEFAULT_SIGNATURE
-        if key not in self.signatures:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        fn = self.signatures[key]
-        specs = fn.structured_input_signature[1]
-        expected = ",".join(sorted(specs))
-        for alias in inputs:
-            if alias not in specs:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input tensor alias not found in signature: {alias}. "
-                    f"Inputs expected to be in the set {{{expected}}}.",
-                )
-        missing = sorted(set(specs) - set(inputs))
-        if missing:
+        return run_signature(self.signatures, signature_name, inputs, output_filter)
+
+
+def run_signature(signatures, signature_name, inputs, output_filter=()):
+    """Check numpy inputs against a loaded signature and run it, with the real server's errors."""
+    key = signature_name or DEFAULT_SIGNATURE
+    if key not in signatures:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+    fn = signatures[key]
+    specs = fn.structured_input_signature[1]
+    expected = ",".join(sorted(specs))
+    for alias in inputs:
+        if alias not in specs:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(inputs)}!={len(specs)} "
-                f"len({{{','.join(sorted(inputs))}}}) != len({{{expected}}}). "
-                f"Sent extra: {{}}. Missing but required: {{{','.join(missing)}}}.",
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in the set {{{expected}}}.",
             )
-        outputs_known = sorted(fn.structured_outputs)
-        for alias in output_filter:
-            if alias not in outputs_known:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                    f"in the set {{{','.join(outputs_known)}}}.",
-                )
-        tensors = {}
-        for i, alias in enumerate(sorted(specs)):
-            spec, value = specs[alias], inputs[alias]
-            try:
-                tensor = tf.convert_to_tensor(value)
-            except (TypeError, ValueError) as e:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias}: {e}") from e
-            if tensor.dtype != spec.dtype:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"Expects arg[{i}] to be {dtype_name(spec.dtype)} but {dtype_name(tensor.dtype)} is provided",
-                )
-            if not spec.shape.is_compatible_with(tensor.shape):
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {alias}: shape {tensor.shape} is incompatible with {spec.shape}",
-                )
-            tensors[alias] = tensor
+    missing = sorted(set(specs) - set(inputs))
+    if missing:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(inputs)}!={len(specs)} "
+            f"len({{{','.join(sorted(inputs))}}}) != len({{{expected}}}). "
+            f"Sent extra: {{}}. Missing but required: {{{','.join(missing)}}}.",
+        )
+    outputs_known = sorted(fn.structured_outputs)
+    for alias in output_filter:
+        if alias not in outputs_known:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(outputs_known)}}}.",
+            )
+    tensors = {}
+    for i, alias in enumerate(sorted(specs)):
+        spec, value = specs[alias], inputs[alias]
         try:
-            result = fn(**tensors)
-        except tf.errors.OpError as e:
-            raise ServingError(GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), e.message) from e
-        wanted = output_filter or outputs_known
-        return key, {alias: result[alias].numpy() for alias in wanted}
+            tensor = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias}: {e}") from e
+        if tensor.dtype != spec.dtype:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{i}] to be {dtype_name(spec.dtype)} but {dtype_name(tensor.dtype)} is provided",
+            )
+        if not spec.shape.is_compatible_with(tensor.shape):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias}: shape {tensor.shape} is incompatible with {spec.shape}",
+            )
+        tensors[alias] = tensor
+    try:
+        result = fn(**tensors)
+    except tf.errors.OpError as e:
+        raise ServingError(GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), e.message) from e
+    wanted = output_filter or outputs_known
+    return key, {alias: result[alias].numpy() for alias in wanted}
+
+
+def replay_warmup(export_dir, signatures):
+    """Run the model's warmup requests (a TFRecord of PredictionLog) before it is AVAILABLE, as the
+    real server does; a bad record fails the load. Returns how many were replayed."""
+    path = os.path.join(export_dir, WARMUP_FILE)
+    if not os.path.isfile(path):
+        return 0
+    started, count = time.monotonic(), 0
+    for record in tf.data.TFRecordDataset(path):
+        count += 1
+        if count > MAX_WARMUP_RECORDS:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
+            )
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        kind = entry.WhichOneof("log_type")
+        if kind != "predict_log":
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
+        request = entry.predict_log.request
+        inputs = {alias: tf.make_ndarray(tensor) for alias, tensor in request.inputs.items()}
+        run_signature(signatures, request.model_spec.signature_name, inputs, list(request.output_filter))
+    log.info(
+        "Finished reading warmup data for model at %s. Number of warmup records read: %d. "
+        "Elapsed time (microseconds): %d.",
+        path,
+        count,
+        (time.monotonic() - started) * 1e6,
+    )
+    return count

@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import time
 from http.server import BaseHTTPRequestHandler
 
 import grpc
@@ -95,6 +96,15 @@ ROUTE = re.compile(
 
 def answer(model, method, path, read_body):
     """(HTTP status, JSON payload) for one request; ``read_body()`` returns the request's bytes."""
+    started = time.perf_counter()
+    code, payload = _answer(model, method, path, read_body)
+    if path.split("?", 1)[0].endswith(":predict"):
+        status = "OK" if code == 200 else next((c.name for c, h in HTTP_CODES.items() if h == code), "UNKNOWN")
+        model.metrics.record(model.name, "predict", "REST", status, (time.perf_counter() - started) * 1e6)
+    return code, payload
+
+
+def _answer(model, method, path, read_body):
     match = ROUTE.match(path.split("?", 1)[0])
     if not match:
         return 404, {"error": f"Malformed request: {method} {path}"}
@@ -142,16 +152,22 @@ def _json_object(data):
     return body
 
 
-def make_rest_handler(model):
+def make_rest_handler(model, metrics_path=None):
+    """The REST API, and the Prometheus metrics at ``metrics_path`` when monitoring is on."""
+
     class Handler(BaseHTTPRequestHandler):
         """The REST API; errors are {"error": ...} with the real server's HTTP codes."""
 
         def _handle(self, method):
+            if metrics_path and method == "GET" and self.path.split("?", 1)[0] == metrics_path:
+                return self._send(200, model.metrics.exposition().encode(), "text/plain; version=0.0.4")
             length = int(self.headers.get("Content-Length") or 0)
             code, payload = answer(model, method, self.path, lambda: self.rfile.read(length))
-            data = json.dumps(payload).encode()
+            self._send(code, json.dumps(payload).encode(), "application/json")
+
+        def _send(self, code, data, content_type):
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

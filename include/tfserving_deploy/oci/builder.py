@@ -8,7 +8,7 @@ only the registry (read the base) and a local cache (write the layer, config and
   times; the config keeps the base's ``created``. Same model + same base -> same digest, known
   before any upload, so ``build`` returns ``repository@sha256:<manifest digest>`` at once and a
   re-run's ``push`` is a single HEAD.
-* Incremental: the layer is built once per (model sha256, name, version, compression) into a
+* Incremental: the layer is built once per (model sha256, name, version, warmup, compression) into a
   content-addressed cache; blobs are HEADed before upload; base layers are mounted from the
   base's repository when it is in the same registry (no bytes sent).
 * Streaming: the layer is hashed while it is written, and uploaded in chunks read from the file,
@@ -293,6 +293,7 @@ class OciImageBuilder:
                     "version": model.version,
                     "compression": self.compression,
                     "level": self.compress_level if self.compression != "none" else None,
+                    **({"warmup": model.warmup_sha256} if model.warmup is not None else {}),
                 }
             )
         ).hexdigest()

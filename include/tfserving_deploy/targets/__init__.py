@@ -66,6 +66,10 @@ class Target(Protocol):
     def explain_replica(self, model_name: str, address: str) -> str:
         """What became of the replica at ``address``: its state, exit code, last log lines."""
 
+    def metrics_address(self, address: str) -> str | None:
+        """The replica's REST ``host:port`` (its Prometheus metrics) from its gRPC address; None
+        when the address is not one replica's (a load balancer)."""
+
     def reachable(self, addresses: list[str]) -> AbstractContextManager[dict[str, str]]:
         """``{address: what to dial}``: each replica address made dialable from this process
         (e.g. through a port-forward), valid inside the ``with``."""

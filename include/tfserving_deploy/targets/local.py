@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from ..errors import RegistryError, RolloutError, TargetError
 from ..model_status import wait_until_available
 from ..references import is_loopback, registry_host, require_digest
+from ..server_config import ServerConfig
 from ..sizing import PEAK_COMMAND, Measurement, Sizing, parse_peak, seconds_between
 from .manifests import RUN_AS_USER
 
@@ -26,6 +27,7 @@ LABEL_IMAGE = "io.tfserving-deploy.image"
 LABEL_REPLICA = "io.tfserving-deploy.replica"
 LABEL_META = "io.tfserving-deploy.meta."
 LABEL_RUN = "io.tfserving-deploy.run"  # a candidate's run (run_key)
+LABEL_SERVER = "io.tfserving-deploy.server-config"  # ServerConfig.fingerprint: other flags, another revision
 GRPC_PORT, REST_PORT = "8500/tcp", "8501/tcp"
 
 
@@ -33,10 +35,19 @@ class LocalDockerTarget:
     """Serving replicas are running containers labelled with the model; the previous revision
     is kept *stopped* so that ``rollback`` can bring it back in seconds."""
 
-    def __init__(self, client, *, bind_host: str = "127.0.0.1", memory_limit: str = "2g", cpus: float = 1.0):
+    def __init__(
+        self,
+        client,
+        *,
+        bind_host: str = "127.0.0.1",
+        memory_limit: str = "2g",
+        cpus: float = 1.0,
+        server: ServerConfig | None = None,
+    ):
         self.client = client
         self.bind_host = bind_host
         self.memory_limit, self.cpus = memory_limit, cpus
+        self.server = server or ServerConfig()
 
     # -- ensure_cluster ------------------------------------------------------------------------
 
@@ -120,10 +131,14 @@ class LocalDockerTarget:
         """The new revision starts beside the old one; ``on_change`` is called when what serves
         changes: once every new replica is AVAILABLE, before the old revision stops. New
         replicas get ``sizing``'s memory limit (else the target's)."""
-        revision = require_digest(image).short_digest
+        revision = f"{require_digest(image).short_digest}-{self.server.fingerprint()[:6]}"
         self._pull(image)
         mine = self._containers(model_name)
-        current = [c for c in mine if _digest(c) == require_digest(image).digest]  # pushed anywhere
+        current = [  # the same digest (pushed anywhere), started with the same server flags
+            c
+            for c in mine
+            if _digest(c) == require_digest(image).digest and c.labels.get(LABEL_SERVER) == self.server.fingerprint()
+        ]
         others = [c for c in mine if c not in current]
         promoted = not any(c.status == "running" for c in current)  # this run changes what serves
         memory_limit = (sizing.memory_limit_bytes() if sizing else None) or self.memory_limit
@@ -245,8 +260,10 @@ class LocalDockerTarget:
                 image,
                 name=name,
                 detach=True,
-                labels=labels,
-                environment={"MODEL_NAME": model_name},
+                labels={**labels, LABEL_SERVER: self.server.fingerprint()},
+                entrypoint=self.server.command(),
+                command=self.server.server_args(),
+                environment={"MODEL_NAME": model_name, **self.server.files()},
                 ports={GRPC_PORT: (self.bind_host, None), REST_PORT: (self.bind_host, None)},
                 restart_policy={"Name": "unless-stopped"},
                 # as on Kubernetes: not root, nothing writable but /tmp, no capabilities, bounded
@@ -287,6 +304,21 @@ class LocalDockerTarget:
         crashed = [c for c in containers if c.status != "running" and (c.attrs.get("State") or {}).get("ExitCode")]
         stopped = [f"container {c.name} {_ended(c)}{_tail(c, 5)}" for c in crashed]
         return "; ".join(stopped) or f"no container of {model_name!r} holds {address} any more"
+
+    def metrics_address(self, address: str) -> str | None:
+        """The REST ``host:port`` (Prometheus metrics) of the replica whose gRPC port is ``address``
+        (there is no load balancer here: every address is a replica's)."""
+        for c in self._all_replicas():
+            ports = (c.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+            if any(f"{self.bind_host}:{b['HostPort']}" == address for b in ports.get(GRPC_PORT) or []):
+                return f"{self.bind_host}:{(ports.get(REST_PORT) or [{}])[0].get('HostPort')}"
+        raise TargetError(f"no running replica has the gRPC address {address}; was it removed?")
+
+    def _all_replicas(self) -> list:
+        """Every serving replica and candidate this target started, of any model."""
+        return self.client.containers.list(filters={"label": LABEL_MODEL}) + self.client.containers.list(
+            filters={"label": LABEL_CANDIDATE}
+        )
 
     def _addresses(self, containers: list) -> list[str]:
         addresses = []

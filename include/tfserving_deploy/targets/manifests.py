@@ -35,6 +35,7 @@ from pathlib import Path
 from ..defaults import GRPC_PORT, REST_PORT
 from ..errors import InvalidParameter
 from ..references import require_digest
+from ..server_config import PROMETHEUS_ANNOTATIONS, ServerConfig
 from ..sizing import DEFAULT_RESOURCES, DEFAULT_STARTUP_SECONDS
 from .probes import readiness_command
 
@@ -128,16 +129,21 @@ def pod_spec(
     *,
     model_name: str,
     resources: dict | None = None,
+    server: ServerConfig | None = None,
     startup_seconds: int = LIVENESS_INITIAL_DELAY_SECONDS,
 ) -> dict:
-    """The serving pod: probes, graceful stop, resources and security context (see module doc);
+    """The serving pod: server flags, probes, graceful stop, resources and security context (see module doc);
     ``startup_seconds``: how long the model may take to load before liveness checks begin."""
     require_digest(image)
+    server = server or ServerConfig()
     container = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "env": [{"name": "MODEL_NAME", "value": model_name}],
+        "command": server.command(),
+        "args": server.server_args(),
+        "env": [{"name": "MODEL_NAME", "value": model_name}]
+        + [{"name": name, "value": text} for name, text in server.files().items()],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
@@ -188,11 +194,12 @@ def deployment_manifest(
     resources: dict | None = None,
     metadata: dict | None = None,
     progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
+    server: ServerConfig | None = None,
     startup_seconds: int = LIVENESS_INITIAL_DELAY_SECONDS,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
         raise InvalidParameter(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
-    spec = pod_spec(image, model_name=model_name, resources=resources, startup_seconds=startup_seconds)
+    spec = pod_spec(image, model_name=model_name, resources=resources, server=server, startup_seconds=startup_seconds)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -213,7 +220,7 @@ def deployment_manifest(
             "selector": {"matchLabels": selector_labels(model_name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE}},
             "template": {
-                "metadata": {"labels": object_labels(model_name)},
+                "metadata": {"labels": object_labels(model_name), "annotations": dict(PROMETHEUS_ANNOTATIONS)},
                 "spec": {**spec, "topologySpreadConstraints": spread_constraints(model_name)},
             },
         },
@@ -250,6 +257,7 @@ def candidate_pod_manifest(
     namespace: str,
     resources: dict | None = None,
     run: str | None = None,
+    server: ServerConfig | None = None,
 ) -> dict:
     """One pod of ``image`` beside the Deployment, for validation before promotion. Its
     ``app.kubernetes.io/name`` differs, so the Service never sends it traffic; its name and labels
@@ -262,9 +270,9 @@ def candidate_pod_manifest(
             "name": name,
             "namespace": namespace,
             "labels": candidate_labels(model_name, run),
-            "annotations": {ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version)},
+            "annotations": {ANNOTATION_IMAGE: image, ANNOTATION_VERSION: str(version), **PROMETHEUS_ANNOTATIONS},
         },
-        "spec": pod_spec(image, model_name=model_name, resources=resources),
+        "spec": pod_spec(image, model_name=model_name, resources=resources, server=server),
     }
 
 

@@ -172,6 +172,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             "model-url": self.model["url"][:200],
             "run-date": date.isoformat(),
             "dag-run": context["run_id"][:200],
+            "server-config": self.target_config.server.fingerprint(),  # the change check compares it
         }
         replicas = number(self.replicas)
         sizing = self._sizing()

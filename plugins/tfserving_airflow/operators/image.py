@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from airflow.sdk import BaseOperator
 
 from tfserving_deploy.references import parse_reference
 
 from .. import lineage
+from ..config import flag
 from .base import BuilderMixin, explained_failures
 from .model import local_model
 
@@ -23,6 +25,9 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
     :param builder_name: ``oci`` (registry API, no engine, reproducible) or ``docker`` (the tutorial's commit)
     :param builder_options: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials, ``docker_url``
     :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
+    :param warmup_requests: bake ``<version>/assets.extra/tf_serving_warmup_requests`` into the image
+        (unless the model has one): TF Serving replays it before the version is AVAILABLE
+    :param warmup_image_path: the image the warmup request sends (validation's); None: no warmup file
     """
 
     template_fields: Sequence[str] = (
@@ -32,6 +37,7 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
         "image_repository",
         "builder_name",
         "builder_options",
+        "warmup_requests",
     )
 
     def __init__(
@@ -44,21 +50,33 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
         builder_name: str = "docker",
         builder_options: dict | None = None,
         cache_dir: str | None = None,
+        warmup_requests: bool | str = True,
+        warmup_image_path: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.model, self.model_name, self.base_image = model, model_name, base_image
         self.image_repository, self.builder_name = image_repository, builder_name
         self.builder_options, self.cache_dir = builder_options or {}, cache_dir
+        self.warmup_requests, self.warmup_image_path = warmup_requests, warmup_image_path
         self._image: str | None = None
 
     def execute(self, context) -> str:
         from tfserving_deploy.images import ModelFiles
+        from tfserving_deploy.warmup import warmup_requests
 
         with explained_failures():
             fetched = local_model(self.model, self.cache_dir)
+            warmup = None
+            if flag(self.warmup_requests, default=True) and self.warmup_image_path:
+                jpeg = Path(self.warmup_image_path).read_bytes()
+                warmup = warmup_requests(self.model_name, fetched.signature, jpeg)
             files = ModelFiles(
-                name=self.model_name, version=fetched.version, sha256=fetched.sha256, path=fetched.model_dir
+                name=self.model_name,
+                version=fetched.version,
+                sha256=fetched.sha256,
+                path=fetched.model_dir,
+                warmup=warmup,
             )
             builder = self.builder_for(self.image_repository)
             self._image = builder.build(files, base_image=self.base_image, repository=self.image_repository)

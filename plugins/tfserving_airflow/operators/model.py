@@ -123,6 +123,9 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
         if meta.get("model-sha256") != sha256 or serving["replicas"] != number(self.replicas):
             reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
             return {"changed": True, "reason": reason, "sha256": sha256}
+        if meta.get("server-config") != self.target_config.server.fingerprint():
+            reason = f"server settings changed: {self.target_config.server}"
+            return {"changed": True, "reason": reason, "sha256": sha256}
         version = number(meta["model-version"])
         with self.target.reachable(serving["addresses"]) as dial:
             unhealthy = [

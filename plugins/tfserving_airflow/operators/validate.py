@@ -32,6 +32,8 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     :param compare_with_serving: a candidate's validation: its signature must not break clients of
         what serves now (``compatibility``), unless ``allow_signature_change``
     :param allow_signature_change: let a breaking signature change through (reported, not failed)
+    :param balance_check_seconds: with a load balancer among the endpoints, send requests through it
+        on one channel until every replica answered some, for at most this long (0: no check)
     """
 
     template_fields: Sequence[str] = (
@@ -44,6 +46,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         "target_name",
         "target_options",
         "allow_signature_change",
+        "balance_check_seconds",
     )
 
     def __init__(
@@ -61,6 +64,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         cache_dir: str | None = None,
         compare_with_serving: bool = False,
         allow_signature_change=False,
+        balance_check_seconds=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,6 +73,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         self.target_name, self.target_options = target_name, target_options or {}
         self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
         self.compare_with_serving, self.allow_signature_change = compare_with_serving, allow_signature_change
+        self.balance_check_seconds = balance_check_seconds
 
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
@@ -92,6 +97,9 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         for replica in report.replicas:  # a replica that stopped answering: say what became of it
             if any(f.startswith("Predict failed") for f in replica.failures):
                 replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
+        if report.ok:  # every replica answered right: now how they serve
+            with explained_failures():
+                self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
         summary = f"{report.summary()}\n  image: {self.image}"  # the digest, beside model and version
         self.log.info("%s", summary)
         with explained_failures():
@@ -113,6 +121,20 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
             },
         )
         return result
+
+    def _serving_figures(self, report, signature, jpeg: bytes) -> None:
+        """Each replica's metrics, and the spread of one channel through the load balancer."""
+        from tfserving_deploy.validation import add_replica_metrics, check_spread
+
+        rest = {address: self.target.metrics_address(address) for address in self.endpoints}
+        balancers = [address for address, metrics in rest.items() if metrics is None]
+        replicas = {address: metrics for address, metrics in rest.items() if metrics is not None}
+        with self.target.reachable([*balancers, *replicas.values()]) as dial:
+            dialed = {address: dial[metrics] for address, metrics in replicas.items()}
+            add_replica_metrics(report, dialed)
+            window = number(self.balance_check_seconds, 0)
+            if balancers and window:
+                check_spread(report, dial[balancers[0]], dialed, signature=signature, jpeg=jpeg, window_s=window)
 
     def _serving_replica(self) -> str | None:
         """A replica of what serves now, if that is another image than this candidate's."""

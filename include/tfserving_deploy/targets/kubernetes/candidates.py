@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from ...errors import RolloutError, TargetError
+from ...server_config import ServerConfig
 from ...sizing import PEAK_COMMAND, Measurement, parse_peak, seconds_between
 from ..manifests import candidate_labels, candidate_pod_manifest
 from . import objects
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class Candidates:
-    def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict):
-        self.api, self.watch, self.resources = api, watch, resources
+    def __init__(self, api: KubernetesApi, watch: RolloutWatch, resources: dict, server: ServerConfig):
+        self.api, self.watch, self.resources, self.server = api, watch, resources, server
 
     def start(
         self,
@@ -44,6 +45,7 @@ class Candidates:
             namespace=self.api.namespace,
             resources=self.resources,
             run=run,
+            server=self.server,
         )
         name = pod["metadata"]["name"]
         where = f"{self.api.namespace}/{name}"

@@ -20,9 +20,10 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-from ...defaults import GRPC_PORT, NAMESPACE
+from ...defaults import NAMESPACE, REST_PORT
 from ...errors import InvalidParameter, TargetError
 from ...references import is_loopback, registry_host
+from ...server_config import ServerConfig
 from ...sizing import Measurement, Sizing
 from ..manifests import (
     ANNOTATION_META,
@@ -79,6 +80,7 @@ class KubernetesTarget:
         progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
         pod_access: str = "auto",
         source_ranges: list[str] | tuple = (),
+        server: ServerConfig | None = None,
     ):
         if service_type not in SERVICE_TYPES:
             raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
@@ -92,8 +94,9 @@ class KubernetesTarget:
         self.resources = check_resources(resources)
         self.keep_failed_first_deploy, self.pod_access = keep_failed_first_deploy, pod_access
         self.progress_deadline_seconds = progress_deadline_seconds
+        self.server = server or ServerConfig()
         self.watch = RolloutWatch(self.api, poll_interval=poll_interval, unschedulable_grace=unschedulable_grace)
-        self.candidates = Candidates(self.api, self.watch, self.resources)
+        self.candidates = Candidates(self.api, self.watch, self.resources, self.server)
         self.rollbacks = Rollback(self.api, self.watch, keep_failed_first_deploy=keep_failed_first_deploy)
         self._pods_routable: bool | None = {"pod-ip": True, "port-forward": False}.get(pod_access)
 
@@ -147,6 +150,7 @@ class KubernetesTarget:
             metadata=metadata,
             progress_deadline_seconds=deadline,
             startup_seconds=startup,
+            server=self.server,
         )
         service = service_manifest(
             model_name=model_name,
@@ -314,19 +318,29 @@ class KubernetesTarget:
         port-forward through the API server; other addresses (a load balancer) map to themselves.
         """
         managed = self.api.pods({"app.kubernetes.io/managed-by": MANAGED_BY})
-        pods = {objects.pod_grpc_address(p): p for p in managed if (p.get("status") or {}).get("podIP")}
+        pods = {p["status"]["podIP"]: p for p in managed if (p.get("status") or {}).get("podIP")}
         with ExitStack() as forwards:
             dial = {}
             for address in addresses:
-                pod = pods.get(address)
+                host, _, port = address.rpartition(":")
+                pod = pods.get(host.strip("[]"))
                 if pod is None or self._reaches_pods(address):
                     dial[address] = address
                     continue
                 name = pod["metadata"]["name"]
-                forward = forwards.enter_context(PodPortForward(self.api.client, self.namespace, name, GRPC_PORT))
+                forward = forwards.enter_context(PodPortForward(self.api.client, self.namespace, name, int(port)))
                 log.info("pod %s (%s) is reached through a port-forward at %s", name, address, forward.address)
                 dial[address] = forward.address
             yield dial
+
+    def metrics_address(self, address: str) -> str | None:
+        """A pod's REST ``host:8501`` (its Prometheus metrics), from its gRPC address; None for
+        an address no pod holds (the load balancer)."""
+        host = address.rpartition(":")[0]
+        managed = self.api.pods({"app.kubernetes.io/managed-by": MANAGED_BY})
+        if not any((p.get("status") or {}).get("podIP") == host.strip("[]") for p in managed):
+            return None
+        return f"{host}:{REST_PORT}"
 
     def _reaches_pods(self, address: str) -> bool:
         """Whether pod IPs are routable from here: decided once, by dialing one pod."""

@@ -1,0 +1,91 @@
+"""ServerConfig renders the same flags for every target; the metrics reader parses the server's own text."""
+
+import subprocess
+
+import pytest
+
+from tfserving_deploy.errors import InvalidParameter
+from tfserving_deploy.server_config import CONFIG_DIR, ENTRYPOINT, ServerConfig
+from tfserving_deploy.serving_metrics import parse_request_metrics
+from tfserving_deploy.targets.manifests import deployment_manifest
+
+IMAGE = "127.0.0.1:5000/m@sha256:" + "a" * 64
+
+
+def test_defaults_age_connections_and_export_metrics():
+    config = ServerConfig()
+    assert config.server_args() == [
+        f"--monitoring_config_file={CONFIG_DIR}/monitoring.config",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=5000,grpc.max_connection_age_grace_ms=10000",
+    ]
+    assert ServerConfig(max_connection_age_ms=0).server_args() == config.server_args()[:1]
+
+
+def test_batching_is_rendered_as_batching_parameters():
+    config = ServerConfig(batching={"max_batch_size": 32, "batch_timeout_micros": 2000})
+    batching_file = f"--batching_parameters_file={CONFIG_DIR}/batching.config"
+    assert config.server_args()[-2:] == ["--enable_batching", batching_file]
+    assert config.files()["TFSERVING_DEPLOY_BATCHING_PARAMETERS"] == (
+        "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
+    )
+    assert config.fingerprint() != ServerConfig().fingerprint() == ServerConfig().fingerprint()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_connection_age_ms": -1}, "grpc_max_connection_age_ms=-1"),
+        ({"batching": {"max_batch": 8}}, "unknown key(s) max_batch"),
+        ({"batching": {"max_batch_size": 0}}, "max_batch_size=0"),
+    ],
+)
+def test_bad_settings_name_the_setting(settings, message):
+    with pytest.raises(InvalidParameter, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ServerConfig(**settings)
+
+
+def test_the_command_writes_the_files_then_runs_the_images_entrypoint(tmp_path):
+    """Run the rendered command with a stand-in entrypoint: the files hold the texts, the flags pass through."""
+    config = ServerConfig(batching={"max_batch_size": 4})
+    command = config.command()
+    script = command[2].replace(CONFIG_DIR, str(tmp_path / "cfg")).replace(ENTRYPOINT, "echo")
+    env = {"PATH": "/usr/bin:/bin", **config.files()}
+    out = subprocess.run([*command[:2], script, command[3], *config.server_args()], env=env, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().split() == config.server_args()  # the flags reach the entrypoint unchanged
+    assert (tmp_path / "cfg" / "batching.config").read_text() == "max_batch_size { value: 4 }\n"
+    assert 'path: "/monitoring/prometheus/metrics"' in (tmp_path / "cfg" / "monitoring.config").read_text()
+
+
+def test_pods_carry_the_flags_and_scrape_annotations():
+    deployment = deployment_manifest(
+        IMAGE, model_name="resnet", version=1, replicas=3, namespace="ns", server=ServerConfig(max_connection_age_ms=9)
+    )
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert container["command"][:2] == ["/bin/sh", "-c"] and ENTRYPOINT in container["command"][2]
+    assert "grpc.max_connection_age_ms=9" in " ".join(container["args"])
+    assert {e["name"] for e in container["env"]} >= {"MODEL_NAME", "TFSERVING_DEPLOY_MONITORING_CONFIG"}
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8501",
+        "prometheus.io/path": "/monitoring/prometheus/metrics",
+    }
+
+
+def test_request_metrics_are_read_per_model():
+    text = "\n".join(
+        [
+            "# TYPE :tensorflow:serving:request_count counter",
+            ':tensorflow:serving:request_count{model_name="resnet",status="OK"} 40',
+            ':tensorflow:serving:request_count{model_name="resnet",status="INVALID_ARGUMENT"} 2',
+            ':tensorflow:serving:request_count{model_name="other",status="OK"} 7',
+            ':tensorflow:serving:request_latency_sum{model_name="resnet",API="predict",entrypoint="GRPC"} 300000',
+            ':tensorflow:serving:request_latency_count{model_name="resnet",API="predict",entrypoint="GRPC"} 30',
+            ':tensorflow:serving:request_latency_sum{model_name="resnet",API="predict",entrypoint="REST"} 100000',
+            ':tensorflow:serving:request_latency_count{model_name="resnet",API="predict",entrypoint="REST"} 10',
+        ]
+    )
+    metrics = parse_request_metrics(text, "resnet")
+    assert (metrics.ok, metrics.failed, metrics.latency_ms_mean) == (40, 2, 10.0)
+    assert parse_request_metrics(text, "nope").latency_ms_mean is None
