@@ -269,7 +269,8 @@ with DAG(
             section=K8S,
             description=(
                 'Serving container resources, e.g. {"requests": {"cpu": "500m", "memory": "1Gi"}, '
-                '"limits": {"memory": "2Gi"}} (the default: twice the memory request covers a model reload).'
+                '"limits": {"memory": "2Gi"}}. Empty: sized from the candidate\'s measured peak memory (the limit '
+                "covers two copies during a version swap), else these defaults. Given: used as is, on every target."
             ),
         ),
         "pod_access": Param(
@@ -374,6 +375,7 @@ with DAG(
         image=push.output,
         model=fetch.output,
         replicas=P("replicas"),
+        sizing=candidate.output["sizing"],  # memory and startup budget from the candidate's measurement
         execution_timeout=timedelta(minutes=45),  # a rollout of many replicas takes up to four waves
         **TARGET,
         **MODEL,

@@ -54,6 +54,20 @@ def test_a_failure_after_the_promotion_rolls_back(dag):
     assert rollback.upstream_task_ids == {"deploy", "wait_for_endpoint", "validate", "push_image"}
 
 
+def test_deploy_is_sized_from_the_candidates_measurement(dag):
+    """start_candidate returns the candidate's address (validate_candidate's endpoints) and its
+    sizing under the XCom key ``sizing``, which deploy takes."""
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
+
+    from tfserving_airflow.operators.deploy import SIZING
+
+    endpoints, sizing = dag.get_task("validate_candidate").endpoints, dag.get_task("deploy").sizing
+    assert isinstance(sizing, PlainXComArg) and (sizing.operator.task_id, sizing.key) == ("start_candidate", SIZING)
+    assert isinstance(endpoints, PlainXComArg) and endpoints.operator.task_id == "start_candidate"
+    assert endpoints.key == "return_value"
+    assert "start_candidate" in dag.get_task("deploy").upstream_task_ids
+
+
 def test_the_image_is_warmed_with_the_request_validation_sends(dag):
     build = dag.get_task("build_image")
     assert build.warmup_requests == "{{ params.warmup_requests }}" and dag.params["warmup_requests"] is True

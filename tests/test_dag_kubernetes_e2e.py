@@ -125,6 +125,12 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     assert service["spec"]["type"] == "LoadBalancer"
     written = {p.name: yaml.safe_load(p.read_text()) for p in manifest_dir.glob("*.yaml")}
     assert written[f"{MODEL}-deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    # the resources param wins over the measurement; the startup budget comes from the candidate's load time
+    sizing = return_value(dag, first, "deploy")["sizing"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == SMALL and sizing["explicit_resources"] is True, sizing
+    assert container["livenessProbe"]["initialDelaySeconds"] == sizing["startup_seconds"]
+    assert sizing["measured"]["peak_mib"] > 50 and sizing["measured"]["load_seconds"] > 0, sizing
 
     # The balancer from the pool first, then every ready pod; each one answered class 286.
     endpoints = return_value(dag, first, "wait_for_endpoint")

@@ -88,6 +88,7 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     assert_lineage_chain(first.run_id)
     serving = sorted(c.id for c in containers())
     assert len(serving) == 3
+    assert_sized_from_the_candidate(first.run_id, containers())
 
     # Same inputs, forced through every task: converges on the same replicas, nothing duplicated.
     second = dag.test(run_conf={**conf, "force": True})
@@ -117,6 +118,18 @@ def test_dag_deploys_validates_and_converges_on_rerun(dag, model_url, containers
     assert all_succeeded(states), states
     assert not {c.id for c in containers()} & set(serving) and len(containers()) == 3
     assert all("grpc.max_connection_age_ms=2000" in " ".join(c.attrs["Args"]) for c in containers())
+
+
+def assert_sized_from_the_candidate(run_id: str, replicas: list) -> None:
+    """deploy's result says what the replicas got from the candidate's measurement, and why; they got it."""
+    from test_fail_fast import xcom
+
+    sizing = xcom(run_id, "deploy")["sizing"]
+    assert sizing["measured"]["peak_mib"] > 50 and sizing["measured"]["load_seconds"] > 0, sizing
+    assert "measured on candidate container tfs-dagtest-candidate-" in sizing["reasons"][0], sizing["reasons"]
+    limit = int(sizing["resources"]["limits"]["memory"].removesuffix("Mi")) * 1024 * 1024
+    assert {c.attrs["HostConfig"]["Memory"] for c in replicas} == {limit}
+    print(f"\ndemo model sizing: {sizing}")
 
 
 def assert_lineage_chain(run_id: str) -> None:

@@ -10,16 +10,26 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from ..sizing import Measurement, Sizing
+
 
 class Target(Protocol):
     def ensure_ready(self, image_repository: str) -> dict:
         """Check (or create) what the deployment needs; return facts worth logging."""
 
     def start_candidate(
-        self, image: str, *, model_name: str, version: int, ready_timeout: float, run: str | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        ready_timeout: float,
+        run: str | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
     ) -> list[str]:
         """One replica of ``image`` outside the serving set, ready; returns its gRPC address. It
-        belongs to ``run`` (``manifests.run_key``): runs side by side never touch each other's."""
+        belongs to ``run`` (``manifests.run_key``): runs side by side never touch each other's.
+        Once it is ready, ``on_measured`` gets its load time and peak memory (``sizing``)."""
 
     def stop_candidate(self, model_name: str, run: str | None = None) -> int:
         """Remove the candidates of ``model_name`` (only ``run``'s, when given); returns how many."""
@@ -34,8 +44,10 @@ class Target(Protocol):
         ready_timeout: float,
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
+        sizing: Sizing | None = None,
     ) -> dict:
-        """Roll out ``image`` (``repo@sha256:...``) so that ``replicas`` serve ``version``.
+        """Roll out ``image`` (``repo@sha256:...``) so that ``replicas`` serve ``version``, with
+        ``sizing``'s memory and startup budget (None: the target's own settings).
 
         Idempotent; on failure the previous revision keeps serving. The result says whether
         this call changed what serves (``promoted``); ``on_change`` is called the moment it starts

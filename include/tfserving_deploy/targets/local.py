@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 from ..errors import RegistryError, RolloutError, TargetError
 from ..model_status import wait_until_available
 from ..references import is_loopback, registry_host, require_digest
 from ..server_config import ServerConfig
+from ..sizing import PEAK_COMMAND, Measurement, Sizing, parse_peak, seconds_between
 from .manifests import RUN_AS_USER
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,18 @@ class LocalDockerTarget:
     # -- candidate (validate before promote) ---------------------------------------------------
 
     def start_candidate(
-        self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        ready_timeout: float = 300.0,
+        run: str | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
     ) -> list[str]:
         """One replica of ``image`` outside the serving set, for validation before promotion; it
-        belongs to ``run`` (a ``run_key``), so runs side by side keep their own."""
+        belongs to ``run`` (a ``run_key``), so runs side by side keep their own. ``on_measured``
+        gets its load time and peak memory once it is ready."""
         name = f"tfs-{model_name}-candidate-{require_digest(image).short_digest}" + (f"-{run}" if run else "")
         self._pull(image)
         existing = self.client.containers.list(all=True, filters={"name": f"^{name}$"})
@@ -92,6 +102,8 @@ class LocalDockerTarget:
             logs = _tail(container)
             container.remove(force=True)
             raise RolloutError(f"candidate {name} of {image} failed: {exc}{logs}") from exc
+        if on_measured is not None:
+            on_measured(_measure(container, reused=bool(running), available_at=datetime.now(UTC)))
         return addresses
 
     def stop_candidate(self, model_name: str, run: str | None = None) -> int:
@@ -114,9 +126,11 @@ class LocalDockerTarget:
         ready_timeout: float = 300.0,
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
+        sizing: Sizing | None = None,
     ) -> dict:
         """The new revision starts beside the old one; ``on_change`` is called when what serves
-        changes: once every new replica is AVAILABLE, before the old revision stops."""
+        changes: once every new replica is AVAILABLE, before the old revision stops. New
+        replicas get ``sizing``'s memory limit (else the target's)."""
         revision = f"{require_digest(image).short_digest}-{self.server.fingerprint()[:6]}"
         self._pull(image)
         mine = self._containers(model_name)
@@ -127,6 +141,7 @@ class LocalDockerTarget:
         ]
         others = [c for c in mine if c not in current]
         promoted = not any(c.status == "running" for c in current)  # this run changes what serves
+        memory_limit = (sizing.memory_limit_bytes() if sizing else None) or self.memory_limit
 
         keep, started = _keep_running(current, replicas), []
         kept_indexes = {int(c.labels[LABEL_REPLICA]) for c in keep}
@@ -136,7 +151,8 @@ class LocalDockerTarget:
             for index in range(replicas):
                 if index not in kept_indexes:
                     name = f"tfs-{model_name}-{revision}-{index}"
-                    started.append(self._run(image, name, model_name, {**labels, LABEL_REPLICA: str(index)}))
+                    replica = {**labels, LABEL_REPLICA: str(index)}
+                    started.append(self._run(image, name, model_name, replica, memory_limit=memory_limit))
             ready = keep + started
             addresses = self._addresses(ready)
             wait_until_available(
@@ -237,7 +253,7 @@ class LocalDockerTarget:
                 f"could not pull {image}: {exc.explanation or exc}; is the registry up and the digest pushed?"
             ) from exc
 
-    def _run(self, image: str, name: str, model_name: str, labels: dict):
+    def _run(self, image: str, name: str, model_name: str, labels: dict, memory_limit: str | int | None = None):
         log.info("starting container %s", name)
         try:
             return self.client.containers.run(
@@ -256,7 +272,7 @@ class LocalDockerTarget:
                 tmpfs={"/tmp": "size=256m"},
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                mem_limit=self.memory_limit,
+                mem_limit=memory_limit or self.memory_limit,
                 nano_cpus=int(self.cpus * 1e9),
             )
         except Exception as exc:
@@ -359,6 +375,29 @@ def _retire(others: list) -> list:
 def _digest(container) -> str:
     """The revision a container runs: its image's digest, whichever repository it was pulled from."""
     return container.labels.get(LABEL_IMAGE, "").partition("@")[2]
+
+
+def _measure(container, *, reused: bool, available_at: datetime) -> Measurement:
+    """The candidate's load time (its start to the model AVAILABLE) and its cgroup's peak memory,
+    read inside it; what cannot be read is None, with the reason."""
+    notes, load, peak = [], None, None
+    if reused:
+        notes.append(f"load time: not observed, {container.name} was already running (an earlier try started it)")
+    else:
+        started = (container.attrs.get("State") or {}).get("StartedAt", "")
+        try:
+            load = seconds_between(started, available_at)
+        except ValueError as exc:
+            notes.append(f"load time: container {container.name}'s start {started!r} is unusable ({exc})")
+    try:
+        code, output = container.exec_run(PEAK_COMMAND)
+        text = output.decode(errors="replace").strip()
+        if code != 0:
+            raise ValueError(f"exit code {code}: {text[-200:]!r}")
+        peak = parse_peak(text)
+    except Exception as exc:  # docker's APIError (container gone, exec refused) or unreadable output
+        notes.append(f"peak memory: could not read it inside container {container.name} ({exc})")
+    return Measurement(load, peak, tuple(notes), where=f"candidate container {container.name}")
 
 
 def _ended(container) -> str:

@@ -12,7 +12,9 @@ Pure functions (no API calls), so GitOps users can render and commit the same ob
 * TF Serving exits at once on SIGTERM, dropping in-flight requests, while endpoint removal
   reaches kube-proxy and load balancers only some seconds later: a ``preStop`` sleep keeps the
   pod serving meanwhile, inside a longer ``terminationGracePeriodSeconds``.
-* A model reload briefly holds two copies in memory: the memory limit is twice the request.
+* A model reload briefly holds two copies in memory: the memory limit covers two copies. The
+  memory and the liveness delay are sized from what the candidate measured (``sizing``);
+  the defaults here apply when nothing was measured.
   No CPU limit: throttling shows up as tail latency; the request reserves the CPU.
 * RollingUpdate with maxUnavailable 0 / maxSurge 1: a new pod must be ready before an old one
   goes, so a revision that never becomes ready never takes capacity away.
@@ -34,6 +36,7 @@ from ..defaults import GRPC_PORT, REST_PORT
 from ..errors import InvalidParameter
 from ..references import require_digest
 from ..server_config import PROMETHEUS_ANNOTATIONS, ServerConfig
+from ..sizing import DEFAULT_RESOURCES, DEFAULT_STARTUP_SECONDS
 from .probes import readiness_command
 
 APP_NAME = "tfserving"
@@ -43,7 +46,7 @@ CANDIDATE_APP_NAME = "tfserving-candidate"  # not selected by the Service: candi
 CONTAINER_NAME = "tfserving"
 PRE_STOP_SLEEP_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
-LIVENESS_INITIAL_DELAY_SECONDS = 120  # the real server opens its ports only after the first load
+LIVENESS_INITIAL_DELAY_SECONDS = DEFAULT_STARTUP_SECONDS  # the real server opens its ports after the first load
 PROGRESS_DEADLINE_SECONDS = 600
 MAX_SURGE = "25%"  # new pods at a time (at least one); never fewer ready than wanted (maxUnavailable 0)
 RUN_AS_USER = 1000
@@ -60,11 +63,6 @@ ANNOTATION_META = "tfserving-deploy/meta."  # + key: the deploy's metadata (mode
 ANNOTATION_PREVIOUS_IMAGE = "tfserving-deploy/previous-image"
 ANNOTATION_PREVIOUS_SPEC = "tfserving-deploy/previous-spec"  # JSON: replicas, pod template, annotations
 ANNOTATION_RESTORED_FROM = "tfserving-deploy/restored-from"  # the image a rollback replaced
-
-DEFAULT_RESOURCES = {
-    "requests": {"cpu": "500m", "memory": "1Gi"},
-    "limits": {"memory": "2Gi"},  # two copies of the model during a reload
-}
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -126,8 +124,16 @@ def check_resources(resources: dict | None) -> dict:
     return copy.deepcopy(resources)
 
 
-def pod_spec(image: str, *, model_name: str, resources: dict | None = None, server: ServerConfig | None = None) -> dict:
-    """The serving pod: server flags, probes, graceful stop, resources and security context (see module doc)."""
+def pod_spec(
+    image: str,
+    *,
+    model_name: str,
+    resources: dict | None = None,
+    server: ServerConfig | None = None,
+    startup_seconds: int = LIVENESS_INITIAL_DELAY_SECONDS,
+) -> dict:
+    """The serving pod: server flags, probes, graceful stop, resources and security context (see module doc);
+    ``startup_seconds``: how long the model may take to load before liveness checks begin."""
     require_digest(image)
     server = server or ServerConfig()
     container = {
@@ -150,7 +156,7 @@ def pod_spec(image: str, *, model_name: str, resources: dict | None = None, serv
         },
         "livenessProbe": {
             "tcpSocket": {"port": GRPC_PORT},
-            "initialDelaySeconds": LIVENESS_INITIAL_DELAY_SECONDS,
+            "initialDelaySeconds": int(startup_seconds),
             "periodSeconds": 20,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
@@ -189,10 +195,11 @@ def deployment_manifest(
     metadata: dict | None = None,
     progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
     server: ServerConfig | None = None,
+    startup_seconds: int = LIVENESS_INITIAL_DELAY_SECONDS,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
         raise InvalidParameter(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
-    spec = pod_spec(image, model_name=model_name, resources=resources, server=server)
+    spec = pod_spec(image, model_name=model_name, resources=resources, server=server, startup_seconds=startup_seconds)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -23,6 +23,9 @@ REQUIRED_ACCESS = [
     ("delete", "", "pods"),
     ("list", "", "events"),
     ("get", "", "pods/log"),  # the last lines of a replica that died, in the error
+    # the candidate's peak memory, read inside it (sizing); websocket exec needs create since 1.31, get before
+    ("get", "", "pods/exec"),
+    ("create", "", "pods/exec"),
     ("get", "policy", "poddisruptionbudgets"),
     ("create", "policy", "poddisruptionbudgets"),
     ("patch", "policy", "poddisruptionbudgets"),

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from tfserving_deploy.sizing import DEFAULT_READY_SECONDS, Measurement, Sizing, choose
 from tfserving_deploy.targets.manifests import rollout_timeout, run_key
 
 from .. import lineage
-from ..config import number
+from ..config import mapping, number
 from .base import TargetMixin, explained_failures, run_date
 
 PROMOTED = "promoted"  # the deploy task's XCom key, written the moment what serves starts changing
+SIZING = "sizing"  # start_candidate's XCom key: what the replicas get, from its measurement, and why
 
 
 class EnsureClusterOperator(TargetMixin, BaseOperator):
@@ -45,7 +48,8 @@ class EnsureClusterOperator(TargetMixin, BaseOperator):
 
 
 class StartCandidateOperator(TargetMixin, BaseOperator):
-    """Start the image as one isolated replica (outside the serving set) for validation.
+    """Start the image as one isolated replica (outside the serving set) for validation. Returns
+    its address; its load time and peak memory size the replicas (XCom ``sizing``, for ``deploy``).
 
     :param image: the image by digest
     :param model: ``fetch_model``'s result
@@ -73,14 +77,22 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
         self.ready_timeout, self.target_options = ready_timeout, target_options or {}
 
     def execute(self, context) -> list[str]:
+        measured: list[Measurement] = []
         with explained_failures():
-            return self.target.start_candidate(
+            addresses = self.target.start_candidate(
                 self.image,
                 model_name=self.model_name,
                 version=self.model["version"],
                 ready_timeout=self.ready_timeout,
                 run=run_key(context["run_id"]),
+                on_measured=measured.append,
             )
+        measurement = measured[0] if measured else Measurement(notes=("the target measured nothing",))
+        sizing = choose(measurement, explicit_resources=self.target_config.resources)
+        for reason in sizing.reasons:
+            _log_reason(self.log, reason)
+        context["ti"].xcom_push(key=SIZING, value=sizing.to_dict())
+        return addresses
 
 
 class StopCandidateOperator(TargetMixin, BaseOperator):
@@ -114,12 +126,23 @@ class DeployModelOperator(TargetMixin, BaseOperator):
     :param model_name: the served model's name
     :param replicas: serving replicas
     :param ready_timeout: seconds for one wave of new pods to become ready (a rollout of many
-        replicas gets one such budget per wave: ``manifests.rollout_timeout``)
+        replicas gets one such budget per wave: ``manifests.rollout_timeout``); None: from ``sizing``,
+        else 180
+    :param sizing: ``start_candidate``'s XCom ``sizing`` (resources and startup budget from the
+        candidate's measurement); None: the target's own settings
     :param target_name: ``local``, ``kubernetes`` or ``gke``
     :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
 
-    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
+    template_fields: Sequence[str] = (
+        "target_name",
+        "target_options",
+        "image",
+        "model",
+        "model_name",
+        "replicas",
+        "sizing",
+    )
 
     def __init__(
         self,
@@ -129,7 +152,8 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         model,
         model_name: str,
         replicas: int,
-        ready_timeout: float = 180.0,
+        ready_timeout: float | None = None,
+        sizing=None,
         target_options: dict | None = None,
         **kwargs,
     ):
@@ -137,6 +161,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         super().__init__(**kwargs)
         self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
         self.replicas, self.ready_timeout, self.target_options = replicas, ready_timeout, target_options or {}
+        self.sizing = sizing
         self._endpoint: str | None = None
 
     def execute(self, context) -> dict:
@@ -150,22 +175,39 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             "server-config": self.target_config.server.fingerprint(),  # the change check compares it
         }
         replicas = number(self.replicas)
+        sizing = self._sizing()
+        per_wave = sizing.ready_timeout if sizing else float(self.ready_timeout or DEFAULT_READY_SECONDS)
         with explained_failures():
             result = self.target.deploy(
                 self.image,
                 model_name=self.model_name,
                 version=self.model["version"],
                 replicas=replicas,
-                ready_timeout=rollout_timeout(self.ready_timeout, replicas),
+                ready_timeout=rollout_timeout(per_wave, replicas),
                 metadata=metadata,
                 # recorded before the rollout is waited for: a worker killed meanwhile leaves it behind
                 on_change=lambda: context["ti"].xcom_push(key=PROMOTED, value=self.image),
+                sizing=sizing,
             )
+        if sizing is not None:
+            result["sizing"] = sizing.to_dict()
         if not result["promoted"]:  # an earlier try of this run may have made the switch
             serving = self.target.serving_state(self.model_name) or {}
             result["promoted"] = serving.get("metadata", {}).get("dag-run") == metadata["dag-run"]
         self._endpoint = lineage.endpoint_uri(self.target_config.name, self.model_name)
         return result
+
+    def _sizing(self) -> Sizing | None:
+        """``start_candidate``'s sizing, with an explicit ``ready_timeout`` winning; logged."""
+        sizing = Sizing.from_dict(mapping(self.sizing))
+        if sizing is not None and self.ready_timeout is not None:
+            reason = f"ready timeout given explicitly: {float(self.ready_timeout):g}s per wave"
+            sizing = dataclasses.replace(
+                sizing, ready_timeout=float(self.ready_timeout), reasons=[*sizing.reasons, reason]
+            )
+        for reason in sizing.reasons if sizing else ["no measurement from start_candidate: the target's settings"]:
+            _log_reason(self.log, reason)
+        return sizing
 
     def _refuse_stale_promotion(self, context, date) -> None:
         newer = _next_scheduled_date(context)
@@ -189,6 +231,10 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
             outputs=[lineage.openlineage_dataset(self._endpoint)] if self._endpoint else [],
         )
+
+
+def _log_reason(log, reason: str) -> None:
+    (log.warning if reason.startswith("warning") else log.info)("sizing: %s", reason)
 
 
 def _next_scheduled_date(context):

@@ -206,6 +206,54 @@ class KubernetesApi:
             raw=True,
         )
 
+    def exec_in_pod(self, name: str, command: list[str], *, timeout: float = REQUEST_TIMEOUT) -> str:
+        """``command``'s standard output, run in pod ``name``'s serving container (``pods/exec``).
+        Raises TargetError, saying why, when the API refuses or the command fails."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        from ..manifests import CONTAINER_NAME
+
+        what = f"exec {command!r} in pod {self.namespace}/{name}"
+        # A client of its own, as for port-forwards: ``stream`` swaps its ApiClient's request method.
+        core = client.CoreV1Api(client.ApiClient(self.client.configuration))
+        try:
+            response = stream(
+                core.connect_get_namespaced_pod_exec,
+                name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                command=command,
+                stdout=True,
+                stderr=True,
+                stdin=False,
+                tty=False,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except Exception as exc:  # the websocket's refusal, under the library's own AttributeError
+            status, reason = websocket_refusal(exc)
+            raise api_call_error(
+                explain(
+                    status,
+                    what=what,
+                    host=self.host,
+                    message=reason,
+                    credentials=self.credentials,
+                    namespace=self.namespace,
+                    permission="create on pods/exec",
+                ),
+                status,
+            ) from exc
+        try:
+            response.run_forever(timeout=timeout)
+            out, err, code = response.read_stdout(), response.read_stderr(), response.returncode
+        finally:
+            response.close()
+        if code != 0:
+            raise TargetError(f"{what} exited with {code}: {(err or out).strip()[-300:]!r}")
+        return out
+
     def pod_events(self, pod: dict) -> list[dict]:
         """This pod's events (not those of an earlier pod of the same name), oldest first."""
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
@@ -291,6 +339,23 @@ class KubernetesApi:
         except ApiCallError as exc:
             if exc.status != 404:
                 raise
+
+
+def websocket_refusal(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, the API's message) behind a failed exec or port-forward websocket: the
+    client library hides the handshake's answer in the chain of an AttributeError."""
+    status, reason = 0, str(exc)
+    chain: BaseException | None = exc
+    while chain is not None:
+        status = getattr(chain, "status_code", None) or status
+        reason = str(getattr(chain, "reason", None) or "") or reason
+        chain = chain.__context__
+    body = reason.split(" -+-+- ")[-1]
+    try:
+        reason = str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return int(status), reason[:300]
 
 
 def _event_time(event: dict) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ...errors import RolloutError, TargetError
 from ...server_config import ServerConfig
+from ...sizing import PEAK_COMMAND, Measurement, parse_peak, seconds_between
 from ..manifests import candidate_labels, candidate_pod_manifest
 from . import objects
 from .api import KubernetesApi
@@ -24,10 +26,18 @@ class Candidates:
         self.api, self.watch, self.resources, self.server = api, watch, resources, server
 
     def start(
-        self, image: str, *, model_name: str, version: int, ready_timeout: float, run: str | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        ready_timeout: float,
+        run: str | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
     ) -> list[str]:
         """The candidate's gRPC address once it is ready. A candidate that fails is removed, and the
-        RolloutError quotes its events. Only this run's older candidates are replaced."""
+        RolloutError quotes its events. Only this run's older candidates are replaced.
+        ``on_measured`` gets its load time and peak memory once it is ready."""
         pod = candidate_pod_manifest(
             image,
             model_name=model_name,
@@ -61,6 +71,8 @@ class Candidates:
                 self.watch.check_pod(live, f"candidate pod {where}", unschedulable_since)
                 if objects.is_ready(live) and (live.get("status") or {}).get("podIP"):
                     log.info("candidate pod %s of %s is ready", where, image)
+                    if on_measured is not None:
+                        on_measured(self.measure(live))
                     return [objects.pod_grpc_address(live)]
                 if time.monotonic() >= deadline:
                     raise RolloutFailed(
@@ -71,6 +83,23 @@ class Candidates:
                 self.api.delete_pod(name)
                 raise RolloutError(f"{failure}\nremoved the candidate pod {where}; what serves is unchanged") from None
             time.sleep(self.watch.poll_interval)
+
+    def measure(self, pod: dict) -> Measurement:
+        """The ready candidate's load time (the kubelet's container start to its Ready condition:
+        readiness is the model AVAILABLE, probed every few seconds, so it may read a few seconds
+        long) and its cgroup's peak memory, read inside it through ``pods/exec``."""
+        name = pod["metadata"]["name"]
+        notes, load, peak = [], None, None
+        started, ready = objects.serving_started_at(pod), objects.condition(pod, "Ready").get("lastTransitionTime")
+        try:
+            load = seconds_between(started or "", ready or "")
+        except ValueError as exc:
+            notes.append(f"load time: pod {name}'s start {started!r} and Ready at {ready!r} are unusable ({exc})")
+        try:
+            peak = parse_peak(self.api.exec_in_pod(name, PEAK_COMMAND))
+        except (TargetError, ValueError, IndexError) as exc:
+            notes.append(f"peak memory: could not read it inside pod {self.api.namespace}/{name} ({exc})")
+        return Measurement(load, peak, tuple(notes), where=f"candidate pod {self.api.namespace}/{name}")
 
     def stop(self, model_name: str, run: str | None = None) -> int:
         """Delete the model's candidate pods (only ``run``'s, when given); returns how many there were."""

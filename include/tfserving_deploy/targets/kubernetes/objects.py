@@ -40,9 +40,14 @@ def pod_grpc_address(pod: dict) -> str:
 
 def image_of(pod_or_template: dict) -> str | None:
     """The serving container's image in a Pod or a pod template."""
+    return (serving_container(pod_or_template) or {}).get("image")
+
+
+def serving_container(pod_or_template: dict) -> dict | None:
+    """The serving container of a Pod or a pod template."""
     for container in (pod_or_template.get("spec") or {}).get("containers") or []:
         if container.get("name") == CONTAINER_NAME:
-            return container.get("image")
+            return container
     return None
 
 
@@ -116,3 +121,11 @@ def pod_state(pod: dict) -> str:
     if ready.get("status") != "True":
         words.append(f"not ready{': ' + ready['message'] if ready.get('message') else ''}")
     return ", ".join(words)
+
+
+def serving_started_at(pod: dict) -> str | None:
+    """When the serving container (its current run) started, as the kubelet recorded it."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER_NAME:
+            return ((container.get("state") or {}).get("running") or {}).get("startedAt")
+    return None

@@ -13,7 +13,9 @@ outside it, e.g. a laptop or another VPC), ``auto`` tries a pod IP once and fall
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,9 +24,11 @@ from ...defaults import NAMESPACE, REST_PORT
 from ...errors import InvalidParameter, TargetError
 from ...references import is_loopback, registry_host
 from ...server_config import ServerConfig
+from ...sizing import Measurement, Sizing
 from ..manifests import (
     ANNOTATION_META,
     ANNOTATION_VERSION,
+    LIVENESS_INITIAL_DELAY_SECONDS,
     MANAGED_BY,
     PROGRESS_DEADLINE_SECONDS,
     SERVICE_TYPES,
@@ -120,18 +124,32 @@ class KubernetesTarget:
         }
 
     def render(
-        self, image: str, *, model_name: str, version: int, replicas: int, metadata: dict | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        replicas: int,
+        metadata: dict | None = None,
+        sizing: Sizing | None = None,
     ) -> list[dict]:
-        """[Deployment, Service, PodDisruptionBudget]; also written as YAML to ``manifest_dir`` when set."""
+        """[Deployment, Service, PodDisruptionBudget]; also written as YAML to ``manifest_dir`` when set.
+        ``sizing`` (from the candidate's measurement) gives the pods' resources and startup budget;
+        the progress deadline then covers at least one wave's ready timeout."""
+        resources, startup, deadline = self.resources, LIVENESS_INITIAL_DELAY_SECONDS, self.progress_deadline_seconds
+        if sizing is not None:
+            resources, startup = check_resources(sizing.resources), sizing.startup_seconds
+            deadline = max(deadline, math.ceil(sizing.ready_timeout))
         deployment = deployment_manifest(
             image,
             model_name=model_name,
             version=version,
             replicas=replicas,
             namespace=self.namespace,
-            resources=self.resources,
+            resources=resources,
             metadata=metadata,
-            progress_deadline_seconds=self.progress_deadline_seconds,
+            progress_deadline_seconds=deadline,
+            startup_seconds=startup,
             server=self.server,
         )
         service = service_manifest(
@@ -146,10 +164,17 @@ class KubernetesTarget:
         return objects
 
     def start_candidate(
-        self, image: str, *, model_name: str, version: int, ready_timeout: float = 300.0, run: str | None = None
+        self,
+        image: str,
+        *,
+        model_name: str,
+        version: int,
+        ready_timeout: float = 300.0,
+        run: str | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
     ) -> list[str]:
         return self.candidates.start(
-            image, model_name=model_name, version=version, ready_timeout=ready_timeout, run=run
+            image, model_name=model_name, version=version, ready_timeout=ready_timeout, run=run, on_measured=on_measured
         )
 
     def stop_candidate(self, model_name: str, run: str | None = None) -> int:
@@ -165,6 +190,7 @@ class KubernetesTarget:
         ready_timeout: float = 600.0,
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
+        sizing: Sizing | None = None,
     ) -> dict:
         """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
         and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
@@ -174,8 +200,9 @@ class KubernetesTarget:
         Deployment is written, before the rollout is waited for, so whoever dies during the wait
         has recorded that this run changed what serves. A retry whose revision an earlier try
         already wrote (the same metadata) counts as that change too."""
+        sizing = self._keep_sizing_of_the_serving_revision(model_name, image, sizing)
         deployment, service, budget = self.render(
-            image, model_name=model_name, version=version, replicas=replicas, metadata=metadata
+            image, model_name=model_name, version=version, replicas=replicas, metadata=metadata, sizing=sizing
         )
         service_change = apply_service(self.api, service)
         apply_disruption_budget(self.api, budget)
@@ -203,6 +230,25 @@ class KubernetesTarget:
             "service_change": service_change,
             "available_replicas": available,
         }
+
+    def _keep_sizing_of_the_serving_revision(self, model_name: str, image: str, sizing: Sizing | None):
+        """A re-deploy of the image the Deployment already runs keeps the memory (unless given
+        explicitly) and startup budget it was rolled out with: a fresh measurement differs by a
+        few MiB or seconds, and a changed pod template would restart every pod for nothing."""
+        live = self.api.read_deployment(object_name(model_name)) if sizing is not None else None
+        if sizing is None or live is None or objects.image_of(live["spec"]["template"]) != image:
+            return sizing
+        container = objects.serving_container(live["spec"]["template"]) or {}
+        resources = sizing.resources if sizing.explicit_resources else container.get("resources") or sizing.resources
+        startup = (container.get("livenessProbe") or {}).get("initialDelaySeconds", sizing.startup_seconds)
+        reason = (
+            f"{image} already serves: it keeps the sizing it was rolled out with "
+            f"(resources {resources}, liveness after {startup}s)"
+        )
+        log.info("sizing: %s", reason)
+        return dataclasses.replace(
+            sizing, resources=resources, startup_seconds=int(startup), reasons=[*sizing.reasons, reason]
+        )
 
     def rollback(
         self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0
