@@ -99,6 +99,7 @@ SCRIPT = textwrap.dedent("""
 def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outside, tmp_path):
     from local_cluster import token_client
 
+    from tfserving_deploy.server_config import ServerConfig
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
     require_cluster()
@@ -109,7 +110,13 @@ def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outs
         token = service_account_token(admin, ns, "deployer", deployer_role(ns)["rules"])
         target = KubernetesTarget(token_client(token), namespace=ns, resources=SMALL, poll_interval=0.5)
         target.deploy(
-            image, model_name="resnet", version=1, replicas=2, ready_timeout=120, metadata={"model-sha256": sha256}
+            image,
+            model_name="resnet",
+            version=1,
+            replicas=2,
+            ready_timeout=120,
+            # what the deploy task records: the model and the server settings (the defaults here)
+            metadata={"model-sha256": sha256, "server-config": ServerConfig().fingerprint()},
         )
         pods = target.endpoints("resnet", image)
 
