@@ -56,6 +56,17 @@ def demo_model_url(tmp_path_factory):
         yield f"{base_url}/{tarball.name}"
 
 
+@pytest.fixture(scope="session")
+def admin():
+    """A cluster-admin client of the local cluster (``make cluster``); fails when it is down."""
+    from local_cluster import admin_client, require_cluster
+
+    require_cluster()
+    api = admin_client()
+    yield api
+    api.close()
+
+
 def all_succeeded(states: dict[str, str]) -> bool:
     """Every task of a good run succeeded; ``rollback`` (one_failed) had nothing to do."""
     others = {task: state for task, state in states.items() if task != "rollback"}

@@ -24,11 +24,9 @@ from local_cluster import (
     SERVING_BASE,
     SMALL,
     AuditLog,
-    admin_client,
     describe,
     fresh_namespace,
     read,
-    require_cluster,
     service_account_token,
     write_token_kubeconfig,
 )
@@ -41,14 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL, NAME = "k8stest", "tfs-k8stest"
 CONN_ID = "local_cluster_e2e"
 REPOSITORY = "127.0.0.1:5000/tfserving-deploy-k8stest"
-
-
-@pytest.fixture(scope="module")
-def admin():
-    require_cluster()
-    api = admin_client()
-    yield api
-    api.close()
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from local_cluster import (
     pods,
     publish_model_image,
     read,
-    require_cluster,
     service_account_token,
     token_client,
     wait_for,
@@ -55,14 +54,6 @@ DEPLOYER = "deployer"
 
 
 # -- the world: images, a namespace, an identity --------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def admin():
-    require_cluster()
-    api = admin_client()
-    yield api
-    api.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,7 @@ from api_faults import FaultProxy
 from kubernetes import client as k8s
 from local_cluster import (
     LB_POOL,
-    admin_client,
     fresh_namespace,
-    require_cluster,
     service_account_token,
     write_token_kubeconfig,
 )
@@ -34,14 +32,6 @@ from tfserving_airflow.triggers import LoadBalancerTrigger
 SERVICE = "tfs-resnet"
 OTHER_CLASS = "example.com/no-such-load-balancer"  # no controller implements it: pending for ever
 HELD_IP = str(list(LB_POOL.hosts())[-2])  # requested explicitly; the controller hands out lowest first
-
-
-@pytest.fixture(scope="module")
-def admin():
-    require_cluster()
-    api = admin_client()
-    yield api
-    api.close()
 
 
 @pytest.fixture

@@ -12,16 +12,13 @@ import subprocess
 import sys
 import urllib.request
 
-import pytest
 from kubernetes import client as k8s
 from local_cluster import (
     LB_POOL,
     ROOT,
     SERVING_BASE,
-    admin_client,
     fresh_namespace,
     read,
-    require_cluster,
     wait_for,
 )
 
@@ -83,14 +80,6 @@ def test_an_exhausted_pool_leaves_the_rest_pending():
 
 
 # -- the running controller ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def admin():
-    require_cluster()
-    api = admin_client()
-    yield api
-    api.close()
 
 
 def test_the_controller_serves_a_reachable_address_and_releases_it(admin):

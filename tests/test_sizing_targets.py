@@ -11,12 +11,10 @@ import pytest
 from local_cluster import (
     SERVING_BASE,
     SMALL,
-    admin_client,
     derived_base,
     fresh_namespace,
     publish_model_image,
     read,
-    require_cluster,
     service_account_token,
     token_client,
 )
@@ -121,14 +119,6 @@ def test_a_candidate_without_cat_is_not_measured_and_the_defaults_apply(client, 
 
 
 # -- Kubernetes: a candidate pod on the local cluster ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def admin():
-    require_cluster()
-    api = admin_client()
-    yield api
-    api.close()
 
 
 @pytest.fixture
