@@ -139,6 +139,24 @@ def deploy(target, image, version=1, replicas=1, ready_timeout=120.0) -> dict:
     return target.deploy(image, model_name=MODEL, version=version, replicas=replicas, ready_timeout=ready_timeout)
 
 
+def answering_balancer(target, seconds: float = 60) -> str:
+    """The Service's balancer address once it answers a Predict: the controller writes the address
+    before kube-proxy has programmed it, and the pipeline's validate has always sent requests
+    through it before it measures the spread (a first request right after the address can fail)."""
+    import grpc
+
+    balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
+
+    def answers() -> bool:
+        try:
+            return bool(answer(balancer))
+        except grpc.RpcError:
+            return False
+
+    wait_for(answers, seconds, f"the balancer {balancer} answering a Predict")
+    return balancer
+
+
 def answer(address: str) -> tuple[int, int]:
     """(class, served version) for one Predict on a fresh channel, as the tutorial client sends it."""
     import tensorflow as tf
@@ -289,7 +307,7 @@ def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downt
         "service_change": "created",
         "available_replicas": 3,
     }
-    balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
+    balancer = answering_balancer(target)
     assert balancer.rsplit(":", 1)[0] in {str(ip) for ip in LB_POOL.hosts()}
     endpoints = target.endpoints(MODEL, images["A"])
     assert len(endpoints) == 3 and len({e.rsplit(":", 1)[0] for e in endpoints}) == 3
@@ -711,7 +729,7 @@ def test_one_channel_through_the_balancer_reaches_every_pod_only_with_connection
     deploy(target, images["A"], replicas=3)
     live = read(admin, "deployment", NAME, ns)["spec"]["template"]
     assert live["metadata"]["annotations"]["prometheus.io/path"] == "/monitoring/prometheus/metrics"
-    balancer = wait_for(lambda: target.load_balancer_address(MODEL), 30, "a load balancer address")
+    balancer = answering_balancer(target)
     pods = target.endpoints(MODEL, images["A"])
     assert target.metrics_address(balancer) is None and len(pods) == 3
     signature = Signature("serving_default", inputs={"image_bytes": TensorInfo("DT_STRING", [-1])})
