@@ -136,7 +136,7 @@ class TarReader:
             self._count(member.size, start)
             self._data = member.size
             self._left = _padded(member.size)
-            if member.parts or not member.is_dir:
+            if member.parts:  # "./", the root, is there already
                 yield member
 
     def copy_to(self, sink: BinaryIO) -> None:
@@ -188,7 +188,10 @@ class TarReader:
                 f"member type {kind!r}, which is neither a regular file nor a directory; repack the model with "
                 "regular files and directories only",
             )
-        return Member(name=name, parts=self._parts(name, shown), is_dir=is_dir, size=0 if is_dir else size)
+        parts = self._parts(name, shown)
+        if not parts and not is_dir:
+            raise self._refuse(shown, "a file named as the archive's root; repack the model from its directory")
+        return Member(name=name, parts=parts, is_dir=is_dir, size=0 if is_dir else size)
 
     def _parts(self, name: str, shown: str) -> tuple[str, ...]:
         """The normalised components of ``name``; refuses what could leave the root or confuse a reader."""
