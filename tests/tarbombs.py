@@ -85,13 +85,14 @@ def many_headers(path: Path, count: int, header_size: int) -> Path:
 
 
 def long_names(path: Path, count: int, name_bytes: int) -> Path:
-    """``count`` empty files whose names (GNU long-name headers) are ``name_bytes`` long, in
-    components of at most 200 bytes."""
+    """``count`` empty files whose names (GNU long-name headers) are ``name_bytes`` long: one deep
+    directory of 200-byte components, then a distinct last component."""
     with gzip.open(path, "wb", compresslevel=9) as f:
         for i in range(count):
-            name = f"m/1/{i:08d}"
-            while len(name) < name_bytes:
-                name += "/" + "d" * max(1, min(200, name_bytes - len(name) - 1))
+            name, directory_bytes = "m/1", name_bytes - 201
+            while directory_bytes - len(name) >= 2:
+                name += "/" + "d" * min(200, directory_bytes - len(name) - 1)
+            name += "/" + f"{i:08d}".ljust(name_bytes - len(name) - 1, "x")
             raw = name.encode() + b"\x00"
             f.write(header("././@LongLink", tarfile.GNUTYPE_LONGNAME, len(raw)) + raw + padding(len(raw)))
             f.write(header("placeholder", tarfile.REGTYPE))

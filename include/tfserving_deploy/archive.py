@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ _NUMERIC = re.compile(r"[0-9]+")
 MAX_UNPACKED_BYTES = 8 * 1024**3  # SavedModels barely compress: far beyond any sane model in a 2 GiB download
 MAX_MEMBERS = 100_000
 _SHOW_ENTRIES = 10
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 # What the archive did, not the disk: a name twice, a file where a directory is needed.
 _CLASHES = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
 
@@ -141,13 +143,7 @@ def find_version_dir(root: Path, *, listing: Listing | None = None, log: logging
     ``listing`` (what the archive holds) only feeds the error message.
     """
     log = log or logger
-    found = sorted(
-        {
-            p.parent
-            for p in root.rglob("saved_model.pb*")
-            if p.name in ("saved_model.pb", "saved_model.pbtxt") and p.is_file()
-        }
-    )
+    found = sorted({Path(directory) for directory, name in _walk(root) if name in _SAVED_MODEL_FILES})
     versions = [d for d in found if 1 <= len(d.relative_to(root).parts) <= 2 and _NUMERIC.fullmatch(d.name)]
     if not versions:
         if found:
@@ -177,5 +173,23 @@ def find_version_dir(root: Path, *, listing: Listing | None = None, log: logging
 
 
 def _listing(root: Path) -> Listing:
-    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    return Listing(names[:_SHOW_ENTRIES], len(names))
+    names: list[str] = []
+    count = 0
+    for directory, name in _walk(root):
+        count += 1
+        if len(names) < _SHOW_ENTRIES:
+            names.append(os.path.relpath(os.path.join(directory, name), root))
+    return Listing(names, count)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, str]]:
+    """``(directory, name)`` of every regular file under root, links unfollowed; one directory's
+    entries are streamed, not listed (100 000 files of 1 KB names would cost 140 MB with rglob)."""
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield os.path.dirname(entry.path), entry.name

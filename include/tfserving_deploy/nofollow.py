@@ -51,11 +51,11 @@ class Root:
         fd = os.dup(self.fd)
         for part in parts:
             try:
-                os.mkdir(part, DIR_MODE, dir_fd=fd)
-            except FileExistsError:
-                pass  # a directory made for an earlier member, or something O_DIRECTORY refuses below
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             finally:
                 os.close(fd)
             fd = child

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ _GLOBAL_TYPE = b"g"
 # PAX keys that change which file a member is or how long it is: never global, never sparse.
 _GLOBAL_KEYS_REFUSED = ("path", "linkpath", "size")
 _SHOW_NAME = 80
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: nothing a file name needs
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class TarReader:
                 f"a name of {len(encoded)} bytes, over the cap of {self._limits.name_bytes} bytes; "
                 "shorten the paths in the model",
             )
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        if _CONTROL.search(name):
             raise self._refuse(shown, "control characters in its name; rename the file in the model")
         if name.startswith("/"):
             raise self._refuse(
