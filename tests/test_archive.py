@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from tarbombs import end, file_member, header, long_header_bomb, padding, pax_record, write_gz
+from test_fail_fast import assert_failed_once, conf
 from test_fetch_model import EXPECTED_INPUTS, TOP, VERSION, _link, leftovers, pack, saved_model_dir, tar_with
+from test_untrusted_input import Recorder
 
 from tfserving_deploy.archive import extract_savedmodel
 from tfserving_deploy.artifact import fetch_model
@@ -26,6 +28,7 @@ from tfserving_deploy.savedmodel import read_signature
 
 __all__ = ["saved_model_dir"]  # a session fixture, shared with test_fetch_model.py
 
+ROOT = Path(__file__).resolve().parents[1]
 SECRET = "LEAK_ME=s3cr3t-from-outside-the-archive"
 CLIMB = 30  # links followed: 30 + 1, under Linux's 40; enough '..' to reach / from any tmp dir
 
@@ -268,3 +271,30 @@ def test_reading_stops_at_the_end_of_archive_marker(tmp_path, saved_model_dir):
     with open(tarball, "ab") as f:
         f.write(end() + b"trailing junk, not a header" + bytes(600))
     assert extract_savedmodel(tarball, tmp_path / "x") == tmp_path / "x" / "m" / "1"
+
+
+# -- in the DAG ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+
+
+@pytest.mark.integration
+def test_a_bad_archive_fails_fetch_model_on_its_first_try_and_the_log_holds_no_secret(dag, tmp_path, capfd):
+    secret_file = tmp_path / "secret.env"
+    secret_file.write_bytes(SECRET.encode() + b"\0PATH=/usr/bin\0")
+    recorder = Recorder()
+    try:
+        recorder.files["/climb.tar"] = _climbing_link_tarball(tmp_path, str(secret_file)).read_bytes()
+        run = dag.test(run_conf=conf(f"{recorder.base}/climb.tar"))
+    finally:
+        recorder.close()
+    assert_failed_once(run, "fetch_model", not_run=("build_image", "deploy"))
+    log = "".join(capfd.readouterr())
+    assert "s3cr3t" not in log, log[log.find("s3cr3t") - 300 : log.find("s3cr3t") + 100]
+    assert "unsafe tar member '1/saved_model.pbtxt'" in log
