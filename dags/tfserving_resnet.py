@@ -333,6 +333,7 @@ with DAG(
     build = BuildImageOperator(
         task_id="build_image",
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         base_image=P("serving_base_image"),
         image_repository=P("image_repository"),
         warmup_requests=P("warmup_requests"),

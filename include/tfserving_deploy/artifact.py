@@ -17,7 +17,7 @@ from pathlib import Path
 from .archive import MAX_UNPACKED_BYTES, extract_savedmodel
 from .cache import BlobStore
 from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http, open_url
-from .errors import InvalidModelError, ModelFetchError, UnsafeArchiveError
+from .errors import InvalidModelError, ModelFetchError, Permanent, UnsafeArchiveError
 from .savedmodel import read_signature
 from .signature import Signature
 from .urls import UrlPolicy, local_path, normalise_sha256, redact_url, url_key
@@ -87,7 +87,7 @@ def fetch_model(
     pinned = normalise_sha256(sha256) if sha256 is not None else None
     safe_url = redact_url(url)
     policy = policy or UrlPolicy.from_environment()
-    policy.check(url)
+    policy.check_offline(url)  # the hosts are checked where a connection is made (open_url)
 
     digest = _fetch_blob(url, store, pinned, max_bytes, timeout, log, policy)
     blob = store.path(digest)
@@ -139,7 +139,8 @@ def probe_sha256(
     log = log or logger
     if sha256 is not None:
         return normalise_sha256(sha256)
-    (policy or UrlPolicy.from_environment()).check(url)
+    policy = policy or UrlPolicy.from_environment()
+    policy.check_offline(url)  # the hosts are checked where a connection is made (open_url)
     local = local_path(url)
     if local is not None:
         if not local.is_file():
@@ -157,11 +158,13 @@ def probe_sha256(
         response = open_url(
             "HEAD",
             url,
-            policy=policy or UrlPolicy.from_environment(),
+            policy=policy,
             headers=conditional_headers(remembered),
             timeout=timeout,
         )
     except ModelFetchError as e:
+        if isinstance(e, Permanent):
+            raise  # refused by the policy: no retry and no "assume it changed"
         log.info("could not revalidate %s (%s); assuming it changed", redact_url(url), e)
         return None
     unchanged = response.status_code == 304 or (

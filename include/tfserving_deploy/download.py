@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from .cache import BlobStore, DigestMismatch
-from .errors import ChecksumMismatch, ModelFetchError, ModelRefused
+from .errors import ChecksumMismatch, ModelFetchError, ModelRefused, ModelTooLarge, UnsafeModelUrl
 from .urls import SHA256_RE, UrlPolicy, redact_text, redact_url, url_key
 
 CHUNK_BYTES = 1024 * 1024
@@ -40,7 +40,7 @@ def _store_blob(
             for chunk in chunks:
                 progress.add(len(chunk))
                 if progress.done > max_bytes:
-                    raise ModelFetchError(
+                    raise ModelTooLarge(
                         f"model {source} is larger than max_bytes={max_bytes} "
                         f"(read {progress.done} bytes so far); raise max_bytes if this model "
                         "is meant to be that large"
@@ -69,7 +69,7 @@ def copy_local(
     except PermissionError as e:
         raise ModelFetchError(f"model file {path} is not readable: {e}; fix its permissions") from None
     if size > max_bytes:
-        raise ModelFetchError(
+        raise ModelTooLarge(
             f"model file {path} is {size} bytes, over max_bytes={max_bytes}; "
             "raise max_bytes if this model is meant to be that large"
         )
@@ -115,7 +115,7 @@ def download_http(
 
         total = _content_length(response)
         if total is not None and total > max_bytes:
-            raise ModelFetchError(
+            raise ModelTooLarge(
                 f"model {safe_url} is {total} bytes (Content-Length), over max_bytes={max_bytes}; "
                 "raise max_bytes if this model is meant to be that large"
             )
@@ -161,14 +161,21 @@ def _content_length(response) -> int | None:
 
 def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout: float):
     """The response to ``method url``, redirects followed by hand: each hop is checked by ``policy``
-    (scheme, file directories, metadata and link-local addresses; https never goes to http)."""
+    (scheme, hosts and their addresses; https never goes to http), and its connection goes to the
+    addresses the check resolved, never to a second DNS answer."""
     import requests
+
+    from .transport import pinned_session
 
     current, previous = url, None
     for _ in range(MAX_REDIRECTS + 1):
-        policy.check(current, redirected_from=previous)
+        destination = policy.check(current, redirected_from=previous)
+        if destination is None:
+            raise UnsafeModelUrl(
+                f"{redact_url(previous or url)} redirects to {redact_url(current)}, not http(s); refused"
+            )
         try:
-            response = requests.request(
+            response = pinned_session(destination).request(
                 method,
                 current,
                 headers=headers,
