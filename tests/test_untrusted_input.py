@@ -31,8 +31,9 @@ TOKEN = "sig0123456789abcdefTOKEN"
 class Recorder(ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 that records every request line and serves ``files``."""
 
-    def __init__(self):
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)):
         self.requests: list[str] = []
+        self.hosts: list[str | None] = []  # the Host header of each request
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
         recorder = self
@@ -40,6 +41,7 @@ class Recorder(ThreadingHTTPServer):
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, body: bool):
                 recorder.requests.append(f"{self.command} {self.path}")
+                recorder.hosts.append(self.headers.get("Host"))
                 path = self.path.split("?")[0]
                 if path in recorder.redirects:
                     self.send_response(302)
@@ -62,8 +64,8 @@ class Recorder(ThreadingHTTPServer):
             def log_message(self, *args):
                 pass
 
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        super().__init__(address, Handler)
+        self.base = f"http://{address[0]}:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def close(self):

@@ -41,11 +41,37 @@ METADATA_NETWORKS: tuple[IPNetwork, ...] = tuple(
         "168.63.129.16/32",  # Azure WireServer (a public address, hence listed)
     )
 )
+# IANA's special-purpose registries: what is not globally reachable (or reaches a local network).
+NOT_PUBLIC: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "64:ff9b:1::/48",  # local NAT64: the IPv4 part may sit anywhere in it
+        "2001::/23",  # IETF protocol assignments, Teredo among them
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def address_forms(ip: IPAddress) -> tuple[IPAddress, ...]:
@@ -64,11 +90,11 @@ def address_forms(ip: IPAddress) -> tuple[IPAddress, ...]:
 
 
 def _is_public(ip: IPAddress) -> bool:
-    """Globally reachable unicast, by IANA's special-purpose registries (plus what older Pythons
-    miss: site-local, local NAT64)."""
-    if not ip.is_global or ip.is_multicast:
+    """Globally reachable unicast: IPv4 outside ``NOT_PUBLIC``; IPv6 inside 2000::/3 (global
+    unicast) and outside ``NOT_PUBLIC``. Our own table: Python's ``is_global`` differs by version."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST_V6:
         return False
-    return not (isinstance(ip, ipaddress.IPv6Address) and (ip.is_site_local or ip in _LOCAL_NAT64))
+    return not any(ip in network for network in NOT_PUBLIC)
 
 
 def is_metadata(ip: IPAddress) -> bool:
