@@ -8,6 +8,7 @@ used to be rendered a second time with the full task context.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import ssl
@@ -36,12 +37,20 @@ class Recorder(ThreadingHTTPServer):
         self.hosts: list[str | None] = []  # the Host header of each request
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
+        self.token: str | None = None  # when set, a request must carry it (query or user part) or get 403
+        self.refused: list[str] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, body: bool):
                 recorder.requests.append(f"{self.command} {self.path}")
                 recorder.hosts.append(self.headers.get("Host"))
+                if recorder.token and not self._carries(recorder.token):
+                    recorder.refused.append(f"{self.command} {self.path}")
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = self.path.split("?")[0]
                 if path in recorder.redirects:
                     self.send_response(302)
@@ -54,6 +63,10 @@ class Recorder(ThreadingHTTPServer):
                 self.end_headers()
                 if body and data:
                     self.wfile.write(data)
+
+            def _carries(self, token: str) -> bool:
+                basic = base64.b64encode(f"{token}:".encode()).decode()
+                return f"={token}" in self.path or self.headers.get("Authorization") == f"Basic {basic}"
 
             def do_GET(self):
                 self._answer(True)

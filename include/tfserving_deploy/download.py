@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 from .cache import BlobStore, DigestMismatch
 from .errors import ChecksumMismatch, ModelFetchError, ModelRefused, ModelTooLarge, UnsafeModelUrl
@@ -179,6 +179,7 @@ def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout
                 method,
                 current,
                 headers=headers,
+                auth=_basic_auth(current),
                 stream=method == "GET",
                 timeout=(timeout, timeout),
                 allow_redirects=False,
@@ -194,6 +195,16 @@ def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout
         response.close()
         previous, current = current, urljoin(current, location)
     raise ModelFetchError(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times; use the final URL")
+
+
+def _basic_auth(url: str) -> tuple[str, str] | None:
+    """HTTP basic credentials from the URL's user part, as curl sends them: ``user:password@``,
+    or a lone ``TOKEN@`` as user ``TOKEN`` with an empty password (requests drops that one)."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return None
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
 
 
 def http_error(status: int, reason: str, safe_url: str) -> ModelFetchError:
