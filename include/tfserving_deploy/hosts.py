@@ -170,13 +170,14 @@ class ModelHosts:
         (retried) when the resolver fails. Any refused address refuses the host."""
         self._check_name(host, safe_url)
         addresses = _resolve(host.lower().rstrip("."), port, safe_url)
-        if self.networks and not self.names_host(host) and not all(self.covers(ip) for ip in addresses):
-            raise self._not_listed(host, safe_url)
         for ip in addresses:
             if is_metadata(ip):
                 raise UnsafeModelUrl(
                     f"model URL {safe_url!r}: {host} is at {_describe(ip)}, a link-local or metadata address; refused"
                 )
+        if self.networks and not self.names_host(host) and not all(self.covers(ip) for ip in addresses):
+            raise self._not_listed(host, safe_url)
+        for ip in addresses:
             if not self.permits(ip):
                 raise UnsafeModelUrl(
                     f"model URL {safe_url!r}: {host} is at {_describe(ip)}, not a public address, and no CIDR in "

@@ -152,7 +152,8 @@ MAX_PLACEHOLDER_GROWTH = 40  # the longest value, ts with microseconds and offse
 
 def _snippet(text: str, at: int) -> str:
     """What opens a template at ``at``, cut short: enough to find it, never a whole URL."""
-    end = text.find("}", at + 2)
+    closing = {"{": "}}", "%": "%}", "#": "#}"}[text[at + 1]]
+    end = text.find(closing, at + 2)
     piece = text[at : end + 2 if end != -1 else len(text)]
     return piece if len(piece) <= 40 else piece[:37] + "..."
 
