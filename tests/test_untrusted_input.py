@@ -145,6 +145,17 @@ def test_the_exploit_fails_the_run_at_once_and_the_secret_goes_nowhere(dag, reco
     assert "a model URL may use only the run's dates" in output.out + output.err
 
 
+def test_a_costly_template_fails_fetch_model_at_once(dag, recorder, capfd):
+    """force=true: check_for_change does not read the URL, fetch_model is the first to render it."""
+    conf = {"model_url": f"{recorder.base}/{{{{ ds * 800000000 }}}}/m.tar.gz", "target": "local", "force": True}
+    run = dag.test(run_conf={**conf, "model_sha256": None, "expected_class": None})
+    states = run_states(run)
+    assert states["check_for_change"] == ("success", 1) and states["fetch_model"] == ("failed", 1), states
+    assert recorder.requests == []
+    output = capfd.readouterr()
+    assert "'{{ ds * 800000000 }}', which is not a placeholder of the run's dates" in output.out + output.err
+
+
 def test_dated_urls_use_the_runs_dates_only():
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     assert render_model_url("https://m.example.com/{{ ds_nodash }}/{{ds}}/{{  ts_nodash }}/r.tgz", when) == (

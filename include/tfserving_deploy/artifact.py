@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .archive import MAX_UNPACKED_BYTES, extract_savedmodel
 from .cache import BlobStore
 from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http, open_url
-from .errors import InvalidModelError, ModelFetchError, Permanent, UnsafeArchiveError
+from .errors import InvalidModelError, InvalidParameter, ModelFetchError, Permanent, UnsafeArchiveError
 from .savedmodel import read_signature
 from .signature import Signature
 from .urls import UrlPolicy, local_path, normalise_sha256, redact_url, url_key
 from .validation import check_feedable
 
 logger = logging.getLogger(__name__)
+MAX_BYTES_ENV = "TFSERVING_DEPLOY_MAX_MODEL_BYTES"
+DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def fetch_model(
     cache_dir: str | Path,
     sha256: str | None = None,
     signature_name: str = "serving_default",
-    max_bytes: int = 2 * 1024**3,
+    max_bytes: int | None = None,
     timeout: float = 60.0,
     log: logging.Logger | None = None,
     policy: UrlPolicy | None = None,
@@ -88,6 +91,7 @@ def fetch_model(
     safe_url = redact_url(url)
     policy = policy or UrlPolicy.from_environment()
     policy.check_offline(url)  # the hosts are checked where a connection is made (open_url)
+    max_bytes = max_bytes if max_bytes is not None else max_model_bytes()
 
     digest = _fetch_blob(url, store, pinned, max_bytes, timeout, log, policy)
     blob = store.path(digest)
@@ -119,6 +123,16 @@ def fetch_model(
         version=version,
         signature=signature,
     )
+
+
+def max_model_bytes(environ=None) -> int:
+    """The download cap: ``TFSERVING_DEPLOY_MAX_MODEL_BYTES``, else 2 GiB."""
+    value = (os.environ if environ is None else environ).get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    if not value.isdigit() or int(value) == 0:
+        raise InvalidParameter(f"{MAX_BYTES_ENV}={value!r} is not a positive number of bytes; fix the setting")
+    return int(value)
 
 
 def probe_sha256(

@@ -21,6 +21,9 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 PROGRESS_EVERY_SECONDS = 5.0
 PROGRESS_EVERY_FRACTION = 0.10
+_RAISE_CAP = (
+    "raise max_bytes (the Airflow admin: TFSERVING_DEPLOY_MAX_MODEL_BYTES) if this model is meant to be that large"
+)
 
 
 def _store_blob(
@@ -42,8 +45,7 @@ def _store_blob(
                 if progress.done > max_bytes:
                     raise ModelTooLarge(
                         f"model {source} is larger than max_bytes={max_bytes} "
-                        f"(read {progress.done} bytes so far); raise max_bytes if this model "
-                        "is meant to be that large"
+                        f"(read {progress.done} bytes so far); {_RAISE_CAP}"
                     )
                 blob.write(chunk)
     except DigestMismatch as mismatch:
@@ -69,10 +71,7 @@ def copy_local(
     except PermissionError as e:
         raise ModelFetchError(f"model file {path} is not readable: {e}; fix its permissions") from None
     if size > max_bytes:
-        raise ModelTooLarge(
-            f"model file {path} is {size} bytes, over max_bytes={max_bytes}; "
-            "raise max_bytes if this model is meant to be that large"
-        )
+        raise ModelTooLarge(f"model file {path} is {size} bytes, over max_bytes={max_bytes}; {_RAISE_CAP}")
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:
@@ -116,8 +115,7 @@ def download_http(
         total = _content_length(response)
         if total is not None and total > max_bytes:
             raise ModelTooLarge(
-                f"model {safe_url} is {total} bytes (Content-Length), over max_bytes={max_bytes}; "
-                "raise max_bytes if this model is meant to be that large"
+                f"model {safe_url} is {total} bytes (Content-Length), over max_bytes={max_bytes}; {_RAISE_CAP}"
             )
 
         def chunks() -> Iterator[bytes]:
