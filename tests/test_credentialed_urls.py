@@ -12,10 +12,11 @@ after ``build_image`` are marked successful without running (no Docker, no regis
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
-from test_untrusted_input import ROOT, TOKEN, Recorder, _demo_bytes, run_states
+from test_untrusted_input import ROOT, Recorder, _demo_bytes, run_states
 
 from tfserving_deploy.cache import CACHE_ENV
 
@@ -25,9 +26,11 @@ TASKS = ("check_for_change", "fetch_model", "build_image")
 
 @pytest.fixture
 def server(demo_model_url):
+    """The model, only for who brings the token; a token of its own per test, as a masked secret
+    stays masked for the whole process (another test's masking would hide a leak here)."""
     recorder = Recorder()
     recorder.files["/resnet.tar.gz"] = _demo_bytes(demo_model_url)
-    recorder.token = TOKEN
+    recorder.token = f"tok{uuid.uuid4().hex}"
     yield recorder
     recorder.close()
 
@@ -70,11 +73,11 @@ def test_a_credentialed_url_is_fetched_again_on_a_second_worker_and_its_token_sh
     from test_dag_kubernetes_e2e import return_value
 
     dag, built, second_cache = two_workers
-    base = server.base
+    base, token = server.base, server.token
     url = (
-        f"{base}/resnet.tar.gz?X-Goog-Algorithm=GOOG4&X-Goog-Signature={TOKEN}"
+        f"{base}/resnet.tar.gz?X-Goog-Algorithm=GOOG4&X-Goog-Signature={token}"
         if where == "query"
-        else base.replace("http://", f"http://{TOKEN}@") + "/resnet.tar.gz"
+        else base.replace("http://", f"http://{token}@") + "/resnet.tar.gz"
     )
     run = dag.test(
         run_conf={
@@ -93,11 +96,11 @@ def test_a_credentialed_url_is_fetched_again_on_a_second_worker_and_its_token_sh
     assert [p.is_relative_to(second_cache) for p in built] == [True]  # fetched again, into the second cache
 
     output = capfd.readouterr()
-    assert TOKEN not in output.out + output.err
+    assert token not in output.out + output.err
     with create_session() as session:
         tis = {ti.task_id: ti for ti in run.get_task_instances(session=session)}
         rendered = {task: RenderedTaskInstanceFields.get_templated_fields(tis[task], session=session) for task in TASKS}
-    assert TOKEN not in json.dumps(rendered), rendered
+    assert token not in json.dumps(rendered), rendered
     assert "***" in rendered["fetch_model"]["model_url"] and "***" in rendered["build_image"]["model_url"], rendered
     for task in ("fetch_model", "build_image"):
-        assert TOKEN not in json.dumps(return_value(dag, run, task))
+        assert token not in json.dumps(return_value(dag, run, task))
