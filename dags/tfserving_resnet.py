@@ -362,6 +362,7 @@ with DAG(
         task_id="validate_candidate",
         endpoints=candidate.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
@@ -394,6 +395,7 @@ with DAG(
         task_id="validate",
         endpoints=wait.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
