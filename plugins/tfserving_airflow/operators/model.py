@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from tfserving_deploy.errors import RolloutError, TargetError
 from .. import lineage
 from ..config import flag, number, text
 from .base import TargetMixin, explained_failures, run_date
+
+logger = logging.getLogger(__name__)
 
 
 class ModelSourceMixin:
@@ -204,4 +207,11 @@ def local_model(model: dict, configured_cache_dir: str | None, source_url: str |
     fetched = FetchedModel.from_dict(model)
     if Path(fetched.model_dir, "saved_model.pb").is_file():
         return fetched
+    if source_url is None:
+        logger.warning(
+            "model %s is not in this worker's cache and the operator has no model_url: fetching it from XCom's "
+            "URL, whose credentials were removed (a signed or credentialed URL will refuse it); give the "
+            "operator model_url, or share TFSERVING_DEPLOY_CACHE between workers",
+            fetched.url,
+        )
     return fetch_model(source_url or fetched.url, sha256=fetched.sha256, cache_dir=cache_root(configured_cache_dir))
