@@ -203,9 +203,20 @@ def test_every_spelling_of_a_metadata_or_private_address_is_refused_before_any_c
     assert "metadata" in str(error) or "not a public address" in str(error), error
 
 
-def test_metadata_stays_refused_even_inside_an_allowlisted_network():
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::ffff:169.254.169.254]",
+        "169.254.169.254",
+        "[64:ff9b:1:a9fe:a9:fe00::]",  # local NAT64 /48
+        "[64:ff9b:1:a9:fe:a9fe::]",  # /56
+        "[64:ff9b:1:0:a9:fea9:fe00:0]",  # /64
+        "[64:ff9b:1::a9fe:a9fe]",  # /96
+    ],
+)
+def test_metadata_stays_refused_even_inside_an_allowlisted_network(host):
     with no_connections() as seen:
-        error = attempt("http://[::ffff:169.254.169.254]/", "0.0.0.0/0,::/0")
+        error = attempt(f"http://{host}/", "0.0.0.0/0,::/0")
     assert isinstance(error, UnsafeModelUrl) and "metadata" in str(error) and seen == []
 
 

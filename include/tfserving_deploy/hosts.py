@@ -60,7 +60,7 @@ NOT_PUBLIC: tuple[IPNetwork, ...] = tuple(
         "203.0.113.0/24",
         "224.0.0.0/4",
         "240.0.0.0/4",
-        "64:ff9b:1::/48",  # local NAT64: the IPv4 part may sit anywhere in it
+        "64:ff9b:1::/48",  # local NAT64: where the IPv4 part sits is the operator's choice
         "2001::/23",  # IETF protocol assignments, Teredo among them
         "2001:db8::/32",
         "3fff::/20",
@@ -72,6 +72,7 @@ _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def address_forms(ip: IPAddress) -> tuple[IPAddress, ...]:
@@ -98,7 +99,26 @@ def _is_public(ip: IPAddress) -> bool:
 
 
 def is_metadata(ip: IPAddress) -> bool:
-    return any(form in network for form in {ip, *address_forms(ip)} for network in METADATA_NETWORKS)
+    """``ip`` reaches a metadata server, in any form; for local NAT64, wherever RFC 6052 may have
+    put the IPv4 address."""
+    forms = {ip, *address_forms(ip), *_local_nat64_candidates(ip)}
+    return any(form in network for form in forms for network in METADATA_NETWORKS)
+
+
+def _local_nat64_candidates(ip: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 address a local NAT64 address (``64:ff9b:1::/48``) carries, for each prefix length
+    (/48, /56, /64, /96) the operator may have chosen; bits 64-71 are RFC 6052's reserved octet."""
+    if ip not in _LOCAL_NAT64:
+        return ()
+    value = int(ip)
+
+    def bits(start: int, end: int) -> int:
+        return (value >> (128 - end)) & ((1 << (end - start)) - 1)
+
+    return tuple(
+        ipaddress.IPv4Address(v4)
+        for v4 in (bits(48, 64) << 16 | bits(72, 88), bits(56, 64) << 24 | bits(72, 96), bits(72, 104), bits(96, 128))
+    )
 
 
 @dataclass(frozen=True)
