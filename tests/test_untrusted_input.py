@@ -153,7 +153,7 @@ def test_a_costly_template_fails_fetch_model_at_once(dag, recorder, capfd):
     assert states["check_for_change"] == ("success", 1) and states["fetch_model"] == ("failed", 1), states
     assert recorder.requests == []
     output = capfd.readouterr()
-    assert "'{{ ds * 800000000 }}', which is not a placeholder of the run's dates" in output.out + output.err
+    assert "is not a valid template: '{{ ds * 800000000 }}' is not a placeholder" in output.out + output.err
 
 
 def test_dated_urls_use_the_runs_dates_only():

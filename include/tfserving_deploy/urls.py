@@ -137,8 +137,8 @@ def render_model_url(template: str, run_date: datetime) -> str:
     if unknown is not None or opened is not None:
         what = unknown or _snippet(rest, opened.start() if opened else 0)
         raise UnsafeModelUrl(
-            f"model URL template {redact_url(template)!r} has {what!r}, which is not a placeholder of the run's "
-            f"dates: a model URL may use only the run's dates, written as {{{{ name }}}} with a name among "
+            f"model URL {redact_url(template)!r} is not a valid template: {what!r} is not a placeholder of the run's "
+            f"dates; a model URL may use only the run's dates, written as {{{{ name }}}} with a name among "
             f"{', '.join(DATE_VARIABLES)}; never connections, variables, expressions, filters or loops. Put the date "
             "in the URL, and credentials in a connection"
         )
