@@ -333,6 +333,7 @@ with DAG(
     build = BuildImageOperator(
         task_id="build_image",
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         base_image=P("serving_base_image"),
         image_repository=P("image_repository"),
         warmup_requests=P("warmup_requests"),
@@ -361,6 +362,7 @@ with DAG(
         task_id="validate_candidate",
         endpoints=candidate.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
@@ -393,6 +395,7 @@ with DAG(
         task_id="validate",
         endpoints=wait.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),

@@ -21,6 +21,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # their own UrlPolicy.
 os.environ["TFSERVING_DEPLOY_URL_SCHEMES"] = "https,http,file"
 os.environ["TFSERVING_DEPLOY_FILE_DIRS"] = os.pathsep.join((tempfile.gettempdir(), "/var/tmp"))
+# Loopback is not a public address: the model hosts the tests serve on are allowlisted.
+os.environ["TFSERVING_DEPLOY_MODEL_HOSTS"] = "127.0.0.0/8,::1/128"
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
 OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
 os.environ.setdefault(

@@ -25,6 +25,10 @@ class UnsafeModelUrl(ModelFetchError, Permanent):
     """The model URL (or a redirect, or a template in it) is not allowed by the URL policy."""
 
 
+class ModelTooLarge(ModelFetchError, Permanent):
+    """The tarball is larger than the download cap: another try would download it again, as large."""
+
+
 class ChecksumMismatch(ModelFetchError, Permanent):
     """The downloaded bytes do not have the sha256 the caller pinned."""
 

@@ -12,15 +12,17 @@ from tfserving_deploy.cache import cache_root
 from .. import lineage
 from ..config import flag, number
 from .base import TargetMixin, explained_failures
-from .model import local_model
+from .model import ModelSourceMixin, local_model
 
 
-class ValidateModelOperator(TargetMixin, BaseOperator):
+class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     """Send a real JPEG to every replica and check the answers against the artifact. Replicas are
     dialed the way the target reaches them from this worker (pod IPs or port-forwards).
 
     :param endpoints: the replicas' addresses (``start_candidate`` or ``wait_for_endpoint``)
     :param model: ``fetch_model``'s result: the signature and the offline reference
+    :param model_url: the run's model URL (the ``model_url`` param): a worker without ``fetch_model``'s
+        cache fetches the model again from it, with its credentials
     :param model_name: the served model's name
     :param image_path: the JPEG to send
     :param expected_class: the class the image must get, if known
@@ -39,6 +41,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     template_fields: Sequence[str] = (
         "endpoints",
         "model",
+        "model_url",
         "model_name",
         "expected_class",
         "image_path",
@@ -65,9 +68,11 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         compare_with_serving: bool = False,
         allow_signature_change=False,
         balance_check_seconds=0,
+        model_url: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.model_url = model_url
         self.endpoints, self.model, self.model_name = endpoints, model, model_name
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
         self.target_name, self.target_options = target_name, target_options or {}
@@ -78,7 +83,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     def execute(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
-        fetched = local_model(self.model, self.cache_dir)
+        fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.model_url else None)
         serving = self._serving_replica() if self.compare_with_serving else None
         with self.target.reachable(list(self.endpoints) + ([serving] if serving else [])) as dial:
             report = validate_replicas(
