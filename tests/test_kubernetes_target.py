@@ -696,18 +696,24 @@ def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, 
         {"service_type": "LoadBalancer"},
         {"service_type": "ClusterIP"},
         {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32"]},
+        {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32", "0.0.0.0/0"]},
     ]
     seen = []
     for options in steps:
-        result = deploy(make_target(**options), images["A"])
-        seen.append((result["service_change"], *live()))
+        target = make_target(**options)
+        result = deploy(target, images["A"])
+        # what validate's summary warns about, read from the live Service: any address gets in
+        warning = target.exposure_warning(MODEL)
+        seen.append((result["service_change"], *live(), warning and warning.split(" (")[0]))
     internal = {"networking.gke.io/load-balancer-type": "Internal"}
+    public = "the model is reachable from any address that routes to its LoadBalancer"
     assert seen == [
-        ("created", "LoadBalancer", ["10.0.0.0/8"], internal),
-        ("patched", "LoadBalancer", None, None),
-        ("unchanged", "LoadBalancer", None, None),
-        ("patched", "ClusterIP", None, None),
-        ("patched", "LoadBalancer", ["127.0.0.1/32"], None),
+        ("created", "LoadBalancer", ["10.0.0.0/8"], internal, None),
+        ("patched", "LoadBalancer", None, None, public),
+        ("unchanged", "LoadBalancer", None, None, public),
+        ("patched", "ClusterIP", None, None, None),
+        ("patched", "LoadBalancer", ["127.0.0.1/32"], None, None),
+        ("patched", "LoadBalancer", ["127.0.0.1/32", "0.0.0.0/0"], None, public),
     ]
 
 
