@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import all_succeeded
+from conftest import assert_good_run
 from local_cluster import (
     LB_POOL,
     SERVING_BASE,
@@ -107,13 +107,15 @@ def return_value(dag, run, task_id: str):
         return XComModel.deserialize_value(row)
 
 
-def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, demo_model_url, admin, ns, tmp_path):
+def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
+    dag, demo_model_url, admin, ns, tmp_path, capfd
+):
     from test_dag_local_e2e import tutorial_client_request
 
     manifest_dir = tmp_path / "manifests"
     first = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir))
     states = task_states(first)
-    assert str(first.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(first, states, capfd)
 
     # What the cluster holds: the Deployment by digest, the LoadBalancer Service, the manifests.
     image = return_value(dag, first, "push_image")
@@ -150,7 +152,7 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     audit = AuditLog()
     second = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True))
     states = task_states(second)
-    assert str(second.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(second, states, capfd)
     writes = audit.writes(
         user=f"system:serviceaccount:{ns}:airflow", namespace=ns, resources=("deployments", "services")
     )
@@ -172,7 +174,7 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     # a balancer, and validation reaches every pod.
     fourth = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True, service_type="ClusterIP"))
     states = task_states(fourth)
-    assert str(fourth.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(fourth, states, capfd)
     service = read(admin, "service", NAME, ns)
     assert service["spec"]["type"] == "ClusterIP" and "ingress" not in (service["status"].get("loadBalancer") or {})
     endpoints = return_value(dag, fourth, "wait_for_endpoint")
