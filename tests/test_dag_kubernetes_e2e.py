@@ -28,8 +28,12 @@ from local_cluster import (
     fresh_namespace,
     read,
     service_account_token,
+    token_client,
+    wait_for,
     write_token_kubeconfig,
 )
+from test_admission_policy import pod as candidate_pod
+from test_admission_policy import refusal
 
 from tfserving_deploy.targets.admission import deployer_pod_policy
 from tfserving_deploy.targets.rbac import ALL_EXTRAS, deployer_role
@@ -49,8 +53,8 @@ def ns(admin):
         yield name
 
 
-def dag_as(rules: list[dict], admin, ns: str, tmp_path, monkeypatch):
-    """The DAG, whose connection holds the token of ServiceAccount ``airflow`` bound to ``rules``."""
+def dag_as(rules: list[dict], admin, ns: str, tmp_path, monkeypatch) -> tuple:
+    """(the DAG, the token its connection holds: ServiceAccount ``airflow``'s, bound to ``rules``)."""
     from airflow.dag_processing.dagbag import DagBag
 
     token = service_account_token(admin, ns, "airflow", rules)
@@ -58,13 +62,13 @@ def dag_as(rules: list[dict], admin, ns: str, tmp_path, monkeypatch):
     monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
     connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet"), token
 
 
 @pytest.fixture
 def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
     """The Role with every extra: the candidate is measured (pods/exec)."""
-    return dag_as(deployer_role(ns, models=(MODEL,), extras=ALL_EXTRAS)["rules"], admin, ns, tmp_path, monkeypatch)
+    return dag_as(deployer_role(ns, models=(MODEL,), extras=ALL_EXTRAS)["rules"], admin, ns, tmp_path, monkeypatch)[0]
 
 
 def conf(model_url: str, ns: str, manifest_dir: Path, **overrides) -> dict:
@@ -183,7 +187,7 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
 
 
 def test_dag_deploys_with_the_minimal_role_held_by_the_admission_policy(
-    airflow_db, demo_model_url, admin, ns, tmp_path, monkeypatch
+    airflow_db, demo_model_url, admin, ns, tmp_path, monkeypatch, capfd
 ):
     """The whole DAG as an identity with the minimal Role (no exec, no port-forward, no deletes;
     the model's objects by name), held to the project's pods by the admission policy, in a
@@ -195,19 +199,19 @@ def test_dag_deploys_with_the_minimal_role_held_by_the_admission_policy(
     k8s.CoreV1Api(admin).patch_namespace(
         ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
     )
-    dag = dag_as(deployer_role(ns, models=(MODEL,), extras=())["rules"], admin, ns, tmp_path, monkeypatch)
+    dag, token = dag_as(deployer_role(ns, models=(MODEL,), extras=())["rules"], admin, ns, tmp_path, monkeypatch)
     registration = k8s.AdmissionregistrationV1Api(admin)
     policy, binding = deployer_pod_policy(ns, f"system:serviceaccount:{ns}:airflow")
     registration.create_validating_admission_policy(policy)
     registration.create_validating_admission_policy_binding(binding)
     try:
+        with token_client(token) as airflow:  # in force before the run: its own account is refused
+            escape = candidate_pod(ns, serviceAccountName="airflow")
+            wait_for(lambda: "tfserving-deployer-pods" in (refusal(airflow, ns, escape) or ""), 30, "the policy")
         minimal = {"pod_access": "pod-ip", "keep_failed_first_deploy": True, "replicas": 1}
         narrowed = {"load_balancer_source_ranges": [CLUSTER_NET]}  # this host reaches the pool from it
         run = dag.test(run_conf=conf(demo_model_url, ns, tmp_path / "manifests", **minimal, **narrowed))
-        states = task_states(run)
-        assert str(run.state).endswith("success") and all_succeeded(states), states
-        policies = registration.list_validating_admission_policy_binding().items
-        assert binding["metadata"]["name"] in {b.metadata.name for b in policies}  # in force all along
+        assert_good_run(run, task_states(run), capfd)
     finally:
         registration.delete_validating_admission_policy_binding(binding["metadata"]["name"])
         registration.delete_validating_admission_policy(policy["metadata"]["name"])
