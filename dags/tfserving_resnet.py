@@ -354,6 +354,7 @@ with DAG(
         image_repository=P("image_repository"),
         execution_timeout=timedelta(minutes=45),
         **TARGET,
+        **MODEL,
     )  # a new GKE cluster takes a while
     candidate = StartCandidateOperator(
         task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL

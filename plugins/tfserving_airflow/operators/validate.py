@@ -32,7 +32,8 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     :param target_name: ``local``, ``kubernetes`` or ``gke``
     :param target_options: the target's settings (``config.TargetConfig``)
     :param compare_with_serving: a candidate's validation: its signature must not break clients of
-        what serves now (``compatibility``), unless ``allow_signature_change``
+        what serves now (``compatibility``), unless ``allow_signature_change``; otherwise the
+        validation of what serves, whose summary warns when any address may reach it
     :param allow_signature_change: let a breaking signature change through (reported, not failed)
     :param balance_check_seconds: with a load balancer among the endpoints, send requests through it
         on one channel until every replica answered some, for at most this long (0: no check)
@@ -106,6 +107,10 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
             with explained_failures():
                 self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
         summary = f"{report.summary()}\n  image: {self.image}"  # the digest, beside model and version
+        exposure = None if self.compare_with_serving else self.target.exposure_warning(self.model_name)
+        if exposure:  # what serves is open to every address: say so where the result is read
+            summary += f"\n  warning: {exposure}"
+            self.log.warning("exposure: %s", exposure)
         self.log.info("%s", summary)
         with explained_failures():
             raise_for_report(report)

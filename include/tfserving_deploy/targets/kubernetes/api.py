@@ -117,8 +117,9 @@ class KubernetesApi:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
         return self.create(f"create Namespace {self.namespace}", self.core.create_namespace, body)
 
-    def review_access(self, verb: str, group: str, resource: str) -> dict:
-        """The real authorizer's answer (``status``) to "may I ``verb`` ``resource`` here?"."""
+    def review_access(self, verb: str, group: str, resource: str, name: str | None = None) -> dict:
+        """The real authorizer's answer (``status``) to "may I ``verb`` ``resource`` (the one
+        called ``name``, when given) here?"."""
         kind, _, subresource = resource.partition("/")
         attributes = {
             "namespace": self.namespace,
@@ -126,6 +127,7 @@ class KubernetesApi:
             "group": group,
             "resource": kind,
             **({"subresource": subresource} if subresource else {}),
+            **({"name": name} if name else {}),
         }
         review = {
             "apiVersion": "authorization.k8s.io/v1",
