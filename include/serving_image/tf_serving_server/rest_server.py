@@ -74,6 +74,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # connections waiting for a worker sit in the kernel, not in threads
 
     def __init__(self, address, handler, *, workers, wait_s):
         super().__init__(address, handler)
