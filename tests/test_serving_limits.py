@@ -135,12 +135,16 @@ def test_a_body_without_a_sound_length_is_refused_before_it_is_read(resnet, head
 
 @SETTINGS
 @given(value=st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30))
-@example(value="+5").example(value="1e3").example(value=" 5 5").example(value="٣").example(value="9" * 5000)
+@example(value="+5")
+@example(value="1e3")
+@example(value=" 5 5")
+@example(value="٣")
+@example(value="9" * 5000)
 def test_any_length_but_a_plain_number_within_the_cap_is_refused_at_once(resnet, value):
     """The class: whatever a Content-Length says, unless it is digits naming <= the cap, the answer
     is 400/411/413 before any body byte is read (none is sent here)."""
-    if re.fullmatch(r"[0-9]+", value.strip()) and int(value) <= CAP:
-        return
+    if re.fullmatch(r"[0-9]{1,6}", value.strip()) and int(value) <= CAP:
+        return  # a sound length: the server waits for that body
     head = predict_head(f"Content-Length: {value}\r\n".encode().decode("latin-1"))  # UTF-8 on the wire
     status, _, took = resnet.raw(head)
     assert status in (400, 411, 413) and took < TIMEOUT_MS / 1000
@@ -242,7 +246,8 @@ JSON = st.recursive(
 
 @SETTINGS
 @given(body=st.one_of(JSON, st.fixed_dictionaries({"instances": JSON}), st.fixed_dictionaries({"inputs": JSON})))
-@example(body={"instances": [{"b64": 5}]}).example(body={"signature_name": {}, "instances": ["a"]})
+@example(body={"instances": [{"b64": 5}]})
+@example(body={"signature_name": {}, "instances": ["a"]})
 def test_any_json_body_gets_an_answer_not_a_dropped_connection(resnet, body):
     """The class: whatever JSON a client posts, the server answers 200 or a 4xx with an error."""
     status, payload = resnet.rest("/v1/models/resnet:predict", json.dumps(body).encode())
@@ -331,7 +336,9 @@ def test_unknown_model_names_answer_not_found_and_add_no_series(resnet):
 
 @SETTINGS
 @given(name=st.text())
-@example(name=HOSTILE).example(name="\\").example(name='\\"')
+@example(name=HOSTILE)
+@example(name="\\")
+@example(name='\\"')
 def test_any_model_name_renders_as_one_label_value(module, name):
     """The class: whatever the served model is called, the exposition parses, has exactly the
     samples of one model, and each carries the name unchanged."""
