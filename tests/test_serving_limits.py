@@ -278,7 +278,9 @@ def test_a_grpc_message_over_the_cap_is_refused(resnet):
 
 
 @pytest.mark.parametrize(
-    "values", [{"dtype": types_pb2.DT_FLOAT, "float_val": [1.0]}, {"dtype": types_pb2.DT_STRING, "string_val": [b"x"]}]
+    "values",
+    [{"dtype": types_pb2.DT_FLOAT, "float_val": [1.0]}, {"dtype": types_pb2.DT_STRING, "string_val": [b"x"]}],
+    ids=["float", "string"],
 )
 def test_a_tensor_declaring_a_shape_beyond_the_cap_is_refused_before_it_is_decoded(resnet, values):
     """One value and a shape of 2 million: decoding repeats the value to fill the shape. (Rank 2,
