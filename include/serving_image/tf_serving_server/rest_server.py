@@ -15,10 +15,12 @@ Invariants (the bounds are in limits.py):
 import io
 import json
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .model import log
 from .rest_api import answer
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -96,6 +98,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._workers.release()
+
+    def handle_error(self, request, client_address):
+        """One line naming the error's type (not its text, which may hold the request), and none for a
+        client that left or stalled mid-answer: clients cannot flood the log."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            log.error("REST request from %s failed with %s", client_address[0], type(error).__name__)
 
 
 def _busy(connection, wait_s):
