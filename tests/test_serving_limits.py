@@ -26,7 +26,7 @@ from tensorflow_serving.apis import predict_pb2
 from test_serving_server import Client, load_server_module, string_request
 
 METRICS = "/monitoring/prometheus/metrics"
-CAP = 64 * 1024  # --max_message_bytes
+CAP = 64 * 1024  # --max_message_bytes and --rest_api_max_body_bytes
 ROWS = 8  # --max_request_batch_size
 REST_WORKERS, GRPC_THREADS, TIMEOUT_MS = 4, 2, 1000
 HOSTILE = 'x"} 1\nfake 1\n#'  # the label injection of the issue
@@ -40,6 +40,7 @@ class Served(Client):
         super().__init__(name)
         limits = module.Limits(
             max_message_bytes=CAP,
+            rest_api_max_body_bytes=CAP,
             max_request_batch_size=ROWS,
             grpc_max_threads=GRPC_THREADS,
             rest_api_num_threads=REST_WORKERS,

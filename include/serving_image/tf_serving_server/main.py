@@ -43,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--batching_parameters_file", default="", help="BatchingParameters text proto")
     defaults = Limits()
     for name, text in [
-        ("max_message_bytes", "largest gRPC message and REST body, both ways (this server only; limits.py)"),
+        ("max_message_bytes", "largest gRPC message, both ways (this server only; limits.py)"),
+        ("rest_api_max_body_bytes", "largest REST request body (this server only; limits.py)"),
         ("max_request_batch_size", "most rows per Predict input (this server only; limits.py)"),
         ("grpc_max_threads", "threads serving gRPC calls"),
         ("rest_api_num_threads", "threads serving REST connections"),

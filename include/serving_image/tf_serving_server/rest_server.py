@@ -2,14 +2,15 @@
 
 Invariants (the bounds are in limits.py):
 
-* at most ``rest_api_num_threads`` connections are served at once; the others wait in the listen
-  backlog up to the timeout, then get 503 (or a reset, when they had sent more than the kernel
-  took in). So 200 slow clients hold 200 sockets, not 200 threads;
+* at most ``rest_api_num_threads`` connections are served at once; the others wait for a worker
+  in the kernel's listen backlog (256 deep), and one that waited the timeout gets 503 (its unread
+  request makes the close a reset, which a client may see instead). So 200 slow clients hold 200
+  sockets, not 200 threads;
 * a connection has ``rest_api_timeout_in_ms`` to send its whole request (a client trickling a
   byte at a time does not reset the clock) and as long again to take the answer, then it is
   closed;
 * a body is read only with a ``Content-Length`` that is a plain decimal number of at most
-  ``max_message_bytes``, and never past it: refused with 411, 400 or 413 before reading.
+  ``rest_api_max_body_bytes``, and never past it: refused with 411, 400 or 413 before reading.
 """
 
 import io
@@ -63,7 +64,9 @@ def read_body(headers, rfile, max_bytes):
     if len(values) > 1 or not _DIGITS.fullmatch(value):
         raise Refused(400, "Content-Length must be one decimal number of bytes")
     if len(value) > len(str(max_bytes)) or int(value) > max_bytes:
-        raise Refused(413, f"the body is larger than {max_bytes} bytes (--max_message_bytes): send a smaller batch")
+        raise Refused(
+            413, f"the body is larger than {max_bytes} bytes (--rest_api_max_body_bytes): send a smaller batch"
+        )
     length = int(value)
     data = rfile.read(length)
     if len(data) < length:
@@ -135,7 +138,7 @@ def make_rest_handler(model, metrics_path, limits):
                 text = model.metrics.exposition().encode("utf-8", "backslashreplace")
                 return self._send(200, text, "text/plain; version=0.0.4")
             try:
-                body = read_body(self.headers, self.rfile, limits.max_message_bytes) if method == "POST" else b""
+                body = read_body(self.headers, self.rfile, limits.rest_api_max_body_bytes) if method == "POST" else b""
             except Refused as e:
                 return self._send(e.code, json.dumps({"error": e.message}).encode(), "application/json")
             except TimeoutError:
