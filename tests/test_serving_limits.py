@@ -28,7 +28,9 @@ from test_serving_server import Client, load_server_module, string_request
 METRICS = "/monitoring/prometheus/metrics"
 CAP = 64 * 1024  # --max_message_bytes and --rest_api_max_body_bytes
 ROWS = 8  # --max_request_batch_size
-REST_WORKERS, GRPC_THREADS, TIMEOUT_MS = 4, 2, 1000
+REST_WORKERS, GRPC_THREADS, TIMEOUT_MS = 4, 2, 2000
+TIMEOUT_S = TIMEOUT_MS / 1000
+AT_ONCE = TIMEOUT_S / 2  # an answer this fast did not wait for the deadline
 HOSTILE = 'x"} 1\nfake 1\n#'  # the label injection of the issue
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -130,7 +132,7 @@ def test_a_body_without_a_sound_length_is_refused_before_it_is_read(resnet, head
     """The body is sent but the socket stays open: a server that reads to EOF (-1) or waits for
     the announced bytes never answers."""
     status, payload, took = resnet.raw(predict_head(header), BODY)
-    assert (status, took < TIMEOUT_MS / 1000) == (code, True), payload
+    assert (status, took < AT_ONCE) == (code, True), payload
     assert "Content-Length" in payload["error"] or str(CAP) in payload["error"]
 
 
@@ -148,13 +150,13 @@ def test_any_length_but_a_plain_number_within_the_cap_is_refused_at_once(resnet,
         return  # a sound length: the server waits for that body
     head = predict_head(f"Content-Length: {value}\r\n".encode().decode("latin-1"))  # UTF-8 on the wire
     status, _, took = resnet.raw(head)
-    assert status in (400, 411, 413) and took < TIMEOUT_MS / 1000
+    assert status in (400, 411, 413) and took < AT_ONCE
 
 
 def test_a_body_that_stops_short_is_cut_off_at_the_deadline(resnet):
     status, payload, took = resnet.raw(predict_head("Content-Length: 100\r\n"), BODY[:10])
     assert status == 408 and "--rest_api_timeout_in_ms" in payload["error"]
-    assert TIMEOUT_MS / 1000 <= took < TIMEOUT_MS / 1000 + 2
+    assert TIMEOUT_S <= took < TIMEOUT_S + 2
 
 
 def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(resnet):
@@ -169,7 +171,7 @@ def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(resnet):
             pass  # the server closed it
         else:
             pytest.fail("the server kept reading a request for longer than its deadline")
-    assert time.monotonic() - started < TIMEOUT_MS / 1000 + 2
+    assert time.monotonic() - started < TIMEOUT_S + 2
 
 
 # --- REST: workers ------------------------------------------------------------------------------
@@ -189,9 +191,16 @@ def test_200_slow_connections_hold_sockets_not_threads(resnet):
         for sock in sockets:
             sock.close()
     deadline = time.monotonic() + 10
-    while resnet.rest("/v1/models/resnet:predict", {"instances": ["abc"]})[0] != 200:
+    while not _answers(resnet):
         assert time.monotonic() < deadline, "the server did not recover once the slow clients left"
-    assert resnet.rest("/v1/models/resnet:predict", {"instances": ["abc"]})[0] == 200
+        time.sleep(0.1)
+
+
+def _answers(client):
+    try:
+        return client.rest("/v1/models/resnet:predict", {"instances": ["abc"]})[0] == 200
+    except OSError:  # a connection of the drained backlog
+        return False
 
 
 def test_a_connection_that_finds_every_worker_busy_gets_503(resnet, monkeypatch):
@@ -199,7 +208,7 @@ def test_a_connection_that_finds_every_worker_busy_gets_503(resnet, monkeypatch)
     real_predict = resnet.model.predict
 
     def slow_predict(*args, **kwargs):
-        time.sleep(3 * TIMEOUT_MS / 1000)
+        time.sleep(TIMEOUT_S + 1.5)  # longer than the next connection waits for a worker
         return real_predict(*args, **kwargs)
 
     monkeypatch.setattr(resnet.model, "predict", slow_predict)
@@ -209,7 +218,7 @@ def test_a_connection_that_finds_every_worker_busy_gets_503(resnet, monkeypatch)
         time.sleep(0.5)
         status, payload, took = resnet.raw(head, BODY)
         assert status == 503 and "--rest_api_num_threads" in payload["error"]
-        assert TIMEOUT_MS / 1000 - 0.6 <= took < 2 * TIMEOUT_MS / 1000
+        assert TIMEOUT_S - 0.6 <= took < TIMEOUT_S + 1.5
         assert [f.result()[0] for f in busy] == [200] * REST_WORKERS
 
 
@@ -292,7 +301,7 @@ def test_a_tensor_declaring_a_shape_beyond_the_cap_is_refused_before_it_is_decod
     started = time.monotonic()
     code, details = _rpc_error(resnet, request)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_message_bytes" in details
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < AT_ONCE
 
 
 def test_grpc_calls_beyond_the_bound_are_refused_and_threads_stay_fixed(resnet, monkeypatch):
