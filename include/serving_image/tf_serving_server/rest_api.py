@@ -81,7 +81,7 @@ def rest_predict(model, name, version, body):
         dtype = None if spec is None else object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
         try:
             arrays[alias] = np.array(value, dtype=dtype)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an integer beyond the dtype
             expected = "a tensor" if spec is None else f"a {spec.dtype.name} tensor"
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"input {alias}: the JSON values are not {expected} of one shape"
