@@ -121,21 +121,24 @@ def test_kubernetes_statuses_are_classified():
         assert not isinstance(api_call_error("x", status), Permanent), status
 
 
-def test_an_object_the_kubernetes_api_refuses_fails_start_candidate_at_once(dag, recorder, tmp_path):
+def test_an_object_the_kubernetes_api_refuses_fails_start_candidate_at_once(dag, recorder, tmp_path, monkeypatch):
     """A resource quantity the API server cannot parse: the candidate pod is refused (HTTP 400/422)."""
-    from local_cluster import admin_client, fresh_namespace, require_cluster
+    from local_cluster import KUBECONFIG, admin_client, fresh_namespace, require_cluster
     from savedmodels import make_string_model
 
     require_cluster()
+    connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(KUBECONFIG)}}
+    monkeypatch.setenv("AIRFLOW_CONN_LOCAL_ADMIN", json.dumps(connection))
     url = served_model(recorder, tmp_path, make_string_model, "tiny")
     with admin_client() as admin, fresh_namespace(admin, "invalid") as ns:
         run = dag.test(
             run_conf=conf(
                 url,
                 target="kubernetes",
+                kubernetes_conn_id="local_admin",
                 namespace=ns,
                 replicas=1,
-                resources=json.dumps({"requests": {"cpu": "lots", "memory": "64Mi"}}),
+                resources={"requests": {"cpu": "lots", "memory": "64Mi"}},
             )
         )
     assert_failed_once(run, "start_candidate", not_run=("validate_candidate", "deploy"))
