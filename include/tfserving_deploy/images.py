@@ -118,10 +118,9 @@ class DockerCommitBuilder:
         except docker.errors.APIError as exc:
             missing = isinstance(exc, docker.errors.NotFound)
             raise (BaseImageNotFound if missing else ImageBuildError)(
-                f"serving_base_image {base_image!r} is not in the local engine and "
-                f"{'does not exist in its registry' if missing else 'could not be pulled'}: "
-                f"{exc.explanation or exc}; pin a tag your engine can pull, or build the local serving "
-                "image with `make serving-image`"
+                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled"
+                f"{' (its registry has no such image)' if missing else ''}: {exc.explanation or exc}; pin a tag "
+                "your engine can pull, or build the local serving image with `make serving-image`"
             ) from exc
 
     def push(self, reference: str) -> str:

@@ -75,7 +75,7 @@ def explain(
     if status in INVALID_STATUSES:
         return (
             f"Kubernetes API at {host} refused {what} as invalid (HTTP {status}){detail}; the object is made "
-            "from the run's params (resources, namespace, model_name, server settings): fix the value it names"
+            "from the run's params (resources, namespace, model_name, server settings): fix the one it points at"
         )
     if status == 0:
         return f"Kubernetes API at {host}: {message} for {what}; check the cluster CA certificate and endpoint"
