@@ -48,10 +48,11 @@ REFRESH = AssetOrTimeSchedule(
 )
 
 
-def form_default(param: str, tutorial: str) -> str:
+def form_default(param: str, tutorial: str | None) -> str | None:
     """The trigger form's default for ``param``: ``TFSERVING_RESNET_<PARAM>`` where the deployment
-    sets it (the compose stack points it at its own model server, registry and base image, so a
-    Trigger with the defaults works offline), else the tutorial's value. Read at parse time."""
+    sets it (the compose stack points it at its own model server, registry, the connection with that
+    registry's password and base image, so a Trigger with the defaults works offline), else the
+    tutorial's value. Read at parse time."""
     return os.environ.get(f"TFSERVING_RESNET_{param.upper()}", "").strip() or tutorial
 
 
@@ -162,7 +163,7 @@ with DAG(
             ),
         ),
         "registry_conn_id": Param(
-            None,
+            form_default("registry_conn_id", None),
             type=["null", "string"],
             description=(
                 "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "

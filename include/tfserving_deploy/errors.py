@@ -46,7 +46,12 @@ class InvalidParameter(Permanent):
 
 
 class ImageBuildError(DeployError):
-    """The serving image could not be built (base image missing, engine error)."""
+    """The serving image could not be built (engine error, registry hiccup while reading the base)."""
+
+
+class BaseImageNotFound(ImageBuildError, Permanent):
+    """``serving_base_image`` is not there: its registry has no such manifest (HTTP 404), or the
+    engine's pull says it does not exist. Another try finds it missing again."""
 
 
 class RegistryError(DeployError):

@@ -82,6 +82,10 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
         self.balance_check_seconds = balance_check_seconds
 
     def execute(self, context) -> dict:
+        with explained_failures():  # the local model, its offline reference answer, the verdict
+            return self._validate(context)
+
+    def _validate(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
         fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.model_url else None)
@@ -104,16 +108,14 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
             if any(f.startswith("Predict failed") for f in replica.failures):
                 replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
         if report.ok:  # every replica answered right: now how they serve
-            with explained_failures():
-                self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
+            self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
         summary = f"{report.summary()}\n  image: {self.image}"  # the digest, beside model and version
         exposure = None if self.compare_with_serving else self.target.exposure_warning(self.model_name)
         if exposure:  # what serves is open to every address: say so where the result is read
             summary += f"\n  warning: {exposure}"
             self.log.warning("exposure: %s", exposure)
         self.log.info("%s", summary)
-        with explained_failures():
-            raise_for_report(report)
+        raise_for_report(report)
         result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
         if self.compare_with_serving:
             result["signature_changes"] = changes
@@ -156,15 +158,14 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     def _signature_changes(self, serving: str, signature_name: str, dial) -> list[str]:
         from tfserving_deploy.compatibility import check_signature_change
 
-        with explained_failures():
-            changes = check_signature_change(
-                serving,
-                self.endpoints[0],
-                model_name=self.model_name,
-                signature_name=signature_name,
-                allow=flag(self.allow_signature_change),
-                dial=dial,
-            )
+        changes = check_signature_change(
+            serving,
+            self.endpoints[0],
+            model_name=self.model_name,
+            signature_name=signature_name,
+            allow=flag(self.allow_signature_change),
+            dial=dial,
+        )
         if changes:
             self.log.warning("breaking signature changes let through (allow_signature_change): %s", changes)
         return changes
