@@ -27,6 +27,7 @@ from tfserving_deploy.errors import (
     ChecksumMismatch,
     InvalidModelError,
     ModelFetchError,
+    ModelTooLarge,
     UnsafeArchiveError,
 )
 from tfserving_deploy.signature import TensorInfo
@@ -346,7 +347,7 @@ def test_malformed_sha256_pin(cache, tutorial_tarball):
 
 def test_size_cap_from_content_length(site, cache, tutorial_tarball):
     url = serve(site, "/m.tar.gz", tutorial_tarball)
-    with pytest.raises(ModelFetchError, match=r"bytes \(Content-Length\), over max_bytes=1000; raise max_bytes"):
+    with pytest.raises(ModelTooLarge, match=r"bytes \(Content-Length\), over max_bytes=1000; raise max_bytes"):
         fetch_model(url, cache_dir=cache, max_bytes=1000, timeout=TIMEOUT)
     assert blobs(cache) == [] and leftovers(cache) == []
 
@@ -354,13 +355,13 @@ def test_size_cap_from_content_length(site, cache, tutorial_tarball):
 def test_size_cap_while_streaming(site, cache, tutorial_tarball):
     url = serve(site, "/m.tar.gz", tutorial_tarball)
     site.no_length.add("/m.tar.gz")
-    with pytest.raises(ModelFetchError, match="larger than max_bytes=1000"):
+    with pytest.raises(ModelTooLarge, match="larger than max_bytes=1000"):
         fetch_model(url, cache_dir=cache, max_bytes=1000, timeout=TIMEOUT)
     assert blobs(cache) == [] and leftovers(cache) == []
 
 
 def test_size_cap_for_local_file(cache, tutorial_tarball):
-    with pytest.raises(ModelFetchError, match="over max_bytes=10"):
+    with pytest.raises(ModelTooLarge, match="over max_bytes=10"):
         fetch_model(str(tutorial_tarball), cache_dir=cache, max_bytes=10)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import tarball
-from .errors import ImageBuildError, RegistryDenied, RegistryError
+from .errors import BaseImageNotFound, ImageBuildError, RegistryDenied, RegistryError
 from .references import split_tag
 from .warmup import baked_entries
 
@@ -102,6 +102,9 @@ class DockerCommitBuilder:
         return reference
 
     def _base_image(self, base_image: str):
+        """The base from the engine, pulled when missing. A pull the engine answers with 404 (the
+        registry has no such image) is ``BaseImageNotFound``, Permanent; other pull failures
+        (registry unreachable, engine errors) stay ``ImageBuildError``, for the task's retries."""
         import docker.errors
 
         try:
@@ -113,10 +116,11 @@ class DockerCommitBuilder:
         try:
             return self.client.images.pull(repo, tag=tag)
         except docker.errors.APIError as exc:
-            raise ImageBuildError(
-                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled: "
-                f"{exc.explanation or exc}; pin a tag your engine can pull, or build the local serving "
-                "image with `make serving-image`"
+            missing = isinstance(exc, docker.errors.NotFound)
+            raise (BaseImageNotFound if missing else ImageBuildError)(
+                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled"
+                f"{' (its registry has no such image)' if missing else ''}: {exc.explanation or exc}; pin a tag "
+                "your engine can pull, or build the local serving image with `make serving-image`"
             ) from exc
 
     def push(self, reference: str) -> str:
