@@ -364,3 +364,19 @@ def _demo_bytes(demo_model_url: str) -> bytes:
 
     with urllib.request.urlopen(demo_model_url, timeout=30) as response:
         return response.read()
+
+
+@pytest.mark.parametrize(
+    "model_url",
+    ["https://models.example.com/m.tar.gz", "http://[::ffff:169.254.169.254]/m.tar.gz", "http://2852039166/m.tar.gz"],
+    ids=["off-the-allowlist", "metadata-mapped", "metadata-decimal"],
+)
+def test_a_refused_model_host_fails_the_change_check_at_once(dag, monkeypatch, model_url):
+    """The URL policy's refusals are input faults: the first task that reads the URL fails on try 1."""
+    monkeypatch.setenv("TFSERVING_DEPLOY_MODEL_HOSTS", "*.models.corp.example")
+    run = dag.test(run_conf={"model_url": model_url, "target": "local", "force": False, "model_sha256": None})
+    states = run_states(run)
+    # check_for_change refuses it when it has something to probe; otherwise fetch_model does.
+    first_reader = "check_for_change" if states["check_for_change"][0] == "failed" else "fetch_model"
+    assert states[first_reader] == ("failed", 1), states
+    assert states["build_image"][0] == "upstream_failed", states

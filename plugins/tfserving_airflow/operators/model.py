@@ -123,7 +123,8 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
         if flag(self.force):
             return {"changed": True, "reason": "force=true"}
         url, pinned = self.model_source(context)
-        sha256 = probe_sha256(url, cache_dir=cache_root(self.cache_dir), sha256=pinned, log=self.log)
+        with explained_failures():  # a URL the policy refuses fails here, not after three tries
+            sha256 = probe_sha256(url, cache_dir=cache_root(self.cache_dir), sha256=pinned, log=self.log)
         try:
             serving = self.target.serving_state(self.model_name)
         except TargetError as exc:  # e.g. no cluster yet: ensure_cluster will make one
