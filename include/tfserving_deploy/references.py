@@ -33,7 +33,18 @@ PATH_COMPONENT = f"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 PATH = f"{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
 _DOMAIN_COMPONENT = "(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])"
 _DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
-_IPV6 = r"\[[a-f0-9:]+\]"
+_H16 = "[0-9a-f]{1,4}"
+_IPV6 = (  # RFC 3986's IPv6address, lower case, without an embedded IPv4 or a zone
+    r"\[(?:"
+    + "|".join(
+        [f"(?:{_H16}:){{6}}{_H16}:{_H16}", f"::(?:{_H16}:){{5}}{_H16}:{_H16}"]
+        + [
+            f"(?:(?:{_H16}:){{0,{k}}}{_H16})?::" + (f"(?:{_H16}:){{{4 - k}}}{_H16}:{_H16}" if k < 4 else rest)
+            for k, rest in enumerate(["", "", "", "", f"{_H16}:{_H16}", _H16, ""])
+        ]
+    )
+    + r")\]"
+)
 _PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 DOMAIN = f"(?:{_DOMAIN_NAME}|{_IPV6})(?::{_PORT})?"
 TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"

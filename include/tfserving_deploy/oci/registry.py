@@ -84,7 +84,10 @@ class RegistryClient:
         self.scheme = scheme or ("http" if is_loopback(self.host) else "https")
         self.session = session or requests.Session()
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
-        self._origin = _origin(self.url(""))
+        origin = _origin(self.url(""))
+        if origin is None:
+            raise ValueError(f"registry scheme must be http or https, not {self.scheme!r}")
+        self._origin: Origin = origin
         hosts = {parse_domain(h, "token host") for h in (auth.token_hosts if auth else ())}
         self._token_hosts = {_host_port(h) for h in hosts | KNOWN_TOKEN_HOSTS.get(self.host, set())}
         self._tokens: dict[str, str] = {}  # scope -> bearer token
