@@ -221,14 +221,17 @@ def test_no_spelling_of_the_repository_sends_credentials_to_the_recorder(
 ):
     monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
     options = options_for(source, monkeypatch, google_token)
-    leaked = {}
+    leaked, reached = {}, set()
     for repository in spellings(TRUSTED[source], recorder.port, recorder6.port):
         publish_as_the_dag_does(builder, options, repository, model)
+        if recorder.seen or recorder6.seen:
+            reached.add(repository)
         if recorder.authorizations or recorder6.authorizations:
             leaked[repository] = recorder.authorizations + recorder6.authorizations
-            recorder.seen.clear()
-            recorder6.seen.clear()
+        recorder.seen.clear()
+        recorder6.seen.clear()
     assert leaked == {}
+    assert f"{recorder.host}/p/r/x" in reached  # the valid spellings did go to the recorder, without credentials
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -262,6 +265,42 @@ def test_userinfo_is_never_echoed(monkeypatch, google_token):
     with pytest.raises(Permanent) as refused:
         image_builder_from(config, repository=f"robot:{PASSWORD}@us-docker.pkg.dev/p/r/x")
     assert PASSWORD not in str(refused.value) and "character '@'" in str(refused.value)
+
+
+def test_the_docker_builder_sends_a_connection_s_password_to_its_registry_only(recorder, monkeypatch):
+    """The docker builder's control: pushing to the connection's own host carries its password
+    (the engine's ``X-Registry-Auth``, no login); the same push to another host carries none."""
+    conn = docker_connection(monkeypatch, recorder.host)
+    config = BuilderConfig.parse("docker", {"docker_conn_id": conn})
+    for host, expected in ((recorder.host, [basic("robot", PASSWORD)]), (f"localhost:{recorder.port}", [])):
+        image = f"{host}/x:t"
+        with _tagged_in_the_engine("docker", f"{host}/x"), pytest.raises(DeployError):
+            image_builder_from(config, repository=image).push(image)
+        assert recorder.seen and sorted(set(recorder.authorizations)) == expected, host
+        recorder.seen.clear()
+
+
+def test_the_docker_builder_keeps_credentials_from_an_insecure_registry():
+    """A registry the engine lists as insecure gets plain http from it: no credentials go with
+    the push. (The engine's settings are shared here, so its ``docker info`` is played.)"""
+    from tfserving_deploy.images import DockerCommitBuilder
+
+    class Engine:
+        def info(self):
+            return {
+                "RegistryConfig": {
+                    "IndexConfigs": {"registry.internal:5000": {"Secure": False}},
+                    "InsecureRegistryCIDRs": ["127.0.0.0/8", "10.9.0.0/16"],
+                }
+            }
+
+    builder = DockerCommitBuilder(
+        Engine(), {h: RegistryAuth("robot", PASSWORD) for h in ("registry.internal:5000", "10.9.1.2:5000")}
+    )
+    for image in ("registry.internal:5000/x:t", "10.9.1.2:5000/x:t"):
+        with pytest.raises(RegistryDenied, match="treats registry .* as insecure") as refused:
+            builder.push(image)
+        assert PASSWORD not in str(refused.value)
 
 
 # -- where a registry may send us, and what follows ---------------------------------------------------
