@@ -23,7 +23,7 @@ import requests
 
 from tfserving_airflow.config import BuilderConfig
 from tfserving_airflow.connections import image_builder_from
-from tfserving_deploy.errors import DeployError, Permanent, RegistryDenied
+from tfserving_deploy.errors import DeployError, Permanent, RegistryDenied, TargetError
 from tfserving_deploy.oci import RegistryAuth, RegistryClient
 
 DIGEST = "sha256:" + "0" * 64
@@ -114,7 +114,9 @@ def google_token(monkeypatch, tmp_path):
 
 
 def docker_connection(monkeypatch, host: str, **extra) -> str:
-    name, port = host.rsplit(":", 1) if host.count(":") == 1 else (host, None)
+    name, _, port = host.rpartition(":")
+    if not (name and port.isdigit()):
+        name, port = host, ""
     monkeypatch.setenv(
         "AIRFLOW_CONN_REGISTRY_TEST",
         json.dumps(
@@ -278,6 +280,20 @@ def test_the_docker_builder_sends_a_connection_s_password_to_its_registry_only(r
             image_builder_from(config, repository=image).push(image)
         assert recorder.seen and sorted(set(recorder.authorizations)) == expected, host
         recorder.seen.clear()
+
+
+def test_the_engine_is_logged_in_only_to_a_registry_host_of_the_grammar(recorder, monkeypatch):
+    """The local target's engine login (the provider's DockerHook) goes to the connection's host:
+    a host outside the grammar is refused before it; the recorder's own host gets the password."""
+    from tfserving_airflow.connections import docker_client
+
+    for host in (f"{recorder.host}#.pkg.dev", f"{recorder.host}/x", f"robot@{recorder.host}", f"{recorder.host} "):
+        with pytest.raises(Permanent, match="host of docker connection 'registry_test'"):
+            docker_client(docker_connection(monkeypatch, host))
+    assert recorder.seen == []
+    with pytest.raises(TargetError):  # the control: the engine's login reaches it (and is refused)
+        docker_client(docker_connection(monkeypatch, recorder.host))
+    assert basic("robot", PASSWORD) in recorder.authorizations
 
 
 def test_the_docker_builder_keeps_credentials_from_an_insecure_registry():

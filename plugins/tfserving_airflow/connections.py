@@ -60,12 +60,15 @@ def image_builder_from(config: BuilderConfig, *, repository: str):
 
 
 def docker_client(docker_conn_id: str | None = None, docker_url: str | None = None):
-    """A high-level ``docker.DockerClient`` on the provider's (logged-in) API client."""
+    """A high-level ``docker.DockerClient`` on the provider's API client, logged in to the docker
+    connection's registry when ``docker_conn_id`` names one."""
     from airflow.providers.docker.hooks.docker import DockerHook
 
     import docker
 
     url = docker_url or "unix://var/run/docker.sock"
+    if docker_conn_id:  # the hook logs the engine in to the connection's host: one of the grammar only
+        _connection_registry(_connection(docker_conn_id, "registry_conn_id"), docker_conn_id, "the engine's pulls")
     try:
         api = DockerHook(docker_conn_id=docker_conn_id, base_url=url).api_client
     except Exception as exc:  # the provider wraps "engine down" in AirflowException
