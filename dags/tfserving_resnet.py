@@ -49,10 +49,11 @@ REFRESH = AssetOrTimeSchedule(
 )
 
 
-def form_default(param: str, tutorial: str) -> str:
+def form_default(param: str, tutorial: str | None) -> str | None:
     """The trigger form's default for ``param``: ``TFSERVING_RESNET_<PARAM>`` where the deployment
-    sets it (the compose stack points it at its own model server, registry and base image, so a
-    Trigger with the defaults works offline), else the tutorial's value. Read at parse time."""
+    sets it (the compose stack points it at its own model server, registry, the connection with that
+    registry's password and base image, so a Trigger with the defaults works offline), else the
+    tutorial's value. Read at parse time."""
     return os.environ.get(f"TFSERVING_RESNET_{param.upper()}", "").strip() or tutorial
 
 
@@ -166,7 +167,7 @@ with DAG(
             ),
         ),
         "registry_conn_id": Param(
-            None,
+            form_default("registry_conn_id", None),
             type=["null", "string"],
             description=(
                 "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "
@@ -337,6 +338,7 @@ with DAG(
     build = BuildImageOperator(
         task_id="build_image",
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         base_image=P("serving_base_image"),
         image_repository=P("image_repository"),
         warmup_requests=P("warmup_requests"),
@@ -357,6 +359,7 @@ with DAG(
         image_repository=P("image_repository"),
         execution_timeout=timedelta(minutes=45),
         **TARGET,
+        **MODEL,
     )  # a new GKE cluster takes a while
     candidate = StartCandidateOperator(
         task_id="start_candidate", image=push.output, model=fetch.output, **TARGET, **MODEL
@@ -365,6 +368,7 @@ with DAG(
         task_id="validate_candidate",
         endpoints=candidate.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),
@@ -397,6 +401,7 @@ with DAG(
         task_id="validate",
         endpoints=wait.output,
         model=fetch.output,
+        model_url=P("model_url"),  # to fetch the model again, with its credentials, on a worker without the cache
         image=push.output,
         image_path=CAT_JPEG,
         expected_class=P("expected_class"),

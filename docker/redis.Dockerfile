@@ -1,6 +1,7 @@
 # Redis from Debian's own package: the Celery broker of the compose stack (no Docker Hub here).
 # A broker only: no persistence (a restart loses queued messages; the scheduler re-queues tasks
-# whose messages were lost), protected mode off because the port is published on 127.0.0.1 only.
+# whose messages were lost). Every client must AUTH: redis-entrypoint.sh sets `requirepass` from
+# REDIS_PASSWORD (generated into .env); the port is published on 127.0.0.1 only.
 ARG BASE=tfserving-deploy/debian:bookworm
 FROM ${BASE}
 
@@ -9,7 +10,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends redis-server \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 
+COPY redis-entrypoint.sh /usr/local/bin/redis-entrypoint
 USER redis
 EXPOSE 6379
-ENTRYPOINT ["/usr/bin/redis-server", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", \
-            "--save", "", "--appendonly", "no", "--dir", "/tmp"]
+ENTRYPOINT ["/usr/local/bin/redis-entrypoint"]

@@ -43,7 +43,7 @@ def measure(api, image: str, age_ms: int, window: float):
 
     server = ServerConfig(max_connection_age_ms=age_ms)
     target = KubernetesTarget(api, namespace=NAMESPACE, resources=SMALL, server=server)
-    target.ensure_ready(image.split("@")[0])
+    target.ensure_ready(image.split("@")[0], model_name=MODEL)
     target.deploy(image, model_name=MODEL, version=1, replicas=3, ready_timeout=300)
     deadline = time.monotonic() + 60
     while (balancer := target.load_balancer_address(MODEL)) is None:

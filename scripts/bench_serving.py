@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one run of this conf
     args = parser.parse_args()
     os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")  # the model is served on 127.0.0.1
+    os.environ.setdefault("TFSERVING_DEPLOY_MODEL_HOSTS", "127.0.0.1/32")  # loopback is not public
     if args.one:
         one_run(json.loads(args.one))
         return 0

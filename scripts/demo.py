@@ -52,6 +52,7 @@ def main() -> int:
         conf.update(use_local_cluster())
     # The demo serves its model over plain http on 127.0.0.1: allow that scheme (https only by default).
     os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")
+    os.environ.setdefault("TFSERVING_DEPLOY_MODEL_HOSTS", "127.0.0.1/32")  # loopback is not public
     with serve_directory(tarball.parent) as base_url:
         conf["model_url"] = f"{base_url}/{tarball.name}"
         print(f"==> dag.test() tfserving_resnet with {conf}")

@@ -43,32 +43,42 @@ else
 fi
 dc() { "${COMPOSE[@]}" "$@"; }
 
-# --- .env: created from .env.example with fresh random secrets, never overwritten ---------------
+# --- .env: created from .env.example with fresh random secrets; an existing one is never --------
+# overwritten, only completed: a secret it lacks (an .env from before the secret existed) is added.
 if [ ! -f .env ]; then
   log "creating .env from .env.example (random secrets)"
-  umask 077
-  DOCKER_GID=$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0) "$PY" - <<'PY'
+  cp .env.example .env && chmod 600 .env
+fi
+umask 077
+DOCKER_GID=$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0) "$PY" - <<'PY'
 import os, secrets
 from cryptography.fernet import Fernet
-fresh = {
-    "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-    "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-    "POSTGRES_PASSWORD": secrets.token_hex(16),
-    "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+fresh = {  # hex and urlsafe only: they go into URLs (the broker's) and JSON (the registry connection)
+    "AIRFLOW__CORE__FERNET_KEY": lambda: Fernet.generate_key().decode(),
+    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_hex(32),
+    "POSTGRES_PASSWORD": lambda: secrets.token_hex(16),
+    "AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "REDIS_PASSWORD": lambda: secrets.token_hex(24),
+    "REGISTRY_PASSWORD": lambda: secrets.token_hex(24),
 }
 fixed = {"DOCKER_GID": os.environ["DOCKER_GID"]}  # this machine's socket group
-lines = []
-for line in open(".env.example").read().splitlines():
+lines, seen = [], set()
+for line in open(".env").read().splitlines():
     key, eq, value = line.partition("=")
-    if eq and not line.startswith("#") and key in fresh and not value:
-        line = f"{key}={fresh[key]}"
-    elif eq and not line.startswith("#") and key in fixed:
-        line = f"{key}={fixed[key]}"
+    if eq and not line.startswith("#"):
+        seen.add(key)
+        if key in fresh and not value:
+            line = f"{key}={fresh[key]()}"
+        elif key in fixed:
+            line = f"{key}={fixed[key]}"
     lines.append(line)
+added = [key for key in fresh if key not in seen]
+if added:
+    print(f"==> adding {', '.join(added)} to .env (random)")
+    lines += [f"{key}={fresh[key]()}" for key in added]
 open(".env", "w").write("\n".join(lines) + "\n")
 PY
-  umask 022
-fi
+umask 022
 env_get() {  # env_get KEY DEFAULT: a value from .env (the shell's environment wins, as in compose)
   local v="${!1:-}"
   [ -n "$v" ] || v=$(sed -n "s/^$1=//p" .env | tail -n1)
@@ -83,6 +93,8 @@ REDIS_IMAGE=$(env_get REDIS_IMAGE tfserving-deploy/redis:7)
 AIRFLOW_UID=$(env_get AIRFLOW_UID 50000)
 API_PORT=$(env_get AIRFLOW_API_PORT 8080)
 REGISTRY_PORT=$(env_get REGISTRY_PORT 5001)
+REGISTRY_USER=$(env_get REGISTRY_USER tfsd)
+REDIS_PORT=$(env_get REDIS_PORT 6380)
 ADMIN_USER=$(env_get AIRFLOW_ADMIN_USER admin)
 ADMIN_PASSWORD=$(env_get AIRFLOW_ADMIN_PASSWORD "")
 SOCKET=$(env_get DOCKER_SOCKET /var/run/docker.sock)
@@ -123,8 +135,8 @@ build_images() {
   local start=$SECONDS
   [ -r "$ca" ] || die "CA bundle $ca not readable"
   build_image "$POSTGRES_IMAGE" docker/postgres.Dockerfile docker/postgres-entrypoint.sh
-  build_image "$REGISTRY_IMAGE" docker/registry.Dockerfile
-  build_image "$REDIS_IMAGE" docker/redis.Dockerfile
+  build_image "$REGISTRY_IMAGE" docker/registry.Dockerfile docker/registry-entrypoint.sh
+  build_image "$REDIS_IMAGE" docker/redis.Dockerfile docker/redis-entrypoint.sh
   # The project's packages (pyproject.toml), as a reproducible tar: same sources, same bytes, same hash.
   local project
   project=$(mktemp -d /var/tmp/stack-project.XXXXXX)/project.tar
@@ -197,14 +209,17 @@ publish_serving_base() {
   # (over a minute on 2 cores) and is only the fallback.
   local start=$SECONDS how
   log "copying $SERVING_BASE_SOURCE to the stack's registry as $REGISTRY/$SERVING_IMAGE"
-  if how=$("$PY" - "$SERVING_BASE_SOURCE" "$REGISTRY/$SERVING_IMAGE" <<'PY'
-import sys, tempfile
+  # The stack's registry wants its user's password: in the environment of this one command only.
+  if how=$(STACK_REGISTRY_USER="$REGISTRY_USER" STACK_REGISTRY_PASSWORD="$(env_get REGISTRY_PASSWORD "")" \
+           "$PY" - "$SERVING_BASE_SOURCE" "$REGISTRY/$SERVING_IMAGE" <<'PY'
+import os, sys, tempfile
 from pathlib import Path
-from tfserving_deploy.oci.registry import RegistryClient
+from tfserving_deploy.oci.registry import RegistryAuth, RegistryClient
 from tfserving_deploy.references import parse_reference
 
 src, dst = (parse_reference(r) for r in sys.argv[1:3])
-a, b = RegistryClient(src.host), RegistryClient(dst.host)
+auth = RegistryAuth(os.environ["STACK_REGISTRY_USER"], os.environ["STACK_REGISTRY_PASSWORD"])
+a, b = RegistryClient(src.host), RegistryClient(dst.host, auth)
 kinds = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"]
 pull, push = f"repository:{src.path}:pull", f"repository:{dst.path}:pull,push"
 r = a.manifest(src.path, src.tag, kinds, scope=pull, what="copy")
@@ -232,7 +247,9 @@ PY
       || die "serving image $SERVING_IMAGE missing (run \`make images\`)"
     log "$SERVING_BASE_SOURCE not found: docker push of $SERVING_IMAGE instead (slow: re-gzips 1.7 GB)"
     docker tag "$SERVING_IMAGE" "$REGISTRY/$SERVING_IMAGE"
+    env_get REGISTRY_PASSWORD "" | docker login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" >/dev/null
     docker push -q "$REGISTRY/$SERVING_IMAGE" >/dev/null
+    docker logout "$REGISTRY" >/dev/null
     docker rmi "$REGISTRY/$SERVING_IMAGE" >/dev/null
   fi
   mark "serving base into $REGISTRY" $((SECONDS - start))
@@ -298,7 +315,9 @@ artifacts="$root/.artifacts/stack"
 rm -rf "$artifacts" && mkdir -p "$artifacts"
 log "stack tests (tests/stack; screenshots and timings in ${artifacts#"$root/"})"
 STACK_API="$API" STACK_ADMIN_USER="$ADMIN_USER" STACK_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-STACK_REGISTRY="$REGISTRY" STACK_MODEL_SERVER="http://127.0.0.1:$(env_get MODEL_SERVER_PORT 8090)" \
+STACK_REGISTRY="$REGISTRY" STACK_REGISTRY_USER="$REGISTRY_USER" STACK_REGISTRY_PASSWORD="$(env_get REGISTRY_PASSWORD "")" \
+STACK_REDIS="127.0.0.1:$REDIS_PORT" STACK_REDIS_PASSWORD="$(env_get REDIS_PASSWORD "")" \
+STACK_MODEL_SERVER="http://127.0.0.1:$(env_get MODEL_SERVER_PORT 8090)" \
 STACK_ARTIFACTS="$artifacts" STACK_COMPOSE="${COMPOSE[*]}" RUN_TIMEOUT="$RUN_TIMEOUT" \
   "$PY" -m pytest -p no:cacheprovider -v -s --rootdir "$root" tests/stack ${PYTEST_ARGS:-}
 mark "stack tests (tests/stack)" $((SECONDS - start))

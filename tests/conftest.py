@@ -21,6 +21,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # their own UrlPolicy.
 os.environ["TFSERVING_DEPLOY_URL_SCHEMES"] = "https,http,file"
 os.environ["TFSERVING_DEPLOY_FILE_DIRS"] = os.pathsep.join((tempfile.gettempdir(), "/var/tmp"))
+# Loopback is not a public address: the model hosts the tests serve on are allowlisted.
+os.environ["TFSERVING_DEPLOY_MODEL_HOSTS"] = "127.0.0.0/8,::1/128"
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
 OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
 os.environ.setdefault(
@@ -71,3 +73,13 @@ def all_succeeded(states: dict[str, str]) -> bool:
     """Every task of a good run succeeded; ``rollback`` (one_failed) had nothing to do."""
     others = {task: state for task, state in states.items() if task != "rollback"}
     return states.get("rollback") == "skipped" and set(others.values()) == {"success"}
+
+
+def assert_good_run(run, states: dict[str, str], capfd) -> None:
+    """Fail with the tasks that went wrong and the run's error lines first: CI keeps only a log's ends."""
+    if str(run.state).endswith("success") and all_succeeded(states):
+        return
+    expected = {task: "skipped" if task == "rollback" else "success" for task in states}
+    wrong = ", ".join(f"{task}={state}" for task, state in sorted(states.items()) if state != expected[task])
+    errors = [line[:400] for line in capfd.readouterr().out.splitlines() if "[error" in line][-8:]
+    pytest.fail(f"run {run.state}: {wrong}\n" + "\n".join(errors), pytrace=False)

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import all_succeeded
+from conftest import assert_good_run
 from fake_google import GOOGLE_IDENTITY, LocalGke, TokenEndpoint, gcp_connection
 from kubernetes import client as k8s
 from local_cluster import SERVING_BASE, SMALL, AuditLog, admin_client, describe, read, require_cluster
@@ -79,12 +79,12 @@ def conf(model_url: str, ns: str) -> dict:
     }
 
 
-def test_dag_creates_the_gke_cluster_then_deploys_and_validates_on_it(world, demo_model_url):
+def test_dag_creates_the_gke_cluster_then_deploys_and_validates_on_it(world, demo_model_url, capfd):
     dag, gke, endpoint, ns, admin = world
     audit = AuditLog()
     first = dag.test(run_conf=conf(demo_model_url, ns))
     states = task_states(first)
-    assert str(first.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(first, states, capfd)
 
     # GKE: missing -> created once (by ensure_cluster only) -> PROVISIONING -> RUNNING.
     path = f"projects/{PROJECT}/locations/{LOCATION}/clusters/{CLUSTER}"

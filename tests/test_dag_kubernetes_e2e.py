@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import all_succeeded
+from conftest import assert_good_run
 from local_cluster import (
     LB_POOL,
     SERVING_BASE,
@@ -28,16 +28,22 @@ from local_cluster import (
     fresh_namespace,
     read,
     service_account_token,
+    token_client,
+    wait_for,
     write_token_kubeconfig,
 )
+from test_admission_policy import pod as candidate_pod
+from test_admission_policy import refusal
 
-from tfserving_deploy.targets.rbac import deployer_role
+from tfserving_deploy.targets.admission import deployer_pod_policy
+from tfserving_deploy.targets.rbac import ALL_EXTRAS, deployer_role
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, NAME = "k8stest", "tfs-k8stest"
 CONN_ID = "local_cluster_e2e"
+CLUSTER_NET = "10.200.0.0/16"  # every address of the local cluster, and this host's address toward it
 REPOSITORY = "127.0.0.1:5000/tfserving-deploy-k8stest"
 
 
@@ -47,16 +53,22 @@ def ns(admin):
         yield name
 
 
-@pytest.fixture
-def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
+def dag_as(rules: list[dict], admin, ns: str, tmp_path, monkeypatch) -> tuple:
+    """(the DAG, the token its connection holds: ServiceAccount ``airflow``'s, bound to ``rules``)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    token = service_account_token(admin, ns, "airflow", deployer_role(ns)["rules"])
+    token = service_account_token(admin, ns, "airflow", rules)
     kubeconfig = write_token_kubeconfig(tmp_path / "kubeconfig", token)
     monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
     connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet"), token
+
+
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
+    """The Role with every extra: the candidate is measured (pods/exec)."""
+    return dag_as(deployer_role(ns, models=(MODEL,), extras=ALL_EXTRAS)["rules"], admin, ns, tmp_path, monkeypatch)[0]
 
 
 def conf(model_url: str, ns: str, manifest_dir: Path, **overrides) -> dict:
@@ -99,13 +111,15 @@ def return_value(dag, run, task_id: str):
         return XComModel.deserialize_value(row)
 
 
-def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, demo_model_url, admin, ns, tmp_path):
+def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
+    dag, demo_model_url, admin, ns, tmp_path, capfd
+):
     from test_dag_local_e2e import tutorial_client_request
 
     manifest_dir = tmp_path / "manifests"
     first = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir))
     states = task_states(first)
-    assert str(first.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(first, states, capfd)
 
     # What the cluster holds: the Deployment by digest, the LoadBalancer Service, the manifests.
     image = return_value(dag, first, "push_image")
@@ -133,13 +147,16 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     assert all(r["failures"] == [] and r["top_class"] == 286 for r in report["replicas"]), report["summary"]
     candidate = return_value(dag, first, "validate_candidate")
     assert candidate["ok"] is True and len(candidate["replicas"]) == 1
+    # the tutorial's public balancer: the summary says plainly that any address reaches the model
+    assert "warning: the model is reachable from any address that routes to its LoadBalancer" in report["summary"]
+    assert "load_balancer_source_ranges" in report["summary"] and "warning" not in candidate["summary"]
     assert candidate["replicas"][0]["address"] not in endpoints  # the candidate pod was not one of them
 
     # Same inputs, forced through every task: not one write to the Deployment or the Service.
     audit = AuditLog()
     second = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True))
     states = task_states(second)
-    assert str(second.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(second, states, capfd)
     writes = audit.writes(
         user=f"system:serviceaccount:{ns}:airflow", namespace=ns, resources=("deployments", "services")
     )
@@ -161,9 +178,56 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, de
     # a balancer, and validation reaches every pod.
     fourth = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir, force=True, service_type="ClusterIP"))
     states = task_states(fourth)
-    assert str(fourth.state).endswith("success") and all_succeeded(states), states
+    assert_good_run(fourth, states, capfd)
     service = read(admin, "service", NAME, ns)
     assert service["spec"]["type"] == "ClusterIP" and "ingress" not in (service["status"].get("loadBalancer") or {})
     endpoints = return_value(dag, fourth, "wait_for_endpoint")
     assert len(endpoints) == 3 and all(e.startswith("10.200.1.") for e in endpoints), endpoints
     assert return_value(dag, fourth, "validate")["ok"] is True
+
+
+def test_dag_deploys_with_the_minimal_role_held_by_the_admission_policy(
+    airflow_db, demo_model_url, admin, ns, tmp_path, monkeypatch, capfd
+):
+    """The whole DAG as an identity with the minimal Role (no exec, no port-forward, no deletes;
+    the model's objects by name), held to the project's pods by the admission policy, in a
+    namespace that enforces the restricted Pod Security Standard. The params that need no extra:
+    pod IPs dialed directly, a failed first deploy kept. Sizing falls back to the defaults for
+    memory and says why; the balancer is narrowed to this host's network, so no exposure warning."""
+    from kubernetes import client as k8s
+
+    k8s.CoreV1Api(admin).patch_namespace(
+        ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    dag, token = dag_as(deployer_role(ns, models=(MODEL,), extras=())["rules"], admin, ns, tmp_path, monkeypatch)
+    registration = k8s.AdmissionregistrationV1Api(admin)
+    policy, binding = deployer_pod_policy(ns, f"system:serviceaccount:{ns}:airflow")
+    registration.create_validating_admission_policy(policy)
+    registration.create_validating_admission_policy_binding(binding)
+    try:
+        with token_client(token) as airflow:  # in force before the run: its own account is refused
+            escape = candidate_pod(ns, serviceAccountName="airflow")
+            wait_for(lambda: "tfserving-deployer-pods" in (refusal(airflow, ns, escape) or ""), 30, "the policy")
+        minimal = {"pod_access": "pod-ip", "keep_failed_first_deploy": True, "replicas": 1}
+        narrowed = {"load_balancer_source_ranges": [CLUSTER_NET]}  # this host reaches the pool from it
+        run = dag.test(run_conf=conf(demo_model_url, ns, tmp_path / "manifests", **minimal, **narrowed))
+        assert_good_run(run, task_states(run), capfd)
+    finally:
+        registration.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+        registration.delete_validating_admission_policy(policy["metadata"]["name"])
+
+    assert return_value(dag, run, "ensure_cluster")["role_extras"] == {
+        "cleanup": False,
+        "port-forward": False,
+        "measure": False,
+    }
+    sizing = return_value(dag, run, "deploy")["sizing"]
+    assert sizing["measured"]["peak_mib"] is None and sizing["measured"]["load_seconds"] > 0, sizing
+    assert any("(HTTP 403)" in reason and "pods/exec" in reason for reason in sizing["reasons"]), sizing
+    deployment = read(admin, "deployment", NAME, ns)
+    assert deployment["status"]["readyReplicas"] == 1
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
+    report = return_value(dag, run, "validate")
+    assert report["ok"] is True and "warning" not in report["summary"], report["summary"]
+    assert read(admin, "service", NAME, ns)["spec"]["loadBalancerSourceRanges"] == [CLUSTER_NET]

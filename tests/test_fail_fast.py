@@ -264,3 +264,25 @@ def xcom(run_id: str, task_id: str):
             XComModel.get_many(run_id=run_id, dag_ids="tfserving_resnet", task_ids=task_id, key="return_value")
         ).first()
         return XComModel.deserialize_value(row) if row is not None else None
+
+
+def test_a_model_over_the_size_cap_fails_fetch_at_once(dag, demo_model_url, recorder, monkeypatch):
+    """Streamed without Content-Length, so the cap trips while downloading: once, not once per try."""
+    original = recorder.RequestHandlerClass._answer
+
+    def unsized(handler, body):
+        if not handler.path.startswith("/big.tar.gz"):
+            return original(handler, body)
+        recorder.requests.append(f"{handler.command} {handler.path}")
+        handler.send_response(200)
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(recorder.files["/big.tar.gz"])
+
+    monkeypatch.setattr(recorder.RequestHandlerClass, "_answer", unsized)
+    monkeypatch.setenv("TFSERVING_DEPLOY_MAX_MODEL_BYTES", "100000")
+    recorder.files["/big.tar.gz"] = payload = _demo_bytes(demo_model_url)
+    assert len(payload) > 100000
+    run = dag.test(run_conf=conf(f"{recorder.base}/big.tar.gz"))
+    assert_failed_once(run, "fetch_model", not_run=("build_image", "deploy"))
+    assert recorder.requests.count("GET /big.tar.gz") == 1

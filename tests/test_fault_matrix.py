@@ -7,7 +7,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).parent
 MATRIX = TESTS.parent / "docs" / "faults.md"
-ROW = re.compile(r"^\| (\d+) \|.*\| `(test_\w+\.py)::(test_\w+)` \|$")
+ROW = re.compile(r"^\| (\d+) \|.*\| `((?:stack/)?test_\w+\.py)::(test_\w+)` \|$")  # tests/stack: the compose stack's
 AREAS = {"network", "archive", "model", "registry", "engine", "Kubernetes", "GKE", "validation", "params"}
 AREAS |= {"concurrency", "interruption", "security"}
 

@@ -61,7 +61,9 @@ def images(tmp_path_factory):
 def cluster_target(tmp_path):
     require_cluster()
     with admin_client() as admin, fresh_namespace(admin, "int") as ns:
-        token = service_account_token(admin, ns, "deployer", deployer_role(ns)["rules"])
+        token = service_account_token(
+            admin, ns, "deployer", deployer_role(ns, models=(MODEL, "interrupt", "dying"))["rules"]
+        )
         with token_client(token) as api:
             yield KubernetesTarget(api, namespace=ns, resources=SMALL, poll_interval=0.5), admin, ns
 

@@ -172,9 +172,33 @@ def answer(address: str) -> tuple[int, int]:
 
 
 def test_least_privilege_role_passes_the_access_review(make_target, ns):
-    facts = make_target().ensure_ready("127.0.0.1:5000/tfserving-deploy-tests/k8s")
+    facts = make_target().ensure_ready("127.0.0.1:5000/tfserving-deploy-tests/k8s", model_name=MODEL)
     assert facts["server_version"] == "v1.34.4" and facts["namespace"] == ns
     assert facts["namespace_created"] is False  # may not read Namespaces: the access review decides
+    # the default Role has what the default params use, not pods/exec: sizing will say it kept the defaults
+    assert facts["role_extras"] == {"cleanup": True, "port-forward": True, "measure": False}
+
+
+def test_the_minimal_role_is_enough_when_the_params_need_no_extra(admin, ns, make_target):
+    """No deletes of the model's objects, no port-forward, no exec: a deploy that keeps a failed
+    first deploy and dials pod IPs needs none of them, and the review says what is not granted."""
+    token = service_account_token(admin, ns, "minimal", deployer_role(ns, models=(MODEL,), extras=())["rules"])
+    target = make_target(token, keep_failed_first_deploy=True, pod_access="pod-ip")
+    facts = target.ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
+    assert facts["role_extras"] == {"cleanup": False, "port-forward": False, "measure": False}
+    with pytest.raises(TargetError, match=r"may not delete deployments tfs-resnet; delete services tfs-resnet; "):
+        make_target(token, pod_access="pod-ip").ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
+    with pytest.raises(TargetError, match=r"may not get pods/portforward; create pods/portforward in namespace"):
+        make_target(token, keep_failed_first_deploy=True).ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
+
+
+def test_a_role_for_other_models_does_not_reach_this_ones_objects(admin, ns, make_target):
+    """The model's Deployment, Service and budget are granted by name: a Role for another model
+    lets the identity read, patch or delete none of this model's objects (creates are not named)."""
+    token = service_account_token(admin, ns, "other", deployer_role(ns, models=("other",))["rules"])
+    with pytest.raises(TargetError, match=r"may not get deployments tfs-resnet; patch deployments tfs-resnet; get "):
+        make_target(token).ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
+    assert make_target(token).ensure_ready("127.0.0.1:5000/x", model_name="other")["role_extras"]["measure"] is False
 
 
 def test_missing_verbs_are_named_by_the_real_authorizer(admin, ns, make_target):
@@ -185,18 +209,18 @@ def test_missing_verbs_are_named_by_the_real_authorizer(admin, ns, make_target):
     token = service_account_token(admin, ns, "restricted", rules)
     with pytest.raises(
         TargetError,
-        match=rf"may not patch services; list events in namespace {ns}; "
+        match=rf"may not patch services tfs-resnet; list events in namespace {ns}; "
         r"grant these verbs with a Role and RoleBinding",
     ):
-        make_target(token).ensure_ready("127.0.0.1:5000/x")
+        make_target(token).ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
 
 
 def test_admin_creates_the_namespace(admin, make_target):
     name = f"tgt-new-{hashlib.sha256(str(time.time()).encode()).hexdigest()[:6]}"
     try:
         target = make_target(api=admin_client(), namespace=name)
-        assert target.ensure_ready("127.0.0.1:5000/x")["namespace_created"] is True
-        assert target.ensure_ready("127.0.0.1:5000/x")["namespace_created"] is False
+        assert target.ensure_ready("127.0.0.1:5000/x", model_name=MODEL)["namespace_created"] is True
+        assert target.ensure_ready("127.0.0.1:5000/x", model_name=MODEL)["namespace_created"] is False
     finally:
         k8s.CoreV1Api(admin).delete_namespace(name)
 
@@ -208,14 +232,14 @@ def test_unreachable_api_names_the_host():
     with pytest.raises(
         TargetError, match=r"Kubernetes API at https://10.200.0.1:1 is not reachable .*read the server version"
     ):
-        target.ensure_ready("127.0.0.1:5000/x")
+        target.ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
 
 
 def test_rejected_credentials_are_explained(make_target):
     with pytest.raises(
         TargetError, match=r"rejected the credentials \(HTTP 401\) for read the server version.*refresh"
     ):
-        make_target("not-a-valid-token").ensure_ready("127.0.0.1:5000/x")
+        make_target("not-a-valid-token").ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
 
 
 # -- render: schema and the API server's own field validation ---------------------------------------
@@ -623,7 +647,9 @@ def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, 
             match=r"read the server version failed with HTTP 503 from http://127.0.0.1:\d+ "
             r"after 3 attempts.*overloaded or unhealthy",
         ):
-            make_target(api=k8s.ApiClient(configuration), api_attempts=3).ensure_ready("127.0.0.1:5000/x")
+            make_target(api=k8s.ApiClient(configuration), api_attempts=3).ensure_ready(
+                "127.0.0.1:5000/x", model_name=MODEL
+            )
 
 
 def test_load_balancer_address_and_its_absence(make_target, images):
@@ -670,18 +696,24 @@ def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, 
         {"service_type": "LoadBalancer"},
         {"service_type": "ClusterIP"},
         {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32"]},
+        {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32", "0.0.0.0/0"]},
     ]
     seen = []
     for options in steps:
-        result = deploy(make_target(**options), images["A"])
-        seen.append((result["service_change"], *live()))
+        target = make_target(**options)
+        result = deploy(target, images["A"])
+        # what validate's summary warns about, read from the live Service: any address gets in
+        warning = target.exposure_warning(MODEL)
+        seen.append((result["service_change"], *live(), warning and warning.split(" (")[0]))
     internal = {"networking.gke.io/load-balancer-type": "Internal"}
+    public = "the model is reachable from any address that routes to its LoadBalancer"
     assert seen == [
-        ("created", "LoadBalancer", ["10.0.0.0/8"], internal),
-        ("patched", "LoadBalancer", None, None),
-        ("unchanged", "LoadBalancer", None, None),
-        ("patched", "ClusterIP", None, None),
-        ("patched", "LoadBalancer", ["127.0.0.1/32"], None),
+        ("created", "LoadBalancer", ["10.0.0.0/8"], internal, None),
+        ("patched", "LoadBalancer", None, None, public),
+        ("unchanged", "LoadBalancer", None, None, public),
+        ("patched", "ClusterIP", None, None, None),
+        ("patched", "LoadBalancer", ["127.0.0.1/32"], None, None),
+        ("patched", "LoadBalancer", ["127.0.0.1/32", "0.0.0.0/0"], None, public),
     ]
 
 

@@ -238,7 +238,7 @@ def test_engine_down_is_explained():
         target_from(TargetConfig.parse("local", {"docker_url": "unix:///nonexistent/docker.sock"}))
     dead = LocalDockerTarget(docker.DockerClient(version="1.41", base_url="unix:///nonexistent/docker.sock"))
     with pytest.raises(TargetError, match="Docker engine is not reachable"):
-        dead.ensure_ready(REPOSITORY)
+        dead.ensure_ready(REPOSITORY, model_name="resnet")
 
 
 def test_registry_down_is_explained(builder, models):

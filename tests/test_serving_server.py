@@ -573,7 +573,13 @@ def test_max_connection_age_moves_a_long_lived_channel_to_a_new_connection(resne
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         stub.Predict(string_request([b"x"]), timeout=10)
         deadline = time.monotonic() + 10 * CONNECTION_AGE_MS / 1000
-        while grpc.ChannelConnectivity.IDLE not in states[states.index(grpc.ChannelConnectivity.READY) :]:
+
+        def aged_out() -> bool:  # connectivity callbacks arrive on gRPC's own thread, maybe late
+            seen = list(states)
+            ready = seen.index(grpc.ChannelConnectivity.READY) if grpc.ChannelConnectivity.READY in seen else None
+            return ready is not None and grpc.ChannelConnectivity.IDLE in seen[ready:]
+
+        while not aged_out():
             assert time.monotonic() < deadline, f"connection never aged out: {states}"
             time.sleep(0.1)
         stub.Predict(string_request([b"x"]), timeout=10)  # a new connection, transparently

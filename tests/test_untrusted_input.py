@@ -8,6 +8,7 @@ used to be rendered a second time with the full task context.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import ssl
@@ -18,10 +19,13 @@ from pathlib import Path
 
 import pytest
 from conftest import all_succeeded
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_dag_kubernetes_e2e import return_value
 
 from tfserving_deploy.errors import UnsafeModelUrl
-from tfserving_deploy.urls import UrlPolicy, render_model_url
+from tfserving_deploy.hosts import ModelHosts
+from tfserving_deploy.urls import MAX_PLACEHOLDER_GROWTH, UrlPolicy, render_model_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-prod-db-password"
@@ -31,15 +35,25 @@ TOKEN = "sig0123456789abcdefTOKEN"
 class Recorder(ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 that records every request line and serves ``files``."""
 
-    def __init__(self):
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)):
         self.requests: list[str] = []
+        self.hosts: list[str | None] = []  # the Host header of each request
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
+        self.token: str | None = None  # when set, a request must carry it (query or user part) or get 403
+        self.refused: list[str] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, body: bool):
                 recorder.requests.append(f"{self.command} {self.path}")
+                recorder.hosts.append(self.headers.get("Host"))
+                if recorder.token and not self._carries(recorder.token):
+                    recorder.refused.append(f"{self.command} {self.path}")
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = self.path.split("?")[0]
                 if path in recorder.redirects:
                     self.send_response(302)
@@ -53,6 +67,10 @@ class Recorder(ThreadingHTTPServer):
                 if body and data:
                     self.wfile.write(data)
 
+            def _carries(self, token: str) -> bool:
+                basic = base64.b64encode(f"{token}:".encode()).decode()
+                return f"={token}" in self.path or self.headers.get("Authorization") == f"Basic {basic}"
+
             def do_GET(self):
                 self._answer(True)
 
@@ -62,8 +80,8 @@ class Recorder(ThreadingHTTPServer):
             def log_message(self, *args):
                 pass
 
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        super().__init__(address, Handler)
+        self.base = f"http://{address[0]}:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def close(self):
@@ -100,8 +118,14 @@ def run_states(run) -> dict[str, tuple[str, int]]:
 
 @pytest.mark.parametrize(
     "template",
-    ["{{ conn.prod_db.password }}", "{{ var.value.api_key }}", "{{ macros.datetime.now() }}", "{{ params.model_url }}"],
-    ids=["conn", "var", "macros", "params"],
+    [
+        "{{ conn.prod_db.password }}",
+        "{{ var.value.api_key }}",
+        "{{ macros.datetime.now() }}",
+        "{{ params.model_url }}",
+        "{{ ds * 800000000 }}",
+    ],
+    ids=["conn", "var", "macros", "params", "cost"],
 )
 def test_the_exploit_fails_the_run_at_once_and_the_secret_goes_nowhere(dag, recorder, capfd, template):
     conf = {
@@ -121,19 +145,69 @@ def test_the_exploit_fails_the_run_at_once_and_the_secret_goes_nowhere(dag, reco
     assert "a model URL may use only the run's dates" in output.out + output.err
 
 
+def test_a_costly_template_fails_fetch_model_at_once(dag, recorder, capfd):
+    """force=true: check_for_change does not read the URL, fetch_model is the first to render it."""
+    conf = {"model_url": f"{recorder.base}/{{{{ ds * 800000000 }}}}/m.tar.gz", "target": "local", "force": True}
+    run = dag.test(run_conf={**conf, "model_sha256": None, "expected_class": None})
+    states = run_states(run)
+    assert states["check_for_change"] == ("success", 1) and states["fetch_model"] == ("failed", 1), states
+    assert recorder.requests == []
+    output = capfd.readouterr()
+    assert "is not a valid template: '{{ ds * 800000000 }}' is not a placeholder" in output.out + output.err
+
+
 def test_dated_urls_use_the_runs_dates_only():
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    assert render_model_url("https://m.example.com/{{ ds_nodash }}/{{ ds }}/r.tgz", when) == (
-        "https://m.example.com/20260102/2026-01-02/r.tgz"
+    assert render_model_url("https://m.example.com/{{ ds_nodash }}/{{ds}}/{{  ts_nodash }}/r.tgz", when) == (
+        "https://m.example.com/20260102/2026-01-02/20260102T030405/r.tgz"
     )
-    assert render_model_url("https://m.example.com/{{ logical_date.strftime('%Y/%m') }}/r.tgz", when) == (
-        "https://m.example.com/2026/01/r.tgz"
+    assert render_model_url("https://m.example.com/{{ logical_date }}", when) == (
+        "https://m.example.com/2026-01-02T03:04:05+00:00"
     )
-    for bad in ("{{ ''.__class__.__mro__ }}", "{{ ds.__class__ }}"):
-        with pytest.raises(Exception):  # the sandbox refuses attribute games
-            render_model_url(f"https://m.example.com/{bad}", when)
-    with pytest.raises(UnsafeModelUrl, match="not valid Jinja"):
-        render_model_url("https://m.example.com/{{ ds ", when)
+    for bad, named in (
+        ("{{ ''.__class__.__mro__ }}", "{{ ''.__class__.__mro__ }}"),
+        ("{{ ds.__class__ }}", "{{ ds.__class__ }}"),
+        ("{{ logical_date.strftime('%Y/%m') }}", "{{ logical_date.strftime('%Y/%m') }}"),
+        ("{{ ds * 800000000 }}", "{{ ds * 800000000 }}"),
+        ("{{ ds | upper }}", "{{ ds | upper }}"),
+        ("{{ lipsum(99999) }}", "{{ lipsum(99999) }}"),
+        ("{% for i in range(9999999) %}x{% endfor %}", "{% for i in range(9999999) %}"),
+        ("{# a comment #}", "{# a comment #}"),
+        ("{{ ds ", "{{ ds /r.tgz"),  # unclosed: to the end, cut at 40 characters
+        ("{{ yesterday_ds }}", "{{ yesterday_ds }}"),
+    ):
+        with pytest.raises(UnsafeModelUrl, match="not a placeholder of the run's dates") as refused:
+            render_model_url(f"https://m.example.com/{bad}/r.tgz", when)
+        assert repr(named) in str(refused.value), refused.value
+
+
+def test_a_token_in_the_user_part_stays_out_of_the_template_error():
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    with pytest.raises(UnsafeModelUrl, match="not a placeholder") as refused:
+        render_model_url(f"https://{TOKEN}@m.example.com/{{{{ ds /r.tgz", when)
+    assert TOKEN not in str(refused.value) and "https://m.example.com/{{ ds /r.tgz" in str(refused.value)
+
+
+TEMPLATE_PIECES = st.one_of(
+    st.text(alphabet="{}%# abcdsz_.*()'0189/:-", max_size=12),
+    st.sampled_from(["{{", "}}", "{%", "%}", "{#", "#}", "{{ ds }}", "{{ts}}", "{{ logical_date }}", "{{ ds * 9 }}"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=st.lists(TEMPLATE_PIECES, max_size=30))
+def test_rendering_is_bounded_by_the_templates_length(pieces):
+    """Whatever the template, rendering either refuses it or grows it by at most
+    MAX_PLACEHOLDER_GROWTH characters per placeholder; what remains opens no template."""
+    template = "https://m.example.com/" + "".join(pieces)
+    when = datetime.datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
+    try:
+        rendered = render_model_url(template, when)
+    except UnsafeModelUrl:
+        return
+    assert len(rendered) <= len(template) + MAX_PLACEHOLDER_GROWTH * template.count("{{")
+    assert "{%" not in template and "{#" not in template
+    assert not any(opener in rendered for opener in ("{{", "{%", "{#"))  # nothing left for a later renderer
 
 
 # -- the URL policy ----------------------------------------------------------------------------------
@@ -141,14 +215,14 @@ def test_dated_urls_use_the_runs_dates_only():
 
 def test_default_policy_is_https_only(tmp_path):
     policy = UrlPolicy()
-    policy.check("https://models.example.com/resnet.tar.gz")
+    policy.check_offline("https://models.example.com/resnet.tar.gz")
     for url, why in (
         ("http://models.example.com/resnet.tar.gz", "http scheme is not allowed here"),
         (f"file://{tmp_path}/m.tar.gz", "file scheme is not allowed here"),
         (str(tmp_path / "m.tar.gz"), "file scheme is not allowed here"),
     ):
         with pytest.raises(UnsafeModelUrl, match=why):
-            policy.check(url)
+            policy.check_offline(url)
 
 
 def test_file_urls_only_inside_configured_directories(tmp_path):
@@ -182,7 +256,7 @@ def test_every_redirect_is_checked(recorder, tmp_path):
     from tfserving_deploy.artifact import fetch_model
 
     recorder.redirects["/m.tar.gz"] = "http://169.254.169.254/latest/meta-data/"
-    policy = UrlPolicy(frozenset({"https", "http"}))
+    policy = UrlPolicy(frozenset({"https", "http"}), hosts=ModelHosts.parse("127.0.0.0/8"))
     with pytest.raises(UnsafeModelUrl, match=r"169\.254\.169\.254 .*link-local or metadata address; refused"):
         fetch_model(f"{recorder.base}/m.tar.gz", cache_dir=tmp_path, policy=policy)
     assert recorder.requests == ["GET /m.tar.gz"]  # followed by hand: never towards the metadata server
@@ -228,7 +302,9 @@ def test_https_never_continues_over_http(recorder, tmp_path):
             mp.setenv("REQUESTS_CA_BUNDLE", str(cert))
             with pytest.raises(UnsafeModelUrl, match="an https download never continues over plain http"):
                 fetch_model(
-                    f"{https}/m.tar.gz", cache_dir=tmp_path / "cache", policy=UrlPolicy(frozenset({"https", "http"}))
+                    f"{https}/m.tar.gz",
+                    cache_dir=tmp_path / "cache",
+                    policy=UrlPolicy(frozenset({"https", "http"}), hosts=ModelHosts.parse("127.0.0.0/8")),
                 )
     finally:
         secure.close()

@@ -1,26 +1,34 @@
 """Unpack a model tarball safely and find the SavedModel version directory inside it.
 
-Every member is checked before anything is written (we do not rely on tarfile's filters
-alone; they are used as a second line). Extraction goes to a temp dir that is renamed into
-place only once it holds a valid layout, so a crashed or rejected extraction is never reused.
+The invariant: an extraction holds only directories and regular files, each inside its root,
+and nothing outside the root was written or read on the way. A SavedModel never holds links
+(``tf.saved_model.save`` writes none), so every symlink and hard link is refused, whatever it
+points at, along with devices, fifos, sparse and unknown member types, absolute or '..' names,
+control characters and names over the caps (tar_reader.py). Nothing depends on tarfile's
+filters: the reader is ours and every file is written relative to its parent directory's
+descriptor, without following links (nofollow.py).
+
+The archive is read twice: first every header is checked against the caps, before anything is
+written; then each member is written into a temp dir that is renamed into place only once it
+holds a valid layout, so a crashed or rejected extraction is never reused. A cached extraction
+that holds anything but directories and plain files is not trusted: it is extracted again.
 """
 
 from __future__ import annotations
 
-import gzip
+import errno
 import logging
-import lzma
 import os
-import posixpath
 import re
 import shutil
-import tarfile
 import tempfile
-import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidModelError, UnsafeArchiveError
+from .nofollow import Root, first_irregular
+from .tar_reader import Limits, Member, TarReader, open_decompressed, show_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,9 @@ _NUMERIC = re.compile(r"[0-9]+")
 MAX_UNPACKED_BYTES = 8 * 1024**3  # SavedModels barely compress: far beyond any sane model in a 2 GiB download
 MAX_MEMBERS = 100_000
 _SHOW_ENTRIES = 10
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+# What the archive did, not the disk: a name twice, a file where a directory is needed.
+_CLASHES = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
 
 
 def extract_savedmodel(
@@ -44,21 +55,25 @@ def extract_savedmodel(
 ) -> Path:
     """Extract ``archive_path`` into ``dest_dir`` (once) and return the chosen version dir.
 
-    If ``dest_dir`` already exists it is a finished extraction and is reused as is. An archive
-    that would unpack to more than ``max_unpacked_bytes`` or ``max_members`` entries (a gzip
-    bomb) is refused from its headers, before anything is written.
+    If ``dest_dir`` already holds a plain extraction it is reused as is. An archive that would
+    unpack to more than ``max_unpacked_bytes`` (headers included) or ``max_members`` entries (a
+    gzip or header bomb) is refused from its headers, before anything is written.
     """
     log = log or logger
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
-    if dest_dir.is_dir():
-        log.info("reusing extraction %s", dest_dir)
-        return find_version_dir(dest_dir, log=log)
+    if os.path.lexists(dest_dir):
+        odd = first_irregular(dest_dir)
+        if odd is None:
+            log.info("reusing extraction %s", dest_dir)
+            return find_version_dir(dest_dir, log=log)
+        log.warning("cached extraction %s holds %r, not a plain file or directory; extracting it again", dest_dir, odd)
+        _discard(dest_dir)
 
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}.tmp-"))
     try:
-        names = _extract_checked(archive_path, tmp, Limits(max_unpacked_bytes, max_members))
-        version_dir = find_version_dir(tmp, entries=names, log=log)
+        listing = unpack(archive_path, tmp, Limits(max_unpacked_bytes, max_members))
+        version_dir = find_version_dir(tmp, listing=listing, log=log)
         try:
             os.rename(tmp, dest_dir)
         except OSError:
@@ -71,127 +86,64 @@ def extract_savedmodel(
 
 
 @dataclass(frozen=True)
-class Limits:
-    bytes: int
-    members: int
+class Listing:
+    """What an archive holds, for messages: the first few names and how many there are."""
+
+    names: list[str]
+    count: int
 
 
-def _extract_checked(archive_path: Path, dest: Path, limits: Limits) -> list[str]:
-    """Check every member, then extract all of them; return the member names."""
+def unpack(archive_path: Path, dest: Path, limits: Limits) -> Listing:
+    """Check every header of ``archive_path`` (nothing written), then write its members into the
+    empty directory ``dest``. Refusals are ``Permanent`` errors naming the member."""
+    where = str(archive_path)
+    names: list[str] = []
+    count = 0
+    with open_decompressed(archive_path) as stream:
+        for member in TarReader(stream, where, limits).members():
+            count += 1
+            if len(names) < _SHOW_ENTRIES:
+                names.append("/".join(member.parts))
+    with open_decompressed(archive_path) as stream, Root(dest) as root:
+        reader = TarReader(stream, where, limits)
+        for member in reader.members():
+            _write(root, reader, member, where)
+    return Listing(names, count)
+
+
+def _write(root: Root, reader: TarReader, member: Member, where: str) -> None:
     try:
-        tar = tarfile.open(archive_path, "r:*")  # noqa: SIM115 - closed by the with below
-    except tarfile.ReadError:
-        raise InvalidModelError(
-            f"model archive {archive_path} is not a tar archive (plain or gzip/bz2/xz); "
-            f"expected a .tar.gz holding {EXPECTED_LAYOUT}"
+        if member.is_dir:
+            root.make_dirs(member.parts)
+        else:
+            with root.new_file(member.parts) as f:
+                reader.copy_to(f)
+    except OSError as e:
+        if e.errno not in _CLASHES:
+            raise
+        raise UnsafeArchiveError(
+            f"unsafe tar member {show_name(member.name)} in {where}: it clashes with an earlier member (the same "
+            "name twice, or a file where a directory is needed); repack the model with each path once"
         ) from None
+
+
+def _discard(path: Path) -> None:
+    """Move ``path`` aside (atomically, so no reader sees half of it) and delete it, links unfollowed."""
+    holder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.stale-"))
     try:
-        with tar:
-            members = _checked_members(tar, archive_path, limits)
-            # The checks above are the defence; the "data" filter, where this Python has it
-            # (3.11.4+, not Debian 12's 3.11.2), is a second line.
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
-            else:
-                tar.extractall(dest, members=members)
-    except getattr(tarfile, "FilterError", ()) as e:
-        raise UnsafeArchiveError(
-            f"model archive {archive_path}: tarfile refused a member: {e}; "
-            "repack the model without links or special files"
-        ) from None
-    except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
-        raise InvalidModelError(
-            f"model archive {archive_path} is truncated or corrupt ({type(e).__name__}: {e}); "
-            "re-download it or re-check the URL"
-        ) from None
-    return [m.name for m in members]
+        os.rename(path, holder / "stale")
+    except FileNotFoundError:
+        pass  # a concurrent run discarded it first
+    shutil.rmtree(holder)
 
 
-def _checked_members(tar: tarfile.TarFile, archive_path: Path, limits: Limits) -> list[tarfile.TarInfo]:
-    """Every member, checked, read from the headers one by one: the caps stop a bomb early."""
-    members: list[tarfile.TarInfo] = []
-    links: set[str] = set()
-    total = 0
-    while (member := tar.next()) is not None:
-        members.append(member)
-        total += member.size
-        if len(members) > limits.members or total > limits.bytes:
-            raise UnsafeArchiveError(
-                f"model archive {archive_path} unpacks to more than {limits.members} entries or "
-                f"{limits.bytes} bytes (at member {len(members)}, {total} bytes so far): refused before "
-                "writing anything, as a decompression bomb; raise the limits if the model is that large"
-            )
-        check_member(member, links)
-        if member.issym():
-            links.add(posixpath.normpath(member.name))
-    return members
-
-
-def check_member(member: tarfile.TarInfo, links: set[str] | None = None) -> None:
-    """Refuse members that could write outside the extraction root or create devices.
-
-    ``links`` are the symlinks seen earlier in the archive: nothing may be written through one
-    (``a/b -> ..``, then ``a/b/c -> ..``, then ``a/b/c/f`` would climb out a step at a time),
-    whatever this Python's tarfile filters do.
-    """
-    name, links = member.name, links or set()
-    if name.startswith("/") or _has_dotdot(name):
-        raise UnsafeArchiveError(
-            f"unsafe tar member {name!r}: absolute path or '..' component would escape the "
-            "extraction directory; repack the model with relative paths"
-        )
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise UnsafeArchiveError(
-            f"unsafe tar member {name!r}: device or fifo files are not allowed in a model; "
-            "repack it with regular files only"
-        )
-    through = _link_on_path(name, links)
-    if through:
-        raise UnsafeArchiveError(
-            f"unsafe tar member {name!r}: it lies under the symlink {through!r} of the same archive, so it "
-            "would be written wherever that link points; repack the model without links"
-        )
-    if member.issym() or member.islnk():
-        target = member.linkname
-        # symlinks resolve from the member's directory, hardlinks from the archive root
-        joined = posixpath.join(posixpath.dirname(name) if member.issym() else "", target)
-        resolved = posixpath.normpath(joined)
-        escapes = target.startswith("/") or resolved == ".." or resolved.startswith("../")
-        if escapes or _link_on_path(joined, links, final_may_be_link=member.issym()):
-            kind = "symlink" if member.issym() else "hardlink"
-            raise UnsafeArchiveError(
-                f"unsafe tar member {name!r}: {kind} to {target!r} points outside the "
-                "extraction directory or through another link; repack the model without such links"
-            )
-
-
-def _link_on_path(path: str, links: set[str], *, final_may_be_link: bool = False) -> str | None:
-    """The earlier symlink that ``path`` goes through (a link followed by any further component,
-    ``..`` included: the kernel resolves the link first), if any; textual ``..`` cannot hide it."""
-    stack: list[str] = []
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    for i, part in enumerate(parts):
-        if part == "..":
-            if stack:
-                stack.pop()
-            continue
-        stack.append(part)
-        current = "/".join(stack)
-        last = i == len(parts) - 1
-        if current in links and not (last and final_may_be_link):
-            return current
-    return None
-
-
-def find_version_dir(root: Path, *, entries: list[str] | None = None, log: logging.Logger | None = None) -> Path:
+def find_version_dir(root: Path, *, listing: Listing | None = None, log: logging.Logger | None = None) -> Path:
     """The highest numeric ``<version>/`` holding saved_model.pb, at depth 1 or 2 under root.
 
-    ``entries`` (the archive's member names) only feed the error message.
+    ``listing`` (what the archive holds) only feeds the error message.
     """
     log = log or logger
-    found = sorted(
-        {p.parent for p in root.rglob("saved_model.pb*") if p.name in ("saved_model.pb", "saved_model.pbtxt")}
-    )
+    found = sorted({Path(directory) for directory, name in _walk(root) if name in _SAVED_MODEL_FILES})
     versions = [d for d in found if 1 <= len(d.relative_to(root).parts) <= 2 and _NUMERIC.fullmatch(d.name)]
     if not versions:
         if found:
@@ -200,9 +152,9 @@ def find_version_dir(root: Path, *, entries: list[str] | None = None, log: loggi
                 f"model archive has a SavedModel in {where} but not in a numeric version "
                 f"directory at the top or one level down; expected {EXPECTED_LAYOUT}"
             )
-        entries = _listing(root) if entries is None else entries
-        shown = ", ".join(entries[:_SHOW_ENTRIES]) or "(nothing)"
-        more = f" and {len(entries) - _SHOW_ENTRIES} more" if len(entries) > _SHOW_ENTRIES else ""
+        listing = listing or _listing(root)
+        shown = ", ".join(listing.names) or "(nothing)"
+        more = f" and {listing.count - len(listing.names)} more" if listing.count > len(listing.names) else ""
         raise InvalidModelError(
             f"model archive holds no saved_model.pb (entries: {shown}{more}); expected {EXPECTED_LAYOUT}"
         )
@@ -220,9 +172,24 @@ def find_version_dir(root: Path, *, entries: list[str] | None = None, log: loggi
     return chosen
 
 
-def _has_dotdot(name: str) -> bool:
-    return ".." in name.split("/")
+def _listing(root: Path) -> Listing:
+    names: list[str] = []
+    count = 0
+    for directory, name in _walk(root):
+        count += 1
+        if len(names) < _SHOW_ENTRIES:
+            names.append(os.path.relpath(os.path.join(directory, name), root))
+    return Listing(names, count)
 
 
-def _listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+def _walk(root: Path) -> Iterator[tuple[str, str]]:
+    """``(directory, name)`` of every regular file under root, links unfollowed; one directory's
+    entries are streamed, not listed (100 000 files of 1 KB names would cost 140 MB with rglob)."""
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield os.path.dirname(entry.path), entry.name

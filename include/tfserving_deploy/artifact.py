@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .archive import MAX_UNPACKED_BYTES, extract_savedmodel
 from .cache import BlobStore
 from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http, open_url
-from .errors import InvalidModelError, ModelFetchError, UnsafeArchiveError
+from .errors import InvalidModelError, InvalidParameter, ModelFetchError, Permanent, UnsafeArchiveError
 from .savedmodel import read_signature
 from .signature import Signature
 from .urls import UrlPolicy, local_path, normalise_sha256, redact_url, url_key
 from .validation import check_feedable
 
 logger = logging.getLogger(__name__)
+MAX_BYTES_ENV = "TFSERVING_DEPLOY_MAX_MODEL_BYTES"
+DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def fetch_model(
     cache_dir: str | Path,
     sha256: str | None = None,
     signature_name: str = "serving_default",
-    max_bytes: int = 2 * 1024**3,
+    max_bytes: int | None = None,
     timeout: float = 60.0,
     log: logging.Logger | None = None,
     policy: UrlPolicy | None = None,
@@ -87,7 +90,8 @@ def fetch_model(
     pinned = normalise_sha256(sha256) if sha256 is not None else None
     safe_url = redact_url(url)
     policy = policy or UrlPolicy.from_environment()
-    policy.check(url)
+    policy.check_offline(url)  # the hosts are checked where a connection is made (open_url)
+    max_bytes = max_bytes if max_bytes is not None else max_model_bytes()
 
     digest = _fetch_blob(url, store, pinned, max_bytes, timeout, log, policy)
     blob = store.path(digest)
@@ -121,6 +125,16 @@ def fetch_model(
     )
 
 
+def max_model_bytes(environ=None) -> int:
+    """The download cap: ``TFSERVING_DEPLOY_MAX_MODEL_BYTES``, else 2 GiB."""
+    value = (os.environ if environ is None else environ).get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    if not value.isdigit() or int(value) == 0:
+        raise InvalidParameter(f"{MAX_BYTES_ENV}={value!r} is not a positive number of bytes; fix the setting")
+    return int(value)
+
+
 def probe_sha256(
     url: str,
     *,
@@ -139,7 +153,8 @@ def probe_sha256(
     log = log or logger
     if sha256 is not None:
         return normalise_sha256(sha256)
-    (policy or UrlPolicy.from_environment()).check(url)
+    policy = policy or UrlPolicy.from_environment()
+    policy.check_offline(url)  # the hosts are checked where a connection is made (open_url)
     local = local_path(url)
     if local is not None:
         if not local.is_file():
@@ -157,11 +172,13 @@ def probe_sha256(
         response = open_url(
             "HEAD",
             url,
-            policy=policy or UrlPolicy.from_environment(),
+            policy=policy,
             headers=conditional_headers(remembered),
             timeout=timeout,
         )
     except ModelFetchError as e:
+        if isinstance(e, Permanent):
+            raise  # refused by the policy: no retry and no "assume it changed"
         log.info("could not revalidate %s (%s); assuming it changed", redact_url(url), e)
         return None
     unchanged = response.status_code == 304 or (

@@ -4,7 +4,8 @@ Layout under the cache root (``$TFSERVING_DEPLOY_CACHE``, else ``~/.cache/tfserv
 
     blobs/sha256/<hex>   every blob, named by its content: tarballs, image layers, configs, manifests
     tmp/                 partial writes; a blob appears only by atomic rename, once complete
-    models/, urls.json   downloads: extracted models, what each URL resolved to (artifact.py)
+    models/, urls.json   downloads: extracted models, what each URL resolved to (artifact.py); an
+                         extraction holds directories and regular files only, else archive.py redoes it
     layers/, images/     image builds: layer and build records (oci/builder.py)
 
 A blob is verified before it is named, so whatever ``path(digest)`` finds is whole.

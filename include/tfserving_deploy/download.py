@@ -10,10 +10,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 from .cache import BlobStore, DigestMismatch
-from .errors import ChecksumMismatch, ModelFetchError, ModelRefused
+from .errors import ChecksumMismatch, ModelFetchError, ModelRefused, ModelTooLarge, UnsafeModelUrl
 from .urls import SHA256_RE, UrlPolicy, redact_text, redact_url, url_key
 
 CHUNK_BYTES = 1024 * 1024
@@ -21,6 +21,9 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 PROGRESS_EVERY_SECONDS = 5.0
 PROGRESS_EVERY_FRACTION = 0.10
+_RAISE_CAP = (
+    "raise max_bytes (the Airflow admin: TFSERVING_DEPLOY_MAX_MODEL_BYTES) if this model is meant to be that large"
+)
 
 
 def _store_blob(
@@ -40,10 +43,9 @@ def _store_blob(
             for chunk in chunks:
                 progress.add(len(chunk))
                 if progress.done > max_bytes:
-                    raise ModelFetchError(
+                    raise ModelTooLarge(
                         f"model {source} is larger than max_bytes={max_bytes} "
-                        f"(read {progress.done} bytes so far); raise max_bytes if this model "
-                        "is meant to be that large"
+                        f"(read {progress.done} bytes so far); {_RAISE_CAP}"
                     )
                 blob.write(chunk)
     except DigestMismatch as mismatch:
@@ -69,10 +71,7 @@ def copy_local(
     except PermissionError as e:
         raise ModelFetchError(f"model file {path} is not readable: {e}; fix its permissions") from None
     if size > max_bytes:
-        raise ModelFetchError(
-            f"model file {path} is {size} bytes, over max_bytes={max_bytes}; "
-            "raise max_bytes if this model is meant to be that large"
-        )
+        raise ModelTooLarge(f"model file {path} is {size} bytes, over max_bytes={max_bytes}; {_RAISE_CAP}")
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:
@@ -115,9 +114,8 @@ def download_http(
 
         total = _content_length(response)
         if total is not None and total > max_bytes:
-            raise ModelFetchError(
-                f"model {safe_url} is {total} bytes (Content-Length), over max_bytes={max_bytes}; "
-                "raise max_bytes if this model is meant to be that large"
+            raise ModelTooLarge(
+                f"model {safe_url} is {total} bytes (Content-Length), over max_bytes={max_bytes}; {_RAISE_CAP}"
             )
 
         def chunks() -> Iterator[bytes]:
@@ -161,17 +159,25 @@ def _content_length(response) -> int | None:
 
 def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout: float):
     """The response to ``method url``, redirects followed by hand: each hop is checked by ``policy``
-    (scheme, file directories, metadata and link-local addresses; https never goes to http)."""
+    (scheme, hosts and their addresses; https never goes to http), and its connection goes to the
+    addresses the check resolved, never to a second DNS answer."""
     import requests
+
+    from .transport import pinned_session
 
     current, previous = url, None
     for _ in range(MAX_REDIRECTS + 1):
-        policy.check(current, redirected_from=previous)
+        destination = policy.check(current, redirected_from=previous)
+        if destination is None:
+            raise UnsafeModelUrl(
+                f"{redact_url(previous or url)} redirects to {redact_url(current)}, not http(s); refused"
+            )
         try:
-            response = requests.request(
+            response = pinned_session(destination).request(
                 method,
                 current,
                 headers=headers,
+                auth=_basic_auth(current),
                 stream=method == "GET",
                 timeout=(timeout, timeout),
                 allow_redirects=False,
@@ -187,6 +193,16 @@ def open_url(method: str, url: str, *, policy: UrlPolicy, headers: dict, timeout
         response.close()
         previous, current = current, urljoin(current, location)
     raise ModelFetchError(f"{redact_url(url)} redirects more than {MAX_REDIRECTS} times; use the final URL")
+
+
+def _basic_auth(url: str) -> tuple[str, str] | None:
+    """HTTP basic credentials from the URL's user part, as curl sends them: ``user:password@``,
+    or a lone ``TOKEN@`` as user ``TOKEN`` with an empty password (requests drops that one)."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return None
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
 
 
 def http_error(status: int, reason: str, safe_url: str) -> ModelFetchError:

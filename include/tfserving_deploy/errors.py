@@ -25,6 +25,10 @@ class UnsafeModelUrl(ModelFetchError, Permanent):
     """The model URL (or a redirect, or a template in it) is not allowed by the URL policy."""
 
 
+class ModelTooLarge(ModelFetchError, Permanent):
+    """The tarball is larger than the download cap: another try would download it again, as large."""
+
+
 class ChecksumMismatch(ModelFetchError, Permanent):
     """The downloaded bytes do not have the sha256 the caller pinned."""
 
@@ -42,7 +46,12 @@ class InvalidParameter(Permanent):
 
 
 class ImageBuildError(DeployError):
-    """The serving image could not be built (base image missing, engine error)."""
+    """The serving image could not be built (engine error, registry hiccup while reading the base)."""
+
+
+class BaseImageNotFound(ImageBuildError, Permanent):
+    """``serving_base_image`` is not there: its registry has no such manifest (HTTP 404), or the
+    engine's pull says it does not exist. Another try finds it missing again."""
 
 
 class RegistryError(DeployError):

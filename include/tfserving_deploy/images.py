@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from . import tarball
-from .errors import ImageBuildError, RegistryDenied, RegistryError
+from .errors import BaseImageNotFound, ImageBuildError, RegistryDenied, RegistryError
 from .references import Reference, hostname_and_port, is_loopback, parse_reference, parse_repository
 from .warmup import baked_entries
 
@@ -114,6 +114,9 @@ class DockerCommitBuilder:
         return reference
 
     def _base_image(self, base_image: str):
+        """The base from the engine, pulled when missing. A pull the engine answers with 404 (the
+        registry has no such image) is ``BaseImageNotFound``, Permanent; other pull failures
+        (registry unreachable, engine errors) stay ``ImageBuildError``, for the task's retries."""
         import docker.errors
 
         base = parse_reference(base_image, "serving_base_image")
@@ -127,10 +130,11 @@ class DockerCommitBuilder:
                 base.engine_name, tag=base.digest or base.tag, auth_config=self._auth_config(base)
             )
         except docker.errors.APIError as exc:
-            raise ImageBuildError(
-                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled: "
-                f"{exc.explanation or exc}; pin a tag your engine can pull, or build the local serving "
-                "image with `make serving-image`"
+            missing = isinstance(exc, docker.errors.NotFound)
+            raise (BaseImageNotFound if missing else ImageBuildError)(
+                f"serving_base_image {base_image!r} is not in the local engine and could not be pulled"
+                f"{' (its registry has no such image)' if missing else ''}: {exc.explanation or exc}; pin a tag "
+                "your engine can pull, or build the local serving image with `make serving-image`"
             ) from exc
 
     def push(self, reference: str) -> str:

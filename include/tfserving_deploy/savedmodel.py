@@ -7,13 +7,16 @@ numbers, no TensorFlow import: fetching a model costs no 5 s of import).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import InvalidModelError
+from .nofollow import is_regular, open_regular
 from .protos import CLASSES, DATA_TYPE_NAMES
 from .signature import Signature, TensorInfo
 
 SERVE_TAG = "serve"
+MAX_SAVED_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message
 
 
 def read_signature(version_dir: str | Path, signature_name: str = "serving_default") -> Signature:
@@ -51,26 +54,49 @@ def signature_from_proto(name: str, signature_def) -> Signature:
 
 
 def _load_saved_model(version_dir: Path):
+    """The SavedModel proto, read without following links. A parse error names the file and the
+    position only: the bytes are untrusted and, were a link ever to slip through, could be any
+    file of the worker (its environment, a key)."""
     from google.protobuf import message, text_format
 
     saved_model = CLASSES["SavedModel"]()
-    pb, pbtxt = version_dir / "saved_model.pb", version_dir / "saved_model.pbtxt"
-    try:
-        if pb.is_file():
-            saved_model.ParseFromString(pb.read_bytes())
-        elif pbtxt.is_file():
-            text_format.Parse(pbtxt.read_text(), saved_model, allow_unknown_field=True)
-        else:
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        try:
+            with open_regular(version_dir, name) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_SAVED_MODEL_BYTES:
+                    raise InvalidModelError(
+                        f"{version_dir / name} is {size} bytes, over protobuf's limit of {MAX_SAVED_MODEL_BYTES}; "
+                        "no TensorFlow can read it: re-export the model with its weights in variables/"
+                    )
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        path = version_dir / name
+        try:
+            if name == "saved_model.pb":
+                saved_model.ParseFromString(data)
+            else:
+                text_format.Parse(data.decode(), saved_model, allow_unknown_field=True)
+        except message.DecodeError:
             raise InvalidModelError(
-                f"{version_dir} holds no saved_model.pb or saved_model.pbtxt; "
-                "point at the <version>/ directory of a SavedModel"
-            )
-    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
-        raise InvalidModelError(
-            f"{version_dir}: saved_model file is not a valid SavedModel protobuf ({e}); "
-            "re-export the model or re-check the artifact"
-        ) from None
-    return saved_model
+                f"{path} ({len(data)} bytes) is not a valid binary SavedModel protobuf; "
+                "re-export the model or re-check the artifact"
+            ) from None
+        except text_format.ParseError as e:
+            raise InvalidModelError(
+                f"{path} is not a valid text SavedModel protobuf (error at line {e.GetLine()}, column "
+                f"{e.GetColumn()}); re-export the model or re-check the artifact"
+            ) from None
+        except UnicodeDecodeError as e:
+            raise InvalidModelError(
+                f"{path} is not UTF-8 text (invalid byte at offset {e.start}); re-export the model as saved_model.pb"
+            ) from None
+        return saved_model
+    raise InvalidModelError(
+        f"{version_dir} holds no saved_model.pb or saved_model.pbtxt (as regular files); "
+        "point at the <version>/ directory of a SavedModel"
+    )
 
 
 def _check_variables(version_dir: Path, meta_graph) -> None:
@@ -78,7 +104,7 @@ def _check_variables(version_dir: Path, meta_graph) -> None:
     has_variables = bool(meta_graph.saver_def.filename_tensor_name) or any(
         node.WhichOneof("kind") == "variable" for node in meta_graph.object_graph_def.nodes
     )
-    if has_variables and not (version_dir / "variables" / "variables.index").is_file():
+    if has_variables and not is_regular(version_dir, "variables", "variables.index"):
         raise InvalidModelError(
             f"SavedModel {version_dir} has variables but no variables/variables.index; "
             "the tarball is incomplete, re-pack it with the variables/ directory"

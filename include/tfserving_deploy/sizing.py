@@ -14,6 +14,11 @@ resources and probe timing; the rule lives here and only here:
   page cache loads slower than the candidate did, and a wave's pods may first pull the image
   (so the ready timeout never goes below today's default: sizing only raises it, for big models).
 
+Reading the peak inside a pod takes ``pods/exec``, an optional extra of the deploying identity's
+Role (``targets/rbac.py``): without it, memory keeps the defaults. No other reading is open to a
+namespaced Role (the kubelet's summary and cAdvisor are ``nodes/proxy``, cluster-wide; TF Serving's
+own metrics hold no memory figure).
+
 The cgroup peak counts the page cache (model files, the server's libraries) as well: an upper
 bound of what the process needs, so the limit errs on the safe side. Anything not measured
 keeps today's default, and the reasons say so; never an invented number. An explicit

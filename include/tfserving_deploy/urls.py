@@ -9,35 +9,34 @@ the run's dates; and the policy decides where the worker may be sent to fetch it
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import ModelFetchError, UnsafeModelUrl
+from .hosts import Destination, ModelHosts
 
 SUPPORTED_SCHEMES = ("http", "https", "file")
 SCHEMES_ENV = "TFSERVING_DEPLOY_URL_SCHEMES"  # e.g. "https,http,file"; default "https"
 FILE_DIRS_ENV = "TFSERVING_DEPLOY_FILE_DIRS"  # directories file:// URLs may point into (os.pathsep-separated)
 DATE_VARIABLES = ("ds", "ds_nodash", "ts", "ts_nodash", "logical_date")  # what a model URL template may use
-# Cloud metadata servers: a fetch there would hand the worker's own credentials to whoever reads the answer.
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.goog", "instance-data"})
-_METADATA_IPS = (
-    ipaddress.ip_network("169.254.0.0/16"),
-    ipaddress.ip_network("fe80::/10"),
-    ipaddress.ip_network("fd00:ec2::254/128"),
-)
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Query parameters that carry credentials in signed URLs (GCS, S3, Azure SAS, tokens).
-_SECRET_PARAM_RE = re.compile(r"sig|token|key|credential|secret|password|auth", re.IGNORECASE)
+_SECRET_PARAM_RE = re.compile(r"sig|token|key|cred|secret|pass|pwd|auth|session|jwt|bearer|private", re.IGNORECASE)
+# A query value that looks like a token whatever its name: long, letters and digits, no spaces or colons.
+_SECRET_VALUE_RE = re.compile(r"(?=.*[A-Za-z])(?=.*[0-9])[A-Za-z0-9+/=_.~%-]{24,}")
+
+
+def _secret_param(name: str, value: str) -> bool:
+    return bool(_SECRET_PARAM_RE.search(name) or _SECRET_VALUE_RE.fullmatch(value))
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password and with credential-looking query values masked."""
+    """The URL without its user part (``user:password@``, ``TOKEN@``) and with credential-looking
+    query values masked."""
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
         return url
@@ -45,7 +44,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "REDACTED" if _SECRET_PARAM_RE.search(k) else v) for k, v in pairs], safe="/:")
+        query = urlencode([(k, "REDACTED" if _secret_param(k, v) else v) for k, v in pairs], safe="/:")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -62,7 +61,7 @@ def local_path(url: str) -> Path | None:
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ModelFetchError(
-                f"model URL {url!r} names host {parts.netloc!r}; file URLs must be local: file:///abs/path"
+                f"model URL {redact_url(url)!r} names host {parts.hostname!r}; file URLs must be local: file:///abs/path"
             )
         return Path(unquote(parts.path))
     what = f"scheme {scheme!r}" if scheme else "a relative path"
@@ -90,12 +89,16 @@ def url_key(url: str) -> str:
 
 
 def secret_values(url: str) -> list[str]:
-    """The parts of ``url`` that are secrets (a userinfo password, credential-looking query
-    values), for a log masker."""
+    """The parts of ``url`` that are secrets, for a log masker: the password of ``user:password@``,
+    a lone user part (``https://TOKEN@host``: a token), credential-looking query values. Each
+    as written and percent-decoded."""
     parts = urlsplit(url)
-    found = [parts.password] if parts.password else []
-    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if _SECRET_PARAM_RE.search(k)]
-    return [unquote(v) for v in found if v]
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, has_password, password = userinfo.partition(":")
+    found = [password] if has_password else [user]
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if _secret_param(k, v)]
+    secrets = {form for value in found if value for form in (value, unquote(value))}
+    return sorted(secrets, key=len, reverse=True)
 
 
 def redact_text(text: str, url: str) -> str:
@@ -107,49 +110,65 @@ def redact_text(text: str, url: str) -> str:
         text = text.replace(userinfo + "@", "")
     if parts.query:
         text = text.replace(parts.query, urlsplit(redact_url(url)).query)
+    for secret in secret_values(url):
+        text = text.replace(secret, "***")
     return text
 
 
 def render_model_url(template: str, run_date: datetime) -> str:
     """Fill a dated model URL (``https://models.example.com/{{ ds_nodash }}/resnet.tar.gz``) from
-    the run's date, and nothing else: any other name (``conn``, ``var``, ``macros``, ``params``...)
-    is refused before anything is rendered, so a URL from a trigger form can never read a secret."""
-    if "{{" not in template and "{%" not in template:
-        return template
-    from jinja2 import StrictUndefined, TemplateSyntaxError, meta
-    from jinja2.sandbox import SandboxedEnvironment
+    the run's date, and nothing else.
 
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    try:
-        names = meta.find_undeclared_variables(env.parse(template))
-    except TemplateSyntaxError as exc:
-        raise UnsafeModelUrl(f"model URL template {template!r} is not valid Jinja: {exc.message}") from None
-    unknown = sorted(names - set(DATE_VARIABLES))
-    if unknown:
-        raise UnsafeModelUrl(
-            f"model URL template uses {', '.join(unknown)}; a model URL may use only the run's dates "
-            f"({', '.join(DATE_VARIABLES)}), never connections, variables or other context: put the date in "
-            "the URL, and credentials in a connection"
-        )
+    A placeholder is a bare ``{{ name }}`` (spaces optional) with a name from ``DATE_VARIABLES``;
+    no expression, filter, call, loop or comment exists, so rendering reads no secret and costs
+    what the template's length does: the output is at most ``len(template) +
+    MAX_PLACEHOLDER_GROWTH`` per placeholder. Anything else that opens a template (``{{``,
+    ``{%``, ``{#``) fails at once (UnsafeModelUrl), naming it."""
     values = {
         "ds": run_date.strftime("%Y-%m-%d"),
         "ds_nodash": run_date.strftime("%Y%m%d"),
         "ts": run_date.isoformat(),
         "ts_nodash": run_date.strftime("%Y%m%dT%H%M%S"),
-        "logical_date": run_date,
+        "logical_date": run_date.isoformat(),
     }
-    return env.from_string(template).render(**values)
+    rest = _PLACEHOLDER_RE.sub("", template)
+    opened = _TEMPLATE_OPEN_RE.search(rest)
+    unknown = next((m.group(0) for m in _PLACEHOLDER_RE.finditer(template) if m.group(1) not in values), None)
+    if unknown is not None or opened is not None:
+        what = unknown or _snippet(rest, opened.start() if opened else 0)
+        raise UnsafeModelUrl(
+            f"model URL {redact_url(template)!r} is not a valid template: {what!r} is not a placeholder of the run's "
+            f"dates; a model URL may use only the run's dates, written as {{{{ name }}}} with a name among "
+            f"{', '.join(DATE_VARIABLES)}; never connections, variables, expressions, filters or loops. Put the date "
+            "in the URL, and credentials in a connection"
+        )
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+_PLACEHOLDER_RE = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+_TEMPLATE_OPEN_RE = re.compile(r"\{[{%#]")
+MAX_PLACEHOLDER_GROWTH = 40  # the longest value, ts with microseconds and offset, is 32 characters
+
+
+def _snippet(text: str, at: int) -> str:
+    """What opens a template at ``at``, cut short: enough to find it, never a whole URL."""
+    closing = {"{": "}}", "%": "%}", "#": "#}"}[text[at + 1]]
+    end = text.find(closing, at + 2)
+    piece = text[at : end + 2 if end != -1 else len(text)]
+    return piece if len(piece) <= 40 else piece[:37] + "..."
 
 
 @dataclass(frozen=True)
 class UrlPolicy:
     """Where a model may be fetched from. Set by whoever runs the workers (environment), never by
     a trigger form: ``https`` only by default; ``http`` and ``file`` when configured, ``file``
-    only inside configured directories; cloud metadata and link-local addresses never. Each
-    redirect is checked again, and https never redirects to http."""
+    only inside configured directories; hosts as ``ModelHosts`` allows (public addresses, or the
+    deployment's allowlist; metadata servers never). Each redirect is checked again, and https
+    never redirects to http."""
 
     schemes: frozenset[str] = frozenset({"https"})
     file_dirs: tuple[Path, ...] = ()
+    hosts: ModelHosts = field(default_factory=ModelHosts)
 
     @classmethod
     def from_environment(cls, environ=None) -> UrlPolicy:
@@ -162,10 +181,21 @@ class UrlPolicy:
                 f"choose among {', '.join(SUPPORTED_SCHEMES)}"
             )
         dirs = tuple(Path(d).resolve() for d in environ.get(FILE_DIRS_ENV, "").split(os.pathsep) if d.strip())
-        return cls(frozenset(schemes), dirs)
+        return cls(frozenset(schemes), dirs, ModelHosts.from_environment(environ))
 
-    def check(self, url: str, *, redirected_from: str | None = None) -> None:
-        """Refuse ``url`` (raise UnsafeModelUrl) unless this policy allows fetching it."""
+    def check(self, url: str, *, redirected_from: str | None = None) -> Destination | None:
+        """Refuse ``url`` (raise UnsafeModelUrl) unless this policy allows fetching it; for http(s),
+        return the checked destination a connection must use (see ``transport.pinned_session``)."""
+        self.check_offline(url, redirected_from=redirected_from)
+        if local_path(url) is not None:
+            return None
+        parts = urlsplit(url)
+        default_port = 443 if parts.scheme.lower() == "https" else 80
+        return self.hosts.check(parts.hostname or "", parts.port or default_port, redact_url(url))
+
+    def check_offline(self, url: str, *, redirected_from: str | None = None) -> None:
+        """What ``check`` refuses without asking DNS: the scheme, file directories, a malformed
+        port. A cached, pinned model needs nothing more: no request leaves the worker."""
         safe = redact_url(url)
         scheme = "file" if os.path.isabs(url) else urlsplit(url).scheme.lower()
         if redirected_from and urlsplit(redirected_from).scheme == "https" and scheme != "https":
@@ -183,7 +213,13 @@ class UrlPolicy:
             )
         if scheme == "file":
             return self._check_file(url)
-        self._check_host(urlsplit(url).hostname or "", safe)
+        local_path(url)  # an http(s) URL without a host says so
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise UnsafeModelUrl(f"model URL {safe!r} has a port that is not a number from 1 to 65535") from None
+        self.hosts.check_offline(parts.hostname or "", port, safe)
 
     def _check_file(self, url: str) -> None:
         path = (local_path(url) or Path(url)).resolve()
@@ -192,17 +228,3 @@ class UrlPolicy:
             raise UnsafeModelUrl(
                 f"model file {path} is outside the directories file:// URLs may read ({where}; {FILE_DIRS_ENV})"
             )
-
-    def _check_host(self, host: str, safe: str) -> None:
-        if host.lower().rstrip(".") in _METADATA_HOSTS:
-            raise UnsafeModelUrl(f"model URL {safe!r} points at a cloud metadata server; refused")
-        try:
-            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-        except socket.gaierror:
-            return  # the download says the host does not resolve
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if any(ip in network for network in _METADATA_IPS):
-                raise UnsafeModelUrl(
-                    f"model URL {safe!r}: {host} resolves to {ip}, a link-local or metadata address; refused"
-                )

@@ -96,6 +96,10 @@ def offline_predictions(
     With ``keep_in`` (a directory of the worker's cache) it is computed once per model and input:
     ``validate_candidate`` loads the model, ``validate`` on the same worker reads the answer back.
     String outputs are always recomputed (they would need pickling to be kept).
+
+    A model that cannot compute this answer (it does not load here, lacks the signature, or its
+    graph fails on the validation image) is an ``InvalidModelError``: the same model and the same
+    image fail the same way on every try. Errors that may pass (memory, cancellation) stay as they are.
     """
     kept = keep_in / f"{_reference_key(model_dir, signature_name, inputs)}.npz" if keep_in else None
     if kept is not None and kept.is_file():
@@ -103,8 +107,25 @@ def offline_predictions(
             return {name: saved[name] for name in saved.files}
     import tensorflow as tf
 
-    function = tf.saved_model.load(str(model_dir)).signatures[signature_name]
-    outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+    model_faults = (
+        tf.errors.InvalidArgumentError,
+        tf.errors.FailedPreconditionError,
+        tf.errors.UnimplementedError,
+        tf.errors.NotFoundError,
+        tf.errors.OutOfRangeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    )
+    try:
+        function = tf.saved_model.load(str(model_dir)).signatures[signature_name]
+        outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+    except model_faults as exc:  # the model's own text (op names, messages) stays in the worker's log
+        raise InvalidModelError(
+            f"the SavedModel in {model_dir} cannot compute the offline reference answer of signature "
+            f"{signature_name!r} for the validation image ({type(exc).__name__}); it would not answer clients "
+            "either: run it on that image locally (saved_model_cli run) and fix the model"
+        ) from exc
     answer = {name: tensor.numpy() for name, tensor in outputs.items()}
     if kept is not None and all(value.dtype != object for value in answer.values()):
         buffer = io.BytesIO()

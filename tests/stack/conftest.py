@@ -50,6 +50,24 @@ def registry() -> str:
 
 
 @pytest.fixture(scope="session")
+def registry_credentials() -> tuple[str, str]:
+    """The stack registry's one user and its password (from .env, through scripts/stack-test.sh)."""
+    return setting("STACK_REGISTRY_USER"), setting("STACK_REGISTRY_PASSWORD")
+
+
+@pytest.fixture(scope="session")
+def broker() -> tuple[str, int]:
+    """The stack's redis (the Celery broker), as host and port."""
+    host, _, port = setting("STACK_REDIS").rpartition(":")
+    return host, int(port)
+
+
+@pytest.fixture(scope="session")
+def broker_password() -> str:
+    return setting("STACK_REDIS_PASSWORD")
+
+
+@pytest.fixture(scope="session")
 def model_name() -> str:
     """The form's default model_name in this stack (TFSERVING_RESNET_MODEL_NAME)."""
     return setting("TFSERVING_RESNET_MODEL_NAME")

@@ -18,6 +18,7 @@ def test_the_form_defaults_point_at_the_stack(api, model_server, registry, model
     assert defaults["model_url"] == f"{model_server}/resnet/resnet_demo_savedmodel.tar.gz"
     assert defaults["image_repository"] == f"{registry}/resnet-serving"
     assert defaults["serving_base_image"] == f"{registry}/tfserving-deploy/serving:2.21.0"
+    assert defaults["registry_conn_id"] == "stack_registry"  # the registry wants its password
     assert defaults["model_name"] == model_name
 
 

@@ -24,15 +24,23 @@ Deviations from the real server, on purpose:
   exports the request count and latency under the real names. ``--enable_batching`` and
   ``--batching_parameters_file`` are checked (an unknown field stops the start) but requests run
   one by one.
+* Bounds (limits.py): ``--max_message_bytes`` (64 MiB; the real server takes 2 GiB) caps gRPC
+  messages, ``--rest_api_max_body_bytes`` (16 MiB; the real server takes any) REST bodies and
+  ``--max_request_batch_size`` (256) the rows of a Predict; ``--grpc_max_threads``, ``--rest_api_num_threads`` and
+  ``--rest_api_timeout_in_ms`` mean what they mean to the real server. Request metrics are
+  recorded only for the served model's name (the real server records any name a client sends).
 """
 
 from .grpc_api import ModelServicer, PredictionServicer
+from .limits import Limits
 from .main import main, parse_args, start_servers
 from .model import DEFAULT_SIGNATURE, ServedModel, ServingError
-from .rest_api import make_rest_handler, rest_predict
+from .rest_api import rest_predict
+from .rest_server import make_rest_handler
 
 __all__ = [
     "DEFAULT_SIGNATURE",
+    "Limits",
     "ModelServicer",
     "PredictionServicer",
     "ServedModel",

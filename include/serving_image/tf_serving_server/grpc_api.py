@@ -1,8 +1,10 @@
 """The gRPC services: PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus)."""
 
+import math
 import time
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -12,14 +14,33 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from .limits import DEFAULT_MAX_MESSAGE_BYTES
 from .model import ServingError
+
+
+def decode_tensor(alias, proto, max_bytes):
+    """A TensorProto as a numpy array, refused when its declared shape would decode to more than
+    ``max_bytes``: decoding repeats the last value to fill the shape, so a proto of a few bytes
+    could declare gigabytes."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor {alias}: negative dimension")
+    itemsize = np.dtype(tf.as_dtype(proto.dtype).as_numpy_dtype).itemsize  # strings: 8, one reference each
+    elements = math.prod(dims)
+    if elements * itemsize > max_bytes:
+        raise ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"input tensor {alias} declares {elements} elements, more than {max_bytes} bytes "
+            "(--max_message_bytes): send a smaller batch",
+        )
+    return tf.make_ndarray(proto)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; the other methods keep the base class's UNIMPLEMENTED."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, max_tensor_bytes=DEFAULT_MAX_MESSAGE_BYTES):
+        self.model, self.max_tensor_bytes = model, max_tensor_bytes
 
     def Predict(self, request, context):
         started, status = time.perf_counter(), "OK"
@@ -36,7 +57,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
         try:
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            inputs = {k: decode_tensor(k, v, self.max_tensor_bytes) for k, v in request.inputs.items()}
         except (TypeError, ValueError) as e:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor: {e}") from e
         key, outputs = self.model.predict(spec.name, version, spec.signature_name, inputs, list(request.output_filter))

@@ -7,15 +7,15 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from http.server import ThreadingHTTPServer
 
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from .config_files import parse_channel_arguments, read_batching_parameters, read_monitoring_config
 from .grpc_api import ModelServicer, PredictionServicer
+from .limits import Limits
 from .model import ServedModel, log
-from .rest_api import make_rest_handler
+from .rest_server import BoundedHTTPServer, make_rest_handler
 
 
 def parse_args(argv=None):
@@ -41,6 +41,16 @@ def parse_args(argv=None):
     parser.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text proto (Prometheus)")
     parser.add_argument("--enable_batching", type=_flag, nargs="?", const=True, default=False)
     parser.add_argument("--batching_parameters_file", default="", help="BatchingParameters text proto")
+    defaults = Limits()
+    for name, text in [
+        ("max_message_bytes", "largest gRPC message, both ways (this server only; limits.py)"),
+        ("rest_api_max_body_bytes", "largest REST request body (this server only; limits.py)"),
+        ("max_request_batch_size", "most rows per Predict input (this server only; limits.py)"),
+        ("grpc_max_threads", "threads serving gRPC calls"),
+        ("rest_api_num_threads", "threads serving REST connections"),
+        ("rest_api_timeout_in_ms", "time a REST client has to send its request, and again to take the answer"),
+    ]:
+        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=text)
     args, ignored = parser.parse_known_args(argv)
     args.ignored = ignored
     return args
@@ -54,6 +64,11 @@ def _flag(value):
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def limits_of(args):
+    """The Limits the flags set; ValueError when one is not a whole number >= 1."""
+    return Limits(**{name: getattr(args, name) for name in vars(Limits())})
+
+
 def read_config_files(args):
     """(channel arguments, metrics path, batching parameters) from the flags; ValueError or
     OSError when one is unreadable: the real server does not start then either."""
@@ -65,13 +80,21 @@ def read_config_files(args):
     return channel_arguments, metrics_path, batching
 
 
-def start_servers(model, host, port, rest_api_port, *, channel_arguments=(), metrics_path=None):
-    """Open the gRPC port and (unless 0) the REST port for `model`; returns both servers."""
+def start_servers(model, host, port, rest_api_port, *, channel_arguments=(), metrics_path=None, limits=None):
+    """Open the gRPC port and (unless 0) the REST port for `model`, within `limits` (limits.py);
+    returns both servers."""
+    limits = limits or Limits()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1), *channel_arguments],
+        futures.ThreadPoolExecutor(max_workers=limits.grpc_max_threads, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            *channel_arguments,
+        ],
+        maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model), server)
+    servicer = PredictionServicer(model, limits.max_message_bytes)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:  # older grpcio returns 0, newer raise
         raise RuntimeError(f"cannot bind gRPC port {host}:{port}")
@@ -79,8 +102,10 @@ def start_servers(model, host, port, rest_api_port, *, channel_arguments=(), met
     log.info("Running gRPC ModelServer at %s:%d ...", host, port)
     httpd = None
     if rest_api_port:
-        httpd = ThreadingHTTPServer((host, rest_api_port), make_rest_handler(model, metrics_path))
-        httpd.daemon_threads = True
+        handler = make_rest_handler(model, metrics_path, limits)
+        httpd = BoundedHTTPServer(
+            (host, rest_api_port), handler, workers=limits.rest_api_num_threads, wait_s=limits.rest_timeout_s
+        )
         threading.Thread(target=httpd.serve_forever, name="rest", daemon=True).start()
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_api_port)
     return server, httpd
@@ -100,6 +125,7 @@ def main(argv=None):
         log.warning("ignoring unsupported flags: %s", " ".join(args.ignored))
     try:
         channel_arguments, metrics_path, batching = read_config_files(args)
+        limits = limits_of(args)
     except (ValueError, OSError) as e:
         log.error("%s", e)
         return 1
@@ -107,7 +133,7 @@ def main(argv=None):
         log.info("batching parameters (accepted, requests are not batched): %s", batching)
     if metrics_path:
         log.info("Prometheus metrics at :%d%s", args.rest_api_port, metrics_path)
-    model = ServedModel(args.model_name, args.model_base_path)
+    model = ServedModel(args.model_name, args.model_base_path, limits.max_request_batch_size)
     try:
         server, _ = start_servers(
             model,
@@ -116,6 +142,7 @@ def main(argv=None):
             args.rest_api_port,
             channel_arguments=channel_arguments,
             metrics_path=metrics_path,
+            limits=limits,
         )
     except (RuntimeError, OSError) as e:
         log.error("%s", e)

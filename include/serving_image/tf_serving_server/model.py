@@ -10,6 +10,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
+from .limits import DEFAULT_MAX_REQUEST_BATCH_SIZE
 from .metrics import Metrics
 
 log = logging.getLogger("tf_serving")
@@ -43,13 +44,14 @@ def dtype_name(dtype):
 class ServedModel:
     """One model name and its highest numeric version, loaded once in the background."""
 
-    def __init__(self, name, base_path):
+    def __init__(self, name, base_path, max_request_batch_size=DEFAULT_MAX_REQUEST_BATCH_SIZE):
         self.name, self.base_path = name, base_path
+        self.max_request_batch_size = max_request_batch_size  # rows per Predict (limits.py)
         self.version, self.state, self.error = 0, ModelVersionStatus.LOADING, (grpc.StatusCode.OK, "")
         self.signatures = {}  # signature key -> loaded concrete function
         self.signature_defs = {}  # signature key -> SignatureDef proto, as read from saved_model.pb
         self.warmup_records = 0  # replayed before AVAILABLE, from <version>/assets.extra
-        self.metrics = Metrics()  # requests served (warmup not counted), for --monitoring_config_file
+        self.metrics = Metrics(name)  # requests served (warmup not counted), for --monitoring_config_file
         self._loaded = None  # keeps the loaded object (and its variables) alive
 
     def _set_state(self, state, code=grpc.StatusCode.OK, message=""):
@@ -152,7 +154,20 @@ class ServedModel:
     def predict(self, name, version, signature_name, inputs, output_filter=()):
         """Run a signature on numpy inputs; returns (signature key, {output name: numpy array})."""
         self._resolve(name, version)
+        check_batch_size(inputs, self.max_request_batch_size)
         return run_signature(self.signatures, signature_name, inputs, output_filter)
+
+
+def check_batch_size(inputs, limit):
+    """Refuse inputs of more than ``limit`` rows: each row costs a model run and an answer's row."""
+    for alias, value in inputs.items():
+        shape = getattr(value, "shape", ())
+        if shape and shape[0] > limit:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Task size {shape[0]} of input {alias} is larger than maximum input batch size {limit} "
+                "(--max_request_batch_size): split the request",
+            )
 
 
 def run_signature(signatures, signature_name, inputs, output_filter=()):

@@ -1,10 +1,11 @@
-"""The REST API on 8501: status, metadata and predict, in the real server's JSON."""
+"""The REST API on 8501: status, metadata and predict, in the real server's JSON (rest_server.py
+is the HTTP layer under it). Error messages name the field and its JSON type, never a value from
+the body."""
 
 import base64
 import json
 import re
 import time
-from http.server import BaseHTTPRequestHandler
 
 import grpc
 import numpy as np
@@ -18,7 +19,10 @@ from .model import DEFAULT_SIGNATURE, HTTP_CODES, ModelVersionStatus, ServingErr
 def from_json(value):
     """JSON value -> Python value, turning {"b64": ...} into bytes anywhere in it."""
     if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
+        try:
+            return base64.b64decode(value["b64"])
+        except (TypeError, ValueError) as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f'a "b64" value is not base64 text: {e}') from e
     if isinstance(value, list):
         return [from_json(v) for v in value]
     return value
@@ -35,6 +39,12 @@ def to_json(value, alias):
     return value
 
 
+def json_type(value):
+    """The JSON type of a decoded value, as the real server names it in errors."""
+    names = {dict: "Object", list: "Array", str: "String", bool: "Bool", type(None): "Null"}
+    return names.get(type(value), "Number")
+
+
 def is_named(value):
     return isinstance(value, dict) and set(value) != {"b64"}
 
@@ -49,6 +59,8 @@ def rest_predict(model, name, version, body):
             else "Not both 'inputs' and 'instances' can be specified",
         )
     key = body.get("signature_name") or DEFAULT_SIGNATURE
+    if not isinstance(key, str):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"'signature_name' must be a string, not {json_type(key)}")
     ready = model.state == ModelVersionStatus.AVAILABLE and key in model.signatures
     specs = model.signatures[key].structured_input_signature[1] if ready else {}
     single = sorted(specs)[0] if specs else "?"  # model.predict reports the precise error
@@ -69,13 +81,17 @@ def rest_predict(model, name, version, body):
         dtype = None if spec is None else object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
         try:
             arrays[alias] = np.array(value, dtype=dtype)
-        except (TypeError, ValueError) as e:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias}: {e}") from e
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an integer beyond the dtype
+            expected = "a tensor" if spec is None else f"a {spec.dtype.name} tensor"
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"input {alias}: the JSON values are not {expected} of one shape"
+            ) from e
         if dtype is object:
             wrong = next((x for x in arrays[alias].ravel() if not isinstance(x, (str, bytes))), None)
             if wrong is not None:
                 raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"JSON Value: {json.dumps(wrong)} is not of expected type: string"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"JSON Value of type {json_type(wrong)} in input {alias} is not of expected type: string",
                 )
     key, outputs = model.predict(name, version, key, arrays)
     values = {alias: to_json(value.tolist(), alias) for alias, value in outputs.items()}
@@ -94,20 +110,20 @@ ROUTE = re.compile(
 )
 
 
-def answer(model, method, path, read_body):
-    """(HTTP status, JSON payload) for one request; ``read_body()`` returns the request's bytes."""
+def answer(model, method, path, body):
+    """(HTTP status, JSON payload) for one request with ``body`` (bytes)."""
     started = time.perf_counter()
-    code, payload = _answer(model, method, path, read_body)
-    if path.split("?", 1)[0].endswith(":predict"):
-        status = "OK" if code == 200 else next((c.name for c, h in HTTP_CODES.items() if h == code), "UNKNOWN")
-        model.metrics.record(model.name, "predict", "REST", status, (time.perf_counter() - started) * 1e6)
-    return code, payload
-
-
-def _answer(model, method, path, read_body):
     match = ROUTE.match(path.split("?", 1)[0])
     if not match:
         return 404, {"error": f"Malformed request: {method} {path}"}
+    code, payload = _answer(model, method, path, match, body)
+    if match["verb"] == ":predict":  # Metrics drops names the server does not serve
+        status = "OK" if code == 200 else next((c.name for c, h in HTTP_CODES.items() if h == code), "UNKNOWN")
+        model.metrics.record(match["name"], "predict", "REST", status, (time.perf_counter() - started) * 1e6)
+    return code, payload
+
+
+def _answer(model, method, path, match, body):
     name, verb = match["name"], match["verb"]
     version = int(match["version"]) if match["version"] else None
     try:
@@ -116,12 +132,14 @@ def _answer(model, method, path, read_body):
         if method == "GET" and verb == "/metadata":
             return 200, metadata_json(model, name, version)
         if method == "POST" and verb == ":predict":
-            return 200, rest_predict(model, name, version, _json_object(read_body()))
+            return 200, rest_predict(model, name, version, _json_object(body))
         if method == "POST" and verb in (":classify", ":regress"):
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not implemented")
         return 404, {"error": f"Malformed request: {method} {path}"}
     except ServingError as e:
         return HTTP_CODES.get(e.code, 500), {"error": e.message}
+    except RecursionError:  # in the JSON parser or the walk over it
+        return 400, {"error": "JSON Parse error: nested deeper than any tensor"}
 
 
 def status_json(model, name, version):
@@ -145,40 +163,11 @@ def metadata_json(model, name, version):
 def _json_object(data):
     try:
         body = json.loads(data or b"null")
-    except ValueError as e:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from e
+    except json.JSONDecodeError as e:  # its message names the fault and the offset, never the text
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e.msg} at offset: {e.pos}") from e
+    except ValueError as e:  # not UTF-8, or a number of more digits than Python converts
+        message = "JSON Parse error: not UTF-8 JSON of bounded numbers"
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, message) from e
     if not isinstance(body, dict):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "JSON Value is not an object")
     return body
-
-
-def make_rest_handler(model, metrics_path=None):
-    """The REST API, and the Prometheus metrics at ``metrics_path`` when monitoring is on."""
-
-    class Handler(BaseHTTPRequestHandler):
-        """The REST API; errors are {"error": ...} with the real server's HTTP codes."""
-
-        def _handle(self, method):
-            if metrics_path and method == "GET" and self.path.split("?", 1)[0] == metrics_path:
-                return self._send(200, model.metrics.exposition().encode(), "text/plain; version=0.0.4")
-            length = int(self.headers.get("Content-Length") or 0)
-            code, payload = answer(model, method, self.path, lambda: self.rfile.read(length))
-            self._send(code, json.dumps(payload).encode(), "application/json")
-
-        def _send(self, code, data, content_type):
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._handle("GET")
-
-        def do_POST(self):
-            self._handle("POST")
-
-        def log_message(self, *args):  # the real server does not log each request
-            pass
-
-    return Handler

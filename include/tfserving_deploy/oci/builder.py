@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 
 from ..cache import BlobStore, DigestMismatch, Hasher, cache_root, hex_digest, write_atomic
-from ..errors import ImageBuildError, RegistryError
+from ..errors import BaseImageNotFound, ImageBuildError, RegistryError
 from ..images import LABEL_PREFIX, ModelFiles, write_model_layer
 from ..references import Reference, parse_reference, parse_repository
 from .registry import RegistryAuth, RegistryClient
@@ -214,7 +214,10 @@ class OciImageBuilder:
     # -- base image -----------------------------------------------------------------------------
 
     def _base_manifest(self, base: Reference, base_image: str) -> tuple[str, dict, str]:
-        """The base's image manifest for ``platform`` (an index or manifest list is resolved)."""
+        """The base's image manifest for ``platform`` (an index or manifest list is resolved).
+
+        No manifest (HTTP 404) is ``BaseImageNotFound``, a Permanent fault: the registry answered,
+        and a retry asks the same registry for the same name."""
         client, scope, what = (
             self._client(base.host),
             f"repository:{base.path}:pull",
@@ -224,7 +227,7 @@ class OciImageBuilder:
         for _ in range(2):  # at most one hop: index -> image manifest
             response = client.manifest(base.path, ref, MANIFESTS, scope=scope, what=what)
             if response is None:
-                raise ImageBuildError(
+                raise BaseImageNotFound(
                     f"base image {base_image!r} not found in registry {base.host} (no manifest {base.path}:{ref}); "
                     "push it there first (`make images` pushes the local serving base to 127.0.0.1:5000) "
                     "or fix serving_base_image"

@@ -14,8 +14,8 @@ from ..sizing import Measurement, Sizing
 
 
 class Target(Protocol):
-    def ensure_ready(self, image_repository: str) -> dict:
-        """Check (or create) what the deployment needs; return facts worth logging."""
+    def ensure_ready(self, image_repository: str, *, model_name: str) -> dict:
+        """Check (or create) what deploying ``model_name`` needs; return facts worth logging."""
 
     def start_candidate(
         self,
@@ -69,6 +69,10 @@ class Target(Protocol):
     def metrics_address(self, address: str) -> str | None:
         """The replica's REST ``host:port`` (its Prometheus metrics) from its gRPC address; None
         when the address is not one replica's (a load balancer)."""
+
+    def exposure_warning(self, model_name: str) -> str | None:
+        """Set when any address may reach the served model (TF Serving authenticates nobody): what
+        exposes it and how to narrow it; None when it is reachable only from a narrowed set."""
 
     def reachable(self, addresses: list[str]) -> AbstractContextManager[dict[str, str]]:
         """``{address: what to dial}``: each replica address made dialable from this process

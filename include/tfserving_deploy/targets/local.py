@@ -51,7 +51,8 @@ class LocalDockerTarget:
 
     # -- ensure_cluster ------------------------------------------------------------------------
 
-    def ensure_ready(self, image_repository: str) -> dict:
+    def ensure_ready(self, image_repository: str, *, model_name: str) -> dict:
+        """The engine answers and the registry is reachable (any model may run on the engine)."""
         try:
             version = self.client.version()
         except Exception as exc:  # docker raises several unrelated types for "engine down"
@@ -313,6 +314,15 @@ class LocalDockerTarget:
             if any(f"{self.bind_host}:{b['HostPort']}" == address for b in ports.get(GRPC_PORT) or []):
                 return f"{self.bind_host}:{(ports.get(REST_PORT) or [{}])[0].get('HostPort')}"
         raise TargetError(f"no running replica has the gRPC address {address}; was it removed?")
+
+    def exposure_warning(self, model_name: str) -> str | None:
+        """Replicas publish their ports on ``bind_host``: loopback reaches this machine only."""
+        if is_loopback(self.bind_host):
+            return None
+        return (
+            f"the replicas of {model_name!r} publish their ports on {self.bind_host}: any address that routes to "
+            "this machine reaches the model, and TF Serving authenticates nobody; bind to 127.0.0.1"
+        )
 
     def _all_replicas(self) -> list:
         """Every serving replica and candidate this target started, of any model."""

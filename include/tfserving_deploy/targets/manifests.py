@@ -50,6 +50,7 @@ LIVENESS_INITIAL_DELAY_SECONDS = DEFAULT_STARTUP_SECONDS  # the real server open
 PROGRESS_DEADLINE_SECONDS = 600
 MAX_SURGE = "25%"  # new pods at a time (at least one); never fewer ready than wanted (maxUnavailable 0)
 RUN_AS_USER = 1000
+POD_SERVICE_ACCOUNT = "default"  # every pod this target makes (candidates and replicas) runs as it, without a token
 SERVICE_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP", "NodePort")
 # GKE's internal passthrough load balancer: an address in the VPC, none on the internet.
 INTERNAL_LB_ANNOTATIONS = {"networking.gke.io/load-balancer-type": "Internal"}
@@ -171,7 +172,11 @@ def pod_spec(
         "volumeMounts": [{"name": TMP_VOLUME["name"], "mountPath": "/tmp"}],
     }
     return {
-        "automountServiceAccountToken": False,  # the server never talks to the API
+        # Named, never left to whoever writes the pod: the namespace's tokenless default account
+        # (the server never talks to the API). An admission policy can hold the deploying identity
+        # to exactly this (admission.py), since create pods could otherwise pick any account.
+        "serviceAccountName": POD_SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {
             "runAsNonRoot": True,
@@ -322,6 +327,31 @@ def service_manifest(
     if service_type == "InternalLoadBalancer":
         metadata["annotations"] = dict(INTERNAL_LB_ANNOTATIONS)
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def public_exposure(service: dict) -> str | None:
+    """What a summary must say when ``service`` (a manifest or the live object) lets any address
+    reach the model: a public LoadBalancer whose source ranges are absent or cover every address
+    (``0.0.0.0/0``, ``::/0``), or a NodePort. None for an internal balancer, narrowed ranges, ClusterIP."""
+    spec = service.get("spec") or {}
+    annotations = (service.get("metadata") or {}).get("annotations") or {}
+    if spec.get("type") == "NodePort":
+        return (
+            "the model is reachable on a port of every node, from any address that routes to the nodes, and TF "
+            "Serving authenticates nobody; use service_type ClusterIP, InternalLoadBalancer or a narrowed LoadBalancer"
+        )
+    internal = all(annotations.get(key) == value for key, value in INTERNAL_LB_ANNOTATIONS.items())
+    if spec.get("type") != "LoadBalancer" or internal:
+        return None
+    ranges = spec.get("loadBalancerSourceRanges") or []
+    if ranges and all(ipaddress.ip_network(cidr, strict=False).prefixlen > 0 for cidr in ranges):
+        return None
+    which = f"source ranges {ranges} cover every address" if ranges else "no load_balancer_source_ranges"
+    return (
+        f"the model is reachable from any address that routes to its LoadBalancer ({which}), and TF Serving "
+        "authenticates nobody; restrict it with load_balancer_source_ranges (your clients' CIDRs, e.g. "
+        '["10.0.0.0/8"]), or service_type InternalLoadBalancer (GKE: inside the VPC) or ClusterIP'
+    )
 
 
 def disruption_budget_manifest(*, model_name: str, namespace: str) -> dict:

@@ -3,25 +3,62 @@ image builder is built once per task, lazily, from its parsed settings."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from functools import cached_property
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from tfserving_deploy.errors import Permanent
+from tfserving_deploy.errors import InvalidParameter, Permanent
 
 from ..config import BuilderConfig, TargetConfig
 from ..connections import image_builder_from, target_from
+
+# What each param's default connection must be, for the message that asks to create it.
+CONNECTION_PARAMS = {
+    "gcp_conn_id": "a Google Cloud connection (key file, key JSON, or none for the worker's ADC)",
+    "kubernetes_conn_id": "a Kubernetes connection (kube_config_path, kube_config or in_cluster)",
+    "registry_conn_id": "a Docker connection (host and port of the registry, login, password)",
+}
 
 
 @contextmanager
 def explained_failures():
     """Faults no retry can fix (``Permanent``) fail the task at once; every fault keeps the
-    library's explanation; transient ones go through the task's retries."""
+    library's explanation; transient ones go through the task's retries.
+
+    A connection that does not exist is such a fault, wherever a hook looked it up (even under a
+    library error that wraps it): Airflow's AirflowNotFoundException becomes ``InvalidParameter``.
+    """
     try:
         yield
     except Permanent as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        missing = missing_connection(exc)
+        if missing is None:
+            raise
+        raise AirflowFailException(f"{type(missing).__name__}: {missing}") from exc
+
+
+def missing_connection(exc: BaseException) -> InvalidParameter | None:
+    """``InvalidParameter`` naming the connection an ``AirflowNotFoundException`` in ``exc``'s
+    chain (``raise ... from``, or raised while handling it) says is not defined; else None."""
+    chain: BaseException | None = exc
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        found = re.search(r"conn_id `([^`]+)` isn't defined", str(chain))
+        if isinstance(chain, AirflowNotFoundException) and found:
+            conn_id = found.group(1)
+            kinds = "; ".join(f"{param}: {kind}" for param, kind in CONNECTION_PARAMS.items())
+            return InvalidParameter(
+                f"Airflow connection {conn_id!r} does not exist; create it (Admin > Connections, or "
+                f"AIRFLOW_CONN_{conn_id.upper()} in the workers' environment) or point the param that names it "
+                f"at one that exists ({kinds})"
+            )
+        chain = chain.__cause__ or chain.__context__
+    return None
 
 
 def run_date(context):

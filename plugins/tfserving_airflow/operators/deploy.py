@@ -25,24 +25,30 @@ class EnsureClusterOperator(TargetMixin, BaseOperator):
     identity allowed); for GKE, create the cluster when it is missing and wait until it is RUNNING.
 
     :param image_repository: where the image was pushed (its registry is checked)
+    :param model_name: the served model's name (the identity's access to its objects is checked)
     :param target_name: ``local``, ``kubernetes`` or ``gke``
     :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
 
     create_cluster = True
-    template_fields: Sequence[str] = ("target_name", "target_options", "image_repository")
+    template_fields: Sequence[str] = ("target_name", "target_options", "image_repository", "model_name")
 
-    def __init__(self, *, target_name: str, image_repository: str, target_options: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        target_name: str,
+        image_repository: str,
+        model_name: str,
+        target_options: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self.target_name, self.image_repository, self.target_options = (
-            target_name,
-            image_repository,
-            target_options or {},
-        )
+        self.target_name, self.image_repository, self.model_name = target_name, image_repository, model_name
+        self.target_options = target_options or {}
 
     def execute(self, context) -> dict:
         with explained_failures():
-            facts = self.target.ensure_ready(self.image_repository)
+            facts = self.target.ensure_ready(self.image_repository, model_name=self.model_name)
         self.log.info("target %s ready: %s", self.target_config.name, facts)
         return facts
 

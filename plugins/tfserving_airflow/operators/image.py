@@ -12,13 +12,15 @@ from tfserving_deploy.references import parse_reference
 from .. import lineage
 from ..config import flag
 from .base import BuilderMixin, explained_failures
-from .model import local_model
+from .model import ModelSourceMixin, local_model
 
 
-class BuildImageOperator(BuilderMixin, BaseOperator):
+class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
     """Bake the model into ``base_image`` as ``/models/<model_name>/<version>``.
 
     :param model: ``fetch_model``'s result
+    :param model_url: the run's model URL, as ``fetch_model`` got it (the ``model_url`` param): on a
+        worker without ``fetch_model``'s cache the model is fetched again from it, with its credentials
     :param model_name: ``MODEL_NAME`` in the image, the name clients ask for
     :param base_image: the TF Serving image to build on (pin a tag or digest)
     :param image_repository: where the image is pushed
@@ -32,6 +34,7 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
 
     template_fields: Sequence[str] = (
         "model",
+        "model_url",
         "model_name",
         "base_image",
         "image_repository",
@@ -52,10 +55,11 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
         cache_dir: str | None = None,
         warmup_requests: bool | str = True,
         warmup_image_path: str | None = None,
+        model_url: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.model, self.model_name, self.base_image = model, model_name, base_image
+        self.model, self.model_url, self.model_name, self.base_image = model, model_url, model_name, base_image
         self.image_repository, self.builder_name = image_repository, builder_name
         self.builder_options, self.cache_dir = builder_options or {}, cache_dir
         self.warmup_requests, self.warmup_image_path = warmup_requests, warmup_image_path
@@ -65,8 +69,9 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
         from tfserving_deploy.images import ModelFiles
         from tfserving_deploy.warmup import warmup_requests
 
+        source_url = self.model_source(context)[0] if self.model_url else None
         with explained_failures():
-            fetched = local_model(self.model, self.cache_dir)
+            fetched = local_model(self.model, self.cache_dir, source_url)
             warmup = None
             if flag(self.warmup_requests, default=True) and self.warmup_image_path:
                 jpeg = Path(self.warmup_image_path).read_bytes()

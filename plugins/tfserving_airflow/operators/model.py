@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,31 +16,42 @@ from .. import lineage
 from ..config import flag, number, text
 from .base import TargetMixin, explained_failures, run_date
 
+logger = logging.getLogger(__name__)
+
 
 class ModelSourceMixin:
     """The model's URL (and pin): the ``model_url`` param, or an upstream Asset event's
     ``extra.model_url``. Both are untrusted: a dated URL (``.../{{ ds_nodash }}/model.tar.gz``,
     for backfills) is filled from the run's dates only (``render_model_url``), never with the task
-    context; and its secrets (a password, signed-URL tokens) are masked in logs and rendered fields."""
+    context; and its secrets (a user part, a password, signed-URL tokens) are masked in logs,
+    errors and rendered fields before anything renders or runs."""
 
-    model_url: str
-    model_sha256: str | None
+    model_url: str | None
+    model_sha256: str | None = None
 
     def render_template_fields(self, context, jinja_env=None) -> None:
         super().render_template_fields(context, jinja_env)  # type: ignore[misc]
-        _mask_url_secrets(self.model_url)
+        for url in [self.model_url, *(url for url, _ in _asset_sources(context))]:
+            _mask_url_secrets(url)
 
     def model_source(self, context) -> tuple[str, str | None]:
         from tfserving_deploy.urls import render_model_url
 
-        url, sha256 = self.model_url, text(self.model_sha256)
-        for events in (context.get("triggering_asset_events") or {}).values():
-            for event in events:
-                if event.extra.get("model_url"):
-                    url, sha256 = str(event.extra["model_url"]), event.extra.get("model_sha256") or sha256
-                    _mask_url_secrets(url)
+        url, sha256 = str(self.model_url), text(self.model_sha256)
+        for event_url, event_sha256 in _asset_sources(context):
+            url, sha256 = event_url, event_sha256 or sha256
         with explained_failures():
             return render_model_url(url, run_date(context)), sha256
+
+
+def _asset_sources(context) -> list[tuple[str, str | None]]:
+    """``(model_url, model_sha256)`` of the Asset events that triggered the run, in order."""
+    return [
+        (str(event.extra["model_url"]), event.extra.get("model_sha256"))
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for event in events
+        if event.extra.get("model_url")
+    ]
 
 
 def _mask_url_secrets(url) -> None:
@@ -184,11 +196,22 @@ class FetchModelOperator(ModelSourceMixin, BaseOperator):
         return OperatorLineage(outputs=[lineage.openlineage_dataset(lineage.model_uri(self._fetched["url"]))])
 
 
-def local_model(model: dict, configured_cache_dir: str | None):
-    """The fetched model on *this* worker: a cache hit normally, a verified re-fetch otherwise."""
+def local_model(model: dict, configured_cache_dir: str | None, source_url: str | None = None):
+    """The fetched model on *this* worker: a cache hit normally, else fetched again, pinned to the
+    sha256 ``fetch_model`` verified. Fetched from ``source_url``, the run's own model URL with its
+    credentials (``ModelSourceMixin.model_source``), never from XCom's URL, which is redacted
+    (its token or password removed: a signed or credentialed URL would answer 401/403). Without
+    ``source_url`` XCom's URL is the only one there is: right for URLs without credentials."""
     from tfserving_deploy.artifact import FetchedModel, fetch_model
 
     fetched = FetchedModel.from_dict(model)
     if Path(fetched.model_dir, "saved_model.pb").is_file():
         return fetched
-    return fetch_model(fetched.url, sha256=fetched.sha256, cache_dir=cache_root(configured_cache_dir))
+    if source_url is None:
+        logger.warning(
+            "model %s is not in this worker's cache and the operator has no model_url: fetching it from XCom's "
+            "URL, whose credentials were removed (a signed or credentialed URL will refuse it); give the "
+            "operator model_url, or share TFSERVING_DEPLOY_CACHE between workers",
+            fetched.url,
+        )
+    return fetch_model(source_url or fetched.url, sha256=fetched.sha256, cache_dir=cache_root(configured_cache_dir))

@@ -12,15 +12,17 @@ from tfserving_deploy.cache import cache_root
 from .. import lineage
 from ..config import flag, number
 from .base import TargetMixin, explained_failures
-from .model import local_model
+from .model import ModelSourceMixin, local_model
 
 
-class ValidateModelOperator(TargetMixin, BaseOperator):
+class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     """Send a real JPEG to every replica and check the answers against the artifact. Replicas are
     dialed the way the target reaches them from this worker (pod IPs or port-forwards).
 
     :param endpoints: the replicas' addresses (``start_candidate`` or ``wait_for_endpoint``)
     :param model: ``fetch_model``'s result: the signature and the offline reference
+    :param model_url: the run's model URL (the ``model_url`` param): a worker without ``fetch_model``'s
+        cache fetches the model again from it, with its credentials
     :param model_name: the served model's name
     :param image_path: the JPEG to send
     :param expected_class: the class the image must get, if known
@@ -30,7 +32,8 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     :param target_name: ``local``, ``kubernetes`` or ``gke``
     :param target_options: the target's settings (``config.TargetConfig``)
     :param compare_with_serving: a candidate's validation: its signature must not break clients of
-        what serves now (``compatibility``), unless ``allow_signature_change``
+        what serves now (``compatibility``), unless ``allow_signature_change``; otherwise the
+        validation of what serves, whose summary warns when any address may reach it
     :param allow_signature_change: let a breaking signature change through (reported, not failed)
     :param balance_check_seconds: with a load balancer among the endpoints, send requests through it
         on one channel until every replica answered some, for at most this long (0: no check)
@@ -39,6 +42,7 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     template_fields: Sequence[str] = (
         "endpoints",
         "model",
+        "model_url",
         "model_name",
         "expected_class",
         "image_path",
@@ -65,9 +69,11 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         compare_with_serving: bool = False,
         allow_signature_change=False,
         balance_check_seconds=0,
+        model_url: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.model_url = model_url
         self.endpoints, self.model, self.model_name = endpoints, model, model_name
         self.expected_class, self.image_path, self.image = expected_class, image_path, image
         self.target_name, self.target_options = target_name, target_options or {}
@@ -76,9 +82,13 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
         self.balance_check_seconds = balance_check_seconds
 
     def execute(self, context) -> dict:
+        with explained_failures():  # the local model, its offline reference answer, the verdict
+            return self._validate(context)
+
+    def _validate(self, context) -> dict:
         from tfserving_deploy.validation import raise_for_report, validate_replicas
 
-        fetched = local_model(self.model, self.cache_dir)
+        fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.model_url else None)
         serving = self._serving_replica() if self.compare_with_serving else None
         with self.target.reachable(list(self.endpoints) + ([serving] if serving else [])) as dial:
             report = validate_replicas(
@@ -98,12 +108,14 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
             if any(f.startswith("Predict failed") for f in replica.failures):
                 replica.failures.append(f"replica: {self.target.explain_replica(self.model_name, replica.address)}")
         if report.ok:  # every replica answered right: now how they serve
-            with explained_failures():
-                self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
+            self._serving_figures(report, fetched.signature, Path(self.image_path).read_bytes())
         summary = f"{report.summary()}\n  image: {self.image}"  # the digest, beside model and version
+        exposure = None if self.compare_with_serving else self.target.exposure_warning(self.model_name)
+        if exposure:  # what serves is open to every address: say so where the result is read
+            summary += f"\n  warning: {exposure}"
+            self.log.warning("exposure: %s", exposure)
         self.log.info("%s", summary)
-        with explained_failures():
-            raise_for_report(report)
+        raise_for_report(report)
         result = {**report.to_dict(), "summary": summary, "image": self.image, "model_sha256": fetched.sha256}
         if self.compare_with_serving:
             result["signature_changes"] = changes
@@ -146,15 +158,14 @@ class ValidateModelOperator(TargetMixin, BaseOperator):
     def _signature_changes(self, serving: str, signature_name: str, dial) -> list[str]:
         from tfserving_deploy.compatibility import check_signature_change
 
-        with explained_failures():
-            changes = check_signature_change(
-                serving,
-                self.endpoints[0],
-                model_name=self.model_name,
-                signature_name=signature_name,
-                allow=flag(self.allow_signature_change),
-                dial=dial,
-            )
+        changes = check_signature_change(
+            serving,
+            self.endpoints[0],
+            model_name=self.model_name,
+            signature_name=signature_name,
+            allow=flag(self.allow_signature_change),
+            dial=dial,
+        )
         if changes:
             self.log.warning("breaking signature changes let through (allow_signature_change): %s", changes)
         return changes

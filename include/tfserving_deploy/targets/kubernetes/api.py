@@ -12,7 +12,7 @@ import json
 import logging
 import time
 
-from ...errors import AccessDenied, TargetError
+from ...errors import AccessDenied, Permanent, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,18 @@ class ApiCallDenied(ApiCallError, AccessDenied):
     """HTTP 401 or 403: the credentials or the identity's permissions; no retry changes them."""
 
 
+class ApiCallInvalid(ApiCallError, Permanent):
+    """HTTP 400 or 422: the API refused the object itself (a bad resource quantity, label or name).
+    The object is made from the run's params, and a retry sends the same one."""
+
+
+INVALID_STATUSES = frozenset({400, 422})
+
+
 def api_call_error(message: str, status: int) -> ApiCallError:
-    return (ApiCallDenied if status in (401, 403) else ApiCallError)(message, status)
+    if status in (401, 403):
+        return ApiCallDenied(message, status)
+    return (ApiCallInvalid if status in INVALID_STATUSES else ApiCallError)(message, status)
 
 
 def explain(
@@ -61,6 +71,11 @@ def explain(
         return (
             f"Kubernetes API at {host} forbids {what} (HTTP 403){detail}; grant {permission}{where} to the "
             f"identity of {credentials} (a Role and RoleBinding)"
+        )
+    if status in INVALID_STATUSES:
+        return (
+            f"Kubernetes API at {host} refused {what} as invalid (HTTP {status}){detail}; the object is made "
+            "from the run's params (resources, namespace, model_name, server settings): fix the one it points at"
         )
     if status == 0:
         return f"Kubernetes API at {host}: {message} for {what}; check the cluster CA certificate and endpoint"
@@ -117,8 +132,9 @@ class KubernetesApi:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
         return self.create(f"create Namespace {self.namespace}", self.core.create_namespace, body)
 
-    def review_access(self, verb: str, group: str, resource: str) -> dict:
-        """The real authorizer's answer (``status``) to "may I ``verb`` ``resource`` here?"."""
+    def review_access(self, verb: str, group: str, resource: str, name: str | None = None) -> dict:
+        """The real authorizer's answer (``status``) to "may I ``verb`` ``resource`` (the one
+        called ``name``, when given) here?"."""
         kind, _, subresource = resource.partition("/")
         attributes = {
             "namespace": self.namespace,
@@ -126,6 +142,7 @@ class KubernetesApi:
             "group": group,
             "resource": kind,
             **({"subresource": subresource} if subresource else {}),
+            **({"name": name} if name else {}),
         }
         review = {
             "apiVersion": "authorization.k8s.io/v1",
@@ -272,6 +289,8 @@ class KubernetesApi:
 
         Transient answers (409, 429, 5xx, connection errors) are retried with backoff, a bounded
         number of times; statuses in ``expect`` are raised at once as ApiCallError for the caller.
+        The rest are raised at once too: 401/403 as ``ApiCallDenied`` and 400/422 as
+        ``ApiCallInvalid`` (both Permanent: the task fails without retries), others as ApiCallError.
         """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError

@@ -87,7 +87,8 @@ class Candidates:
     def measure(self, pod: dict) -> Measurement:
         """The ready candidate's load time (the kubelet's container start to its Ready condition:
         readiness is the model AVAILABLE, probed every few seconds, so it may read a few seconds
-        long) and its cgroup's peak memory, read inside it through ``pods/exec``."""
+        long) and its cgroup's peak memory, read inside it through ``pods/exec``: the Role's optional
+        ``measure`` extra (``rbac``). Without it the API's refusal is the note, and memory keeps the defaults."""
         name = pod["metadata"]["name"]
         notes, load, peak = [], None, None
         started, ready = objects.serving_started_at(pod), objects.condition(pod, "Ready").get("lastTransitionTime")

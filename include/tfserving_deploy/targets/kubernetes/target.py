@@ -37,11 +37,13 @@ from ..manifests import (
     disruption_budget_manifest,
     metadata_annotations,
     object_name,
+    public_exposure,
     selector_labels,
     service_manifest,
     write_manifests,
 )
 from ..portforward import PodPortForward
+from ..rbac import required_extras
 from . import objects
 from .access import check_access, ensure_namespace
 from .api import KubernetesApi
@@ -104,10 +106,13 @@ class KubernetesTarget:
     def api_host(self) -> str:
         return self.api.host
 
-    def ensure_ready(self, image_repository: str) -> dict:
+    def ensure_ready(self, image_repository: str, *, model_name: str) -> dict:
+        """The API answers, the namespace exists, and the identity holds every verb a deploy of
+        ``model_name`` with these settings uses (``rbac``); says which optional extras it lacks."""
         version = self.api.server_version()
         created = ensure_namespace(self.api)
-        check_access(self.api, cleanup=not self.keep_failed_first_deploy, port_forward=self.pod_access != "pod-ip")
+        required = required_extras(keep_failed_first_deploy=self.keep_failed_first_deploy, pod_access=self.pod_access)
+        optional = check_access(self.api, model_name, required=required)
         registry = registry_host(image_repository) or "docker.io"
         if is_loopback(registry):
             log.warning(
@@ -121,6 +126,7 @@ class KubernetesTarget:
             "namespace": self.namespace,
             "namespace_created": created,
             "registry": registry,
+            "role_extras": {**dict.fromkeys(required, True), **optional},
         }
 
     def render(
@@ -309,6 +315,11 @@ class KubernetesTarget:
         if service is None:
             raise TargetError(f"Service {self.namespace}/{name} does not exist; deploy model {model_name!r} first")
         return objects.load_balancer_address(service)
+
+    def exposure_warning(self, model_name: str) -> str | None:
+        """What the live Service lets in (``manifests.public_exposure``); None without a Service."""
+        service = self.api.read_service(object_name(model_name))
+        return None if service is None else public_exposure(service)
 
     @contextmanager
     def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
