@@ -29,6 +29,7 @@ from tfserving_airflow.operators import (
 )
 from tfserving_airflow.sensors import WaitForEndpointSensor
 from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
+from tfserving_deploy.references import form_pattern
 from tfserving_deploy.server_config import (
     BATCHING_FIELDS,
     DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
@@ -135,13 +136,16 @@ with DAG(
         "image_repository": Param(
             form_default("image_repository", "127.0.0.1:5000/resnet-serving"),
             type="string",
-            minLength=1,
-            description="Where the serving image is pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO/resnet.",
+            pattern=form_pattern(tag_and_digest=False),  # the reference parser's grammar, no tag or digest
+            description=(
+                "Where the serving image is pushed, host[:port]/path in lower case without tag or digest, e.g. "
+                "REGION-docker.pkg.dev/PROJECT/REPO/resnet. Credentials go only to the registry this host names."
+            ),
         ),
         "serving_base_image": Param(
             form_default("serving_base_image", "tensorflow/serving:2.18.0"),
             type="string",
-            minLength=1,
+            pattern=form_pattern(tag_and_digest=True),  # the reference parser's grammar
             description="TF Serving image the model is baked into (pin a tag or digest).",
         ),
         "image_builder": Param(

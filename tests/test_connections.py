@@ -54,7 +54,9 @@ def test_google_registry_uses_a_fresh_access_token(monkeypatch):
             return credentials
 
     monkeypatch.setattr("airflow.providers.google.common.hooks.base_google.GoogleBaseHook", FakeGoogleBaseHook)
-    auth = registry_auth("europe-west4-docker.pkg.dev/p/r/resnet", gcp_conn_id="google_cloud_default")
+    credentials_by_host = registry_auth("europe-west4-docker.pkg.dev/p/r/resnet", gcp_conn_id="google_cloud_default")
+    assert list(credentials_by_host) == ["europe-west4-docker.pkg.dev"]  # that registry only
+    auth = credentials_by_host["europe-west4-docker.pkg.dev"]
     assert auth.basic() == ("oauth2accesstoken", "ya29.token-1")
     assert auth.basic() == ("oauth2accesstoken", "ya29.token-1")  # still valid: no refresh
     credentials.valid = False

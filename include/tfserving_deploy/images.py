@@ -10,16 +10,21 @@ push is a no-op.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import tarball
 from .errors import BaseImageNotFound, ImageBuildError, RegistryDenied, RegistryError
-from .references import split_tag
+from .references import Reference, hostname_and_port, is_loopback, parse_reference, parse_repository
 from .warmup import baked_entries
+
+if TYPE_CHECKING:
+    from .oci.registry import RegistryAuth
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +62,21 @@ class ImageBuilder(Protocol):
 
 
 class DockerCommitBuilder:
-    """run/cp/commit/push through a Docker engine (``docker.DockerClient``)."""
+    """run/cp/commit/push through a Docker engine (``docker.DockerClient``).
 
-    def __init__(self, client):
-        self.client = client
+    ``credentials``: {registry host: ``RegistryAuth``}, as for ``OciImageBuilder``. A pull or push
+    carries them (as the engine's ``X-Registry-Auth``, no login kept in the engine) only when the
+    parsed host of its reference is that host, and only if the engine speaks TLS to it (a
+    loopback literal excepted): the engine then sends them to that registry alone.
+    """
+
+    def __init__(self, client, credentials: Mapping[str, RegistryAuth] | None = None):
+        self.client, self.credentials = client, credentials or {}
 
     def build(self, model: ModelFiles, *, base_image: str, repository: str) -> str:
         import docker.errors
 
+        parse_repository(repository)
         base = self._base_image(base_image)
         warmup = f"\nwarmup {model.warmup_sha256}" if model.warmup is not None else ""
         key = hashlib.sha256(f"{base.id}\n{model.sha256}\n{model.name}{warmup}".encode()).hexdigest()
@@ -89,9 +101,9 @@ class DockerCommitBuilder:
                 write_model_layer(layer, model)
                 layer.seek(0)
                 container.put_archive("/", layer)
-            repo, tag = split_tag(reference)
+            target = parse_reference(reference, "image")
             changes = [f"ENV MODEL_NAME={model.name}"] + [f"LABEL {k}={v}" for k, v in labels.items()]
-            container.commit(repository=repo, tag=tag, changes=changes)
+            container.commit(repository=target.engine_name, tag=target.tag, changes=changes)
         except docker.errors.APIError as exc:
             raise ImageBuildError(
                 f"docker engine failed to bake model into {reference}: {exc.explanation or exc}"
@@ -107,14 +119,16 @@ class DockerCommitBuilder:
         (registry unreachable, engine errors) stay ``ImageBuildError``, for the task's retries."""
         import docker.errors
 
+        base = parse_reference(base_image, "serving_base_image")
         try:
             return self.client.images.get(base_image)
         except docker.errors.ImageNotFound:
             pass
         log.info("base image %s not present locally; pulling", base_image)
-        repo, tag = split_tag(base_image)
         try:
-            return self.client.images.pull(repo, tag=tag)
+            return self.client.images.pull(
+                base.engine_name, tag=base.digest or base.tag, auth_config=self._auth_config(base)
+            )
         except docker.errors.APIError as exc:
             missing = isinstance(exc, docker.errors.NotFound)
             raise (BaseImageNotFound if missing else ImageBuildError)(
@@ -127,10 +141,13 @@ class DockerCommitBuilder:
         import docker.errors
         import requests
 
-        repo, tag = split_tag(reference)
+        target = parse_reference(reference, "image")
+        auth_config = self._auth_config(target)
         digest = None
         try:
-            for event in self.client.images.push(repo, tag=tag, stream=True, decode=True):
+            for event in self.client.images.push(
+                target.engine_name, tag=target.tag, stream=True, decode=True, auth_config=auth_config
+            ):
                 if "error" in event:
                     denied = any(word in event["error"].lower() for word in ("denied", "unauthorized", "forbidden"))
                     raise (RegistryDenied if denied else RegistryError)(
@@ -142,9 +159,38 @@ class DockerCommitBuilder:
             raise RegistryError(f"push of {reference} failed: {exc}") from exc
         if not digest:
             raise RegistryError(f"push of {reference} finished without a digest from the registry")
-        pushed = f"{repo}@{digest}"
+        pushed = f"{target.engine_name}@{digest}"
         log.info("pushed %s", pushed)
         return pushed
+
+    def _auth_config(self, reference: Reference) -> dict | None:
+        """The credentials for ``reference``'s registry, if any, when the engine would not send
+        them over plain http (it does for registries configured insecure)."""
+        auth = self.credentials.get(reference.host)
+        basic = auth.basic() if auth else None
+        if not basic:
+            return None
+        if not is_loopback(reference.host) and not self._engine_uses_tls(reference.host):
+            raise RegistryDenied(
+                f"the Docker engine treats registry {reference.host} as insecure (plain http), so its credentials "
+                "would cross the network in the clear; remove it from the engine's insecure-registries and serve "
+                "it over TLS"
+            )
+        return {"username": basic[0], "password": basic[1]}
+
+    def _engine_uses_tls(self, host: str) -> bool:
+        """The engine's own view (``docker info``): a registry listed insecure, or an IP literal in an
+        insecure CIDR, gets plain http."""
+        config = self.client.info().get("RegistryConfig") or {}
+        index = (config.get("IndexConfigs") or {}).get(host)
+        if index is not None:
+            return bool(index.get("Secure"))
+        hostname, _ = hostname_and_port(host)
+        try:
+            address = ipaddress.ip_address(hostname)
+        except ValueError:
+            return True
+        return not any(address in ipaddress.ip_network(c) for c in config.get("InsecureRegistryCIDRs") or [])
 
 
 def write_model_layer(sink, model: ModelFiles) -> None:

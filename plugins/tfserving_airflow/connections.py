@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
 from tfserving_deploy.errors import InvalidParameter, TargetError
-from tfserving_deploy.references import registry_host
+from tfserving_deploy.references import hostname_and_port, parse_domain, parse_reference
 
 from .config import BuilderConfig, GkeConfig, TargetConfig
 
@@ -43,27 +43,32 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
 
 
 def image_builder_from(config: BuilderConfig, *, repository: str):
-    """``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine
-    that the docker connection logs in to the registry."""
+    """``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine.
+    Both get the same credentials (``registry_auth``) and send them only to the registry they are
+    for; the engine is never logged in (a login would serve any later push to that host)."""
+    credentials = registry_auth(repository, config.docker_conn_id, config.gcp_conn_id)
     if config.name == "oci":
         from tfserving_deploy.oci import OciImageBuilder
 
-        return OciImageBuilder(registry_auth(repository, config.docker_conn_id, config.gcp_conn_id))
+        return OciImageBuilder(credentials)
     from tfserving_deploy.images import DockerCommitBuilder
 
-    return DockerCommitBuilder(docker_client(config.docker_conn_id, config.docker_url))
+    return DockerCommitBuilder(docker_client(None, config.docker_url), credentials)
 
 
 # -- Docker and registries -------------------------------------------------------------------------
 
 
 def docker_client(docker_conn_id: str | None = None, docker_url: str | None = None):
-    """A high-level ``docker.DockerClient`` on the provider's (logged-in) API client."""
+    """A high-level ``docker.DockerClient`` on the provider's API client, logged in to the docker
+    connection's registry when ``docker_conn_id`` names one."""
     from airflow.providers.docker.hooks.docker import DockerHook
 
     import docker
 
     url = docker_url or "unix://var/run/docker.sock"
+    if docker_conn_id:  # the hook logs the engine in to the connection's host: one of the grammar only
+        _connection_registry(_connection(docker_conn_id, "registry_conn_id"), docker_conn_id, "the engine's pulls")
     try:
         api = DockerHook(docker_conn_id=docker_conn_id, base_url=url).api_client
     except Exception as exc:  # the provider wraps "engine down" in AirflowException
@@ -77,35 +82,60 @@ def docker_client(docker_conn_id: str | None = None, docker_url: str | None = No
 
 
 def is_google_registry(repository: str) -> bool:
-    """Artifact Registry (``REGION-docker.pkg.dev``) or ``gcr.io`` hosts."""
-    host = registry_host(repository) or ""
-    return host.endswith(".pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io")
+    """Artifact Registry (``REGION-docker.pkg.dev``) or ``gcr.io``: decided on the host name the
+    reference parser returns (the host requests go to), never on the raw string."""
+    return _is_google_host(parse_reference(repository, "image_repository").host)
+
+
+def _is_google_host(host: str) -> bool:
+    name, _ = hostname_and_port(host)
+    return name.endswith(".pkg.dev") or name == "gcr.io" or name.endswith(".gcr.io")
 
 
 def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_id: str | None = None):
-    """Registry credentials from Airflow connections; None means anonymous.
+    """Registry credentials from Airflow connections, as {registry host: ``RegistryAuth``}; None
+    means anonymous. Both builders send them only to that host (``RegistryClient._credentials_for``).
 
-    A docker connection (login/password) wins; a Google registry gets the google connection's
-    short-lived access token as ``oauth2accesstoken``.
+    A docker connection (login/password) is for the registry its host names (``token_hosts`` in
+    its extra: other hosts trusted as that registry's token service); without one, a Google
+    registry gets the google connection's short-lived access token as ``oauth2accesstoken``.
     """
     from tfserving_deploy.oci import RegistryAuth
 
+    host = parse_reference(repository, "image_repository").host
     if docker_conn_id:
         conn = _connection(docker_conn_id, "registry_conn_id")
-        if not conn.host:
-            raise InvalidParameter(
-                f"docker connection {docker_conn_id!r} names no registry host, so its credentials would go to "
-                f"whatever registry image_repository names ({registry_host(repository) or 'Docker Hub'}); set the "
-                "connection's host (and port) to the registry it is for"
-            )
-        host = conn.host.split("://", 1)[-1].rstrip("/")  # a scheme or trailing slash is not part of it
-        return {f"{host}:{conn.port}" if conn.port else host: RegistryAuth(conn.login, conn.password)}
-    if gcp_conn_id and is_google_registry(repository):
+        return {_connection_registry(conn, docker_conn_id, host): _connection_auth(conn, docker_conn_id)}
+    if gcp_conn_id and _is_google_host(host):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
         credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()
-        return RegistryAuth.google(lambda: access_token(credentials))  # short-lived: refreshed when expired
+        return {host: RegistryAuth.google(lambda: access_token(credentials))}  # short-lived: refreshed when expired
     return None
+
+
+def _connection_registry(conn, conn_id: str, wanted: str) -> str:
+    """The registry ``host[:port]`` a docker connection is for, by the reference grammar."""
+    if not conn.host:
+        raise InvalidParameter(
+            f"docker connection {conn_id!r} names no registry host, so its credentials would go to "
+            f"whatever registry image_repository names ({wanted}); set the connection's host (and port) to "
+            "the registry it is for"
+        )
+    host = conn.host.removeprefix("https://").removesuffix("/").removesuffix("/v1")  # as "Registry URL"s are written
+    return parse_domain(f"{host}:{conn.port}" if conn.port else host, f"the host of docker connection {conn_id!r}")
+
+
+def _connection_auth(conn, conn_id: str):
+    from tfserving_deploy.oci import RegistryAuth
+
+    hosts = conn.extra_dejson.get("token_hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise InvalidParameter(
+            f"docker connection {conn_id!r}: extra token_hosts must be a list of registry host[:port] strings"
+        )
+    what = f"a token host of docker connection {conn_id!r}"
+    return RegistryAuth(conn.login, conn.password, frozenset(parse_domain(h, what) for h in hosts))
 
 
 # -- Kubernetes and GKE ----------------------------------------------------------------------------

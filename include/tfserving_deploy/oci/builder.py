@@ -38,7 +38,7 @@ import requests
 from ..cache import BlobStore, DigestMismatch, Hasher, cache_root, hex_digest, write_atomic
 from ..errors import BaseImageNotFound, ImageBuildError, RegistryError
 from ..images import LABEL_PREFIX, ModelFiles, write_model_layer
-from ..references import Reference, parse_reference
+from ..references import Reference, parse_reference, parse_repository
 from .registry import RegistryAuth, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class OciImageBuilder:
 
     def build(self, model: ModelFiles, *, base_image: str, repository: str) -> str:
         """Writes layer, config and manifest to the cache; returns ``repository@sha256:<manifest>``."""
-        base, target = parse_reference(base_image), parse_reference(repository)
+        base, target = parse_reference(base_image, "serving_base_image"), parse_repository(repository)
         self._target_host = target.host
         manifest_type, base_manifest, base_digest = self._base_manifest(base, base_image)
         config_type, layer_types = FAMILY[manifest_type]
@@ -156,7 +156,7 @@ class OciImageBuilder:
 
     def push(self, reference: str) -> str:
         """Uploads what the registry lacks, then the manifest (tagged ``<version>-<digest12>``)."""
-        target = parse_reference(reference)
+        target = parse_reference(reference, "image")
         digest = target.digest or ""
         if not digest.startswith("sha256:") or target.tag:
             raise ImageBuildError(f"{reference!r} is not a repo@sha256:... reference from OciImageBuilder.build")
