@@ -99,10 +99,12 @@ def return_value(dag, run, task_id: str):
         return XComModel.deserialize_value(row)
 
 
-def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(dag, demo_model_url, admin, ns, tmp_path):
+def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
+    dag, demo_model_url, admin, ns, allowed_manifest_dir
+):
     from test_dag_local_e2e import tutorial_client_request
 
-    manifest_dir = tmp_path / "manifests"
+    manifest_dir = allowed_manifest_dir
     first = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir))
     states = task_states(first)
     assert str(first.state).endswith("success") and all_succeeded(states), states

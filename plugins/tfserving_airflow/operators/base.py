@@ -39,7 +39,9 @@ class TargetMixin:
 
     @cached_property
     def target_config(self) -> TargetConfig:
-        return TargetConfig.parse(self.target_name, self.target_options)
+        """The parsed settings; a wrong or not allowlisted one fails the task at once, wherever it is first read."""
+        with explained_failures():
+            return TargetConfig.parse(self.target_name, self.target_options)
 
     @cached_property
     def target(self):
@@ -54,4 +56,6 @@ class BuilderMixin:
     builder_options: dict
 
     def builder_for(self, repository: str):
-        return image_builder_from(BuilderConfig.parse(self.builder_name, self.builder_options), repository=repository)
+        with explained_failures():
+            config = BuilderConfig.parse(self.builder_name, self.builder_options)
+        return image_builder_from(config, repository=repository)

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from tfserving_deploy.references import parse_reference
 
 from .. import lineage
-from ..config import flag
+from ..config import allowed, flag
 from .base import BuilderMixin, explained_failures
 from .model import local_model
 
@@ -20,7 +20,8 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
 
     :param model: ``fetch_model``'s result
     :param model_name: ``MODEL_NAME`` in the image, the name clients ask for
-    :param base_image: the TF Serving image to build on (pin a tag or digest)
+    :param base_image: the TF Serving image to build on (pin a tag or digest); on the deployment's
+        allowlist (``TFSERVING_DEPLOY_ALLOWED_BASE_IMAGES``)
     :param image_repository: where the image is pushed
     :param builder_name: ``oci`` (registry API, no engine, reproducible) or ``docker`` (the tutorial's commit)
     :param builder_options: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials, ``docker_url``
@@ -66,6 +67,7 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
         from tfserving_deploy.warmup import warmup_requests
 
         with explained_failures():
+            base_image = allowed("serving_base_image", self.base_image)  # before anything is pulled
             fetched = local_model(self.model, self.cache_dir)
             warmup = None
             if flag(self.warmup_requests, default=True) and self.warmup_image_path:
@@ -79,7 +81,7 @@ class BuildImageOperator(BuilderMixin, BaseOperator):
                 warmup=warmup,
             )
             builder = self.builder_for(self.image_repository)
-            self._image = builder.build(files, base_image=self.base_image, repository=self.image_repository)
+            self._image = builder.build(files, base_image=base_image, repository=self.image_repository)
         return self._image
 
     def get_openlineage_facets_on_complete(self, task_instance):
