@@ -45,7 +45,9 @@ class TargetMixin:
 
     @cached_property
     def target(self):
-        return target_from(self.target_config, create_cluster=self.create_cluster)
+        """The target's client; a connection the params may not use (missing, no identity of its own) fails at once."""
+        with explained_failures():
+            return target_from(self.target_config, create_cluster=self.create_cluster)
 
 
 class BuilderMixin:
