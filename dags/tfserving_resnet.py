@@ -15,6 +15,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
+from tfserving_airflow.config import allowlist, form_default
 from tfserving_airflow.operators import (
     BuildImageOperator,
     CheckForChangeOperator,
@@ -28,7 +29,7 @@ from tfserving_airflow.operators import (
     ValidateModelOperator,
 )
 from tfserving_airflow.sensors import WaitForEndpointSensor
-from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
+from tfserving_deploy.defaults import GKE_CLUSTER_NAME, GKE_NODE_COUNT, NAMESPACE
 from tfserving_deploy.references import form_pattern
 from tfserving_deploy.server_config import (
     BATCHING_FIELDS,
@@ -49,12 +50,11 @@ REFRESH = AssetOrTimeSchedule(
 )
 
 
-def form_default(param: str, tutorial: str | None) -> str | None:
-    """The trigger form's default for ``param``: ``TFSERVING_RESNET_<PARAM>`` where the deployment
-    sets it (the compose stack points it at its own model server, registry, the connection with that
-    registry's password and base image, so a Trigger with the defaults works offline), else the
-    tutorial's value. Read at parse time."""
-    return os.environ.get(f"TFSERVING_RESNET_{param.upper()}", "").strip() or tutorial
+def allowlisted(param: str, **schema) -> Param:
+    """A param whose values the deployment allowlists (``TFSERVING_DEPLOY_ALLOWED_*``, see
+    ``tfserving_deploy.allowlists``): the form offers exactly those, with the form's default."""
+    allowed = allowlist(param)
+    return Param(allowed.default, enum=allowed.choices, **schema)
 
 
 def P(name: str) -> str:
@@ -142,11 +142,11 @@ with DAG(
                 "REGION-docker.pkg.dev/PROJECT/REPO/resnet. Credentials go only to the registry this host names."
             ),
         ),
-        "serving_base_image": Param(
-            form_default("serving_base_image", "tensorflow/serving:2.18.0"),
+        "serving_base_image": allowlisted(
+            "serving_base_image",
             type="string",
             pattern=form_pattern(tag_and_digest=True),  # the reference parser's grammar
-            description="TF Serving image the model is baked into (pin a tag or digest).",
+            description="TF Serving image the model is baked into (pin a tag or digest); the admin's list.",
         ),
         "image_builder": Param(
             "oci",
@@ -166,12 +166,13 @@ with DAG(
                 "reporting the model AVAILABLE, so the first client request is not the slow one."
             ),
         ),
-        "registry_conn_id": Param(
-            form_default("registry_conn_id", None),
+        "registry_conn_id": allowlisted(
+            "registry_conn_id",
             type=["null", "string"],
             description=(
-                "Optional docker connection with the registry's login/password. Without it, Artifact Registry / gcr.io "
-                "repositories use the Google connection's token, others are pushed anonymously."
+                "Optional docker connection with the registry's login/password (the admin's list). Without it, "
+                "Artifact Registry / gcr.io repositories use the Google connection's token, others are pushed "
+                "anonymously."
             ),
         ),
         "replicas": Param(3, type="integer", minimum=1, maximum=50, description="Serving replicas."),
@@ -250,17 +251,17 @@ with DAG(
             section=K8S,
             description="Namespace of the Deployment and Service (created when missing).",
         ),
-        "kubernetes_conn_id": Param(
-            KUBERNETES_CONN_ID,
+        "kubernetes_conn_id": allowlisted(
+            "kubernetes_conn_id",
             type="string",
             section=K8S,
-            description="Airflow connection to the cluster (target=kubernetes).",
+            description="Airflow connection to the cluster (target=kubernetes); the admin's list.",
         ),
-        "manifest_dir": Param(
-            None,
+        "manifest_dir": allowlisted(
+            "manifest_dir",
             type=["null", "string"],
             section=K8S,
-            description="If set, the rendered Deployment/Service YAML is written there (GitOps).",
+            description="If set, the rendered Deployment/Service YAML is written there (GitOps); the admin's list.",
         ),
         "keep_failed_first_deploy": Param(
             False,
@@ -306,7 +307,9 @@ with DAG(
             section=K8S,
             description='CIDRs allowed to reach the load balancer, e.g. ["10.0.0.0/8"]; empty: any address.',
         ),
-        "gcp_conn_id": Param(GCP_CONN_ID, type="string", section=GKE, description="Google Cloud connection."),
+        "gcp_conn_id": allowlisted(
+            "gcp_conn_id", type="string", section=GKE, description="Google Cloud connection; the admin's list."
+        ),
         "project_id": Param(
             None, type=["null", "string"], section=GKE, description="GCP project (default: the connection's)."
         ),

@@ -23,6 +23,23 @@ os.environ["TFSERVING_DEPLOY_URL_SCHEMES"] = "https,http,file"
 os.environ["TFSERVING_DEPLOY_FILE_DIRS"] = os.pathsep.join((tempfile.gettempdir(), "/var/tmp"))
 # Loopback is not a public address: the model hosts the tests serve on are allowlisted.
 os.environ["TFSERVING_DEPLOY_MODEL_HOSTS"] = "127.0.0.0/8,::1/128"
+# Which connections, base images and manifest directories a run may use (tfserving_deploy.allowlists):
+# each one the tests pass through the DAG, as an admin would list them; allowlist tests set their own.
+MANIFEST_DIR = AIRFLOW_HOME / "manifests"  # the allowed_manifest_dir fixture
+ALLOWED = {
+    "GCP_CONN_IDS": ["google_cloud_default", "gke_e2e"],
+    "KUBERNETES_CONN_IDS": ["kubernetes_default", "local_cluster_e2e", "nobody", "killtest", "outside"],
+    "REGISTRY_CONN_IDS": ["wrong_password"],
+    "BASE_IMAGES": [
+        "tensorflow/serving:2.18.0",  # the tutorial's default
+        "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",  # the test registry's (local_cluster.SERVING_BASE)
+        "127.0.0.1:5001/tfserving-deploy/serving:2.21.0",  # the compose stack's form default (test_stack_defaults)
+        "base:1",  # test_warmup's builder never pulls it
+    ],
+    "MANIFEST_DIRS": [str(MANIFEST_DIR)],
+}
+for what, values in ALLOWED.items():
+    os.environ[f"TFSERVING_DEPLOY_ALLOWED_{what}"] = ",".join(values)
 # Lineage events of every DAG run in the tests go to one file (OpenLineage's file transport).
 OPENLINEAGE_EVENTS = AIRFLOW_HOME / "openlineage-events.jsonl"
 os.environ.setdefault(
@@ -46,6 +63,14 @@ def airflow_db():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def allowed_manifest_dir():
+    """The manifest directory the allowlist holds (TFSERVING_DEPLOY_ALLOWED_MANIFEST_DIRS), empty."""
+    shutil.rmtree(MANIFEST_DIR, ignore_errors=True)
+    MANIFEST_DIR.mkdir()
+    return MANIFEST_DIR
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,7 @@ def conf(model_url: str, ns: str) -> dict:
         "cluster_name": CLUSTER,
         "node_count": 1,
         "autopilot": False,
-        "manifest_dir": "",
+        "manifest_dir": None,
         "force": False,
     }
 

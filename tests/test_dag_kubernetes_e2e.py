@@ -112,11 +112,11 @@ def return_value(dag, run, task_id: str):
 
 
 def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
-    dag, demo_model_url, admin, ns, tmp_path, capfd
+    dag, demo_model_url, admin, ns, allowed_manifest_dir, capfd
 ):
     from test_dag_local_e2e import tutorial_client_request
 
-    manifest_dir = tmp_path / "manifests"
+    manifest_dir = allowed_manifest_dir
     first = dag.test(run_conf=conf(demo_model_url, ns, manifest_dir))
     states = task_states(first)
     assert_good_run(first, states, capfd)

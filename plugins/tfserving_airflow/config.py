@@ -5,14 +5,27 @@ Params reach operators through templates (``{{ params.replicas }}``), so as text
 them, here and only here; operators read dataclass fields or call these. (Rendering templates as
 native objects instead would turn a string param like a sha256 of zeros, or a name like ``1e5``,
 into a number.)
+
+Connection ids, the base image and the manifest directory are checked here against the
+deployment's allowlists (``tfserving_deploy.allowlists``) when an operator parses them, whatever
+the form accepted.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tfserving_deploy.defaults import GCP_CONN_ID, GKE_CLUSTER_NAME, GKE_NODE_COUNT, KUBERNETES_CONN_ID, NAMESPACE
+from tfserving_deploy.allowlists import Allowlist
+from tfserving_deploy.defaults import (
+    GCP_CONN_ID,
+    GKE_CLUSTER_NAME,
+    GKE_NODE_COUNT,
+    KUBERNETES_CONN_ID,
+    NAMESPACE,
+    SERVING_BASE_IMAGE,
+)
 from tfserving_deploy.errors import InvalidParameter
 from tfserving_deploy.server_config import (
     DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
@@ -22,6 +35,14 @@ from tfserving_deploy.server_config import (
 
 TARGETS = ("local", "kubernetes", "gke")
 IMAGE_BUILDERS = ("oci", "docker")
+# The built-in form defaults of the allowlisted params (None: unset).
+ALLOWLISTED = {
+    "gcp_conn_id": GCP_CONN_ID,
+    "kubernetes_conn_id": KUBERNETES_CONN_ID,
+    "registry_conn_id": None,
+    "serving_base_image": SERVING_BASE_IMAGE,
+    "manifest_dir": None,
+}
 
 
 def text(value, default: str | None = None) -> str | None:
@@ -80,6 +101,27 @@ def mapping(value) -> dict | None:
     raise InvalidParameter(f"{value!r} is not a mapping (e.g. {{'requests': {{'cpu': '500m'}}}})")
 
 
+def form_default(param: str, tutorial: str | None = None) -> str | None:
+    """The trigger form's default for ``param``: ``TFSERVING_RESNET_<PARAM>`` where the deployment
+    sets it (the compose stack points it at its own model server, registry and base image, so a
+    Trigger with the defaults works offline), else the tutorial's value."""
+    return os.environ.get(f"TFSERVING_RESNET_{param.upper()}", "").strip() or tutorial
+
+
+def allowlist(param: str) -> Allowlist:
+    """The deployment's allowlist for ``param``, read from the environment now: at parse time for
+    the form's choices, at run time for the operators' check."""
+    return Allowlist.from_environment(param, form_default(param, ALLOWLISTED[param]))
+
+
+def allowed(param: str, value, *, required: bool = True) -> str | None:
+    """A rendered ``param`` the deployment allows (a directory: its resolved path), or
+    InvalidParameter. Unset means the form's default where ``required``, else None."""
+    policy = allowlist(param)
+    chosen = text(value, policy.default if required else None)
+    return None if chosen is None and not required else policy.check(chosen)
+
+
 @dataclass(frozen=True)
 class GkeConfig:
     gcp_conn_id: str = GCP_CONN_ID
@@ -118,7 +160,7 @@ class TargetConfig:
             raise InvalidParameter(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
         get = options.get
         gke = GkeConfig(
-            gcp_conn_id=text(get("gcp_conn_id"), GCP_CONN_ID),
+            gcp_conn_id=allowed("gcp_conn_id", get("gcp_conn_id")),
             project_id=text(get("project_id")),
             location=text(get("location")),
             cluster_name=text(get("cluster_name"), GKE_CLUSTER_NAME),
@@ -127,13 +169,13 @@ class TargetConfig:
         )
         return cls(
             name=target,
-            docker_conn_id=text(get("docker_conn_id")),
+            docker_conn_id=allowed("registry_conn_id", get("docker_conn_id"), required=False),
             docker_url=text(get("docker_url")),
             namespace=text(get("namespace"), NAMESPACE),
-            kubernetes_conn_id=text(get("kubernetes_conn_id"), KUBERNETES_CONN_ID),
+            kubernetes_conn_id=allowed("kubernetes_conn_id", get("kubernetes_conn_id")),
             config_file=text(get("config_file")),
             cluster_context=text(get("cluster_context")),
-            manifest_dir=text(get("manifest_dir")),
+            manifest_dir=allowed("manifest_dir", get("manifest_dir"), required=False),
             keep_failed_first_deploy=flag(get("keep_failed_first_deploy")),
             resources=mapping(get("resources")),
             pod_access=text(get("pod_access"), "auto"),
@@ -169,7 +211,7 @@ class BuilderConfig:
             )
         return cls(
             builder,
-            text(options.get("docker_conn_id")),
-            text(options.get("gcp_conn_id")),
+            allowed("registry_conn_id", options.get("docker_conn_id"), required=False),
+            allowed("gcp_conn_id", options.get("gcp_conn_id"), required=False),
             text(options.get("docker_url")),
         )

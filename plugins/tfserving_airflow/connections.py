@@ -15,6 +15,9 @@ from tfserving_deploy.references import hostname_and_port, parse_domain, parse_r
 
 from .config import BuilderConfig, GkeConfig, TargetConfig
 
+# The connection extras that name a cluster identity (the cncf provider's; any one will do).
+KUBERNETES_IDENTITIES = ("kube_config_path", "kube_config", "in_cluster")
+
 
 def target_from(config: TargetConfig, *, create_cluster: bool = False):
     """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
@@ -147,12 +150,13 @@ def kubernetes_api_client(
     cluster_context: str | None = None,
 ):
     """A ``kubernetes.client.ApiClient`` from the cncf provider's ``KubernetesHook``;
-    ``config_file`` (a kubeconfig path on the worker) wins over the connection's kube_config_path."""
+    ``config_file`` (a kubeconfig path on the worker) wins over the connection's kube_config_path.
+    Never the worker's own identity by default (see ``require_kubernetes_connection``)."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
     source = f"kubeconfig {config_file}" if config_file else f"kubernetes connection {kubernetes_conn_id!r}"
-    if not config_file and kubernetes_conn_id:
-        _connection(kubernetes_conn_id, "kubernetes_conn_id")
+    if not config_file:
+        require_kubernetes_connection(kubernetes_conn_id)
     try:
         return KubernetesHook(
             conn_id=kubernetes_conn_id, config_file=config_file, cluster_context=cluster_context
@@ -164,6 +168,38 @@ def kubernetes_api_client(
         ) from exc
 
 
+def require_kubernetes_connection(kubernetes_conn_id: str | None) -> None:
+    """Refuse a missing kubernetes connection, or one naming no cluster identity of its own
+    (``kubernetes_identity_refusal``): InvalidParameter."""
+    extras = _connection(kubernetes_conn_id, "kubernetes_conn_id").extra_dejson if kubernetes_conn_id else {}
+    refusal = kubernetes_identity_refusal(kubernetes_conn_id, extras)
+    if refusal:
+        raise InvalidParameter(refusal)
+
+
+def kubernetes_identity_refusal(kubernetes_conn_id: str | None, extras: dict) -> str | None:
+    """Why a kubernetes connection with these extras may not be used, or None.
+
+    Without ``kube_config_path``, ``kube_config`` or ``in_cluster``, the provider's hooks fall back
+    to the worker's default kubeconfig, then its in-cluster service account (and treat a missing
+    ``kubernetes_default`` as such an empty connection): whoever names the connection would act as
+    the worker. So a connection must say which identity it is; ``in_cluster`` is that choice, made
+    explicitly by whoever wrote the connection.
+    """
+    if any(extras.get(key) or extras.get(f"extra__kubernetes__{key}") for key in KUBERNETES_IDENTITIES):
+        return None
+    if not kubernetes_conn_id:
+        return (
+            "no kubernetes connection given (kubernetes_conn_id is empty); name a connection that sets "
+            f"{', '.join(KUBERNETES_IDENTITIES)}"
+        )
+    return (
+        f"kubernetes connection {kubernetes_conn_id!r} (kubernetes_conn_id) sets none of "
+        f"{', '.join(KUBERNETES_IDENTITIES)}, so it would act as the worker's own kubeconfig or service "
+        "account; have the Airflow admin set one of them in the connection"
+    )
+
+
 def gke_endpoint_api_client(
     cluster_url: str,
     ssl_ca_cert: str,
@@ -173,6 +209,7 @@ def gke_endpoint_api_client(
     """A ``kubernetes.client.ApiClient`` for a known GKE endpoint, authenticated by the GCP connection."""
     from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEKubernetesHook
 
+    _connection(gcp_conn_id, "gcp_conn_id")
     try:
         return GKEKubernetesHook(
             cluster_url=cluster_url,
@@ -229,6 +266,7 @@ def _connection(conn_id: str, param: str):
 def _gke_hook(config: GkeConfig, impersonation_chain):
     from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEHook
 
+    _connection(config.gcp_conn_id, "gcp_conn_id")  # a missing one is the param's fault: fail at once
     return GKEHook(gcp_conn_id=config.gcp_conn_id, location=config.location, impersonation_chain=impersonation_chain)
 
 

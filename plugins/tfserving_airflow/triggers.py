@@ -187,6 +187,15 @@ class LoadBalancerTrigger(BaseTrigger):
             )
             await asyncio.sleep(min(self.poll_interval, remaining))
 
+    async def identity_refusal(self, hook) -> str | None:
+        """Why the kubernetes connection may not be used (it names no identity, so the hook would use
+        the triggerer's own: ``connections.kubernetes_identity_refusal``), or None."""
+        if self.cluster_url or self.config_file:
+            return None
+        from .connections import kubernetes_identity_refusal
+
+        return kubernetes_identity_refusal(self.kubernetes_conn_id, await hook.get_conn_extras())
+
     async def check(self, hook) -> dict | str | None:
         """One look at the Service: a final event, or a transient problem (str) / None to keep waiting."""
         import aiohttp
@@ -194,6 +203,9 @@ class LoadBalancerTrigger(BaseTrigger):
 
         async with contextlib.AsyncExitStack() as stack:
             try:
+                refusal = await self.identity_refusal(hook)
+                if refusal:
+                    return _error(refusal)
                 api = await stack.enter_async_context(hook.get_conn())
             except Exception as exc:  # the hooks raise config, connection-lookup and auth errors alike
                 return _error(

@@ -29,7 +29,9 @@ import copy
 import hashlib
 import ipaddress
 import math
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..defaults import GRPC_PORT, REST_PORT
@@ -365,7 +367,12 @@ def disruption_budget_manifest(*, model_name: str, namespace: str) -> dict:
 
 
 def write_manifests(directory: str, model_name: str, objects: list[dict]) -> list[str]:
-    """``<model_name>-<kind>.yaml`` for each object (deployment, service, poddisruptionbudget); their paths."""
+    """``<model_name>-<kind>.yaml`` for each object (deployment, service, poddisruptionbudget); their paths.
+
+    Each file is written under a fresh name in ``directory`` and renamed over its final name, so
+    a symlink already at that name (a GitOps checkout can hold any) is replaced, never written
+    through to wherever it points.
+    """
     import yaml
 
     out = Path(directory)
@@ -373,6 +380,14 @@ def write_manifests(directory: str, model_name: str, objects: list[dict]) -> lis
     paths = []
     for manifest in objects:
         path = out / f"{model_name}-{manifest['kind'].lower()}.yaml"
-        path.write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+        fd, temporary = tempfile.mkstemp(dir=out, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from the GitOps tooling
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
         paths.append(str(path))
     return paths

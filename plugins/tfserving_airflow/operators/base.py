@@ -76,11 +76,15 @@ class TargetMixin:
 
     @cached_property
     def target_config(self) -> TargetConfig:
-        return TargetConfig.parse(self.target_name, self.target_options)
+        """The parsed settings; a wrong or not allowlisted one fails the task at once, wherever it is first read."""
+        with explained_failures():
+            return TargetConfig.parse(self.target_name, self.target_options)
 
     @cached_property
     def target(self):
-        return target_from(self.target_config, create_cluster=self.create_cluster)
+        """The target's client; a connection the params may not use (missing, no identity of its own) fails at once."""
+        with explained_failures():
+            return target_from(self.target_config, create_cluster=self.create_cluster)
 
 
 class BuilderMixin:
@@ -91,4 +95,6 @@ class BuilderMixin:
     builder_options: dict
 
     def builder_for(self, repository: str):
-        return image_builder_from(BuilderConfig.parse(self.builder_name, self.builder_options), repository=repository)
+        with explained_failures():
+            config = BuilderConfig.parse(self.builder_name, self.builder_options)
+        return image_builder_from(config, repository=repository)

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from tfserving_deploy.references import parse_reference
 
 from .. import lineage
-from ..config import flag
+from ..config import allowed, flag
 from .base import BuilderMixin, explained_failures
 from .model import ModelSourceMixin, local_model
 
@@ -22,7 +22,8 @@ class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
     :param model_url: the run's model URL, as ``fetch_model`` got it (the ``model_url`` param): on a
         worker without ``fetch_model``'s cache the model is fetched again from it, with its credentials
     :param model_name: ``MODEL_NAME`` in the image, the name clients ask for
-    :param base_image: the TF Serving image to build on (pin a tag or digest)
+    :param base_image: the TF Serving image to build on (pin a tag or digest); on the deployment's
+        allowlist (``TFSERVING_DEPLOY_ALLOWED_BASE_IMAGES``)
     :param image_repository: where the image is pushed
     :param builder_name: ``oci`` (registry API, no engine, reproducible) or ``docker`` (the tutorial's commit)
     :param builder_options: ``docker_conn_id`` / ``gcp_conn_id`` for registry credentials, ``docker_url``
@@ -71,6 +72,7 @@ class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
 
         source_url = self.model_source(context)[0] if self.model_url else None
         with explained_failures():
+            base_image = allowed("serving_base_image", self.base_image)  # before anything is pulled
             fetched = local_model(self.model, self.cache_dir, source_url)
             warmup = None
             if flag(self.warmup_requests, default=True) and self.warmup_image_path:
@@ -84,7 +86,7 @@ class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
                 warmup=warmup,
             )
             builder = self.builder_for(self.image_repository)
-            self._image = builder.build(files, base_image=self.base_image, repository=self.image_repository)
+            self._image = builder.build(files, base_image=base_image, repository=self.image_repository)
         return self._image
 
     def get_openlineage_facets_on_complete(self, task_instance):
