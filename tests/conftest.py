@@ -27,9 +27,9 @@ os.environ["TFSERVING_DEPLOY_MODEL_HOSTS"] = "127.0.0.0/8,::1/128"
 # each one the tests pass through the DAG, as an admin would list them; allowlist tests set their own.
 MANIFEST_DIR = AIRFLOW_HOME / "manifests"  # the allowed_manifest_dir fixture
 ALLOWED = {
-    "GCP_CONN_IDS": ["google_cloud_default", "gke_e2e"],
-    "KUBERNETES_CONN_IDS": ["kubernetes_default", "local_cluster_e2e", "nobody", "killtest", "outside"],
-    "REGISTRY_CONN_IDS": ["wrong_password"],
+    "GCP_CONN_IDS": ["google_cloud_default", "gke_e2e", "gcp_test"],
+    "KUBERNETES_CONN_IDS": ["kubernetes_default", "local_cluster_e2e", "nobody", "killtest", "outside", "local_admin"],
+    "REGISTRY_CONN_IDS": ["wrong_password", "registry_test"],
     "BASE_IMAGES": [
         "tensorflow/serving:2.18.0",  # the tutorial's default
         "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",  # the test registry's (local_cluster.SERVING_BASE)

@@ -48,7 +48,11 @@ def form():
     spec = importlib.util.spec_from_file_location("tfserving_resnet_dag", ROOT / "dags" / "tfserving_resnet.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {name: module.dag.params.get_param(name) for name in PARAMS}
+    from airflow.sdk.definitions.param import Param
+
+    # The grammar only: serving_base_image's enum (the deployment's allowlist) is test_allowlists'.
+    schemas = {name: module.dag.params.get_param(name).schema for name in PARAMS}
+    return {name: Param(**{k: v for k, v in schema.items() if k != "enum"}) for name, schema in schemas.items()}
 
 
 class Ecma:
