@@ -71,7 +71,7 @@ def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
     return dag_as(deployer_role(ns, models=(MODEL,), extras=ALL_EXTRAS)["rules"], admin, ns, tmp_path, monkeypatch)[0]
 
 
-def conf(model_url: str, ns: str, manifest_dir: Path, **overrides) -> dict:
+def conf(model_url: str, ns: str, manifest_dir: Path | None, **overrides) -> dict:
     return {
         "model_url": model_url,
         "model_name": MODEL,
@@ -84,7 +84,7 @@ def conf(model_url: str, ns: str, manifest_dir: Path, **overrides) -> dict:
         "target": "kubernetes",
         "namespace": ns,
         "kubernetes_conn_id": CONN_ID,
-        "manifest_dir": str(manifest_dir),
+        "manifest_dir": str(manifest_dir) if manifest_dir else None,
         "resources": SMALL,
         "pod_access": "auto",
         "force": False,  # spelled out: dag.test() keeps the previous run's conf in dag.params
@@ -210,7 +210,7 @@ def test_dag_deploys_with_the_minimal_role_held_by_the_admission_policy(
             wait_for(lambda: "tfserving-deployer-pods" in (refusal(airflow, ns, escape) or ""), 30, "the policy")
         minimal = {"pod_access": "pod-ip", "keep_failed_first_deploy": True, "replicas": 1}
         narrowed = {"load_balancer_source_ranges": [CLUSTER_NET]}  # this host reaches the pool from it
-        run = dag.test(run_conf=conf(demo_model_url, ns, tmp_path / "manifests", **minimal, **narrowed))
+        run = dag.test(run_conf=conf(demo_model_url, ns, None, **minimal, **narrowed))
         assert_good_run(run, task_states(run), capfd)
     finally:
         registration.delete_validating_admission_policy_binding(binding["metadata"]["name"])
