@@ -35,6 +35,7 @@ ALLOWED = {
         "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",  # the test registry's (local_cluster.SERVING_BASE)
         "127.0.0.1:5001/tfserving-deploy/serving:2.21.0",  # the compose stack's form default (test_stack_defaults)
         "base:1",  # test_warmup's builder never pulls it
+        "127.0.0.1:5000/tfserving-deploy/no-such-base:0.0.1",  # test_fail_fast_inputs: listed, never pushed
     ],
     "MANIFEST_DIRS": [str(MANIFEST_DIR)],
 }
