@@ -84,6 +84,25 @@ def demo_model_url(tmp_path_factory):
         yield f"{base_url}/{tarball.name}"
 
 
+@pytest.fixture
+def recorder():
+    """A model host on 127.0.0.1 that records every request (tests/http_recorder.py)."""
+    from http_recorder import Recorder
+
+    server = Recorder()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def dag(airflow_db, tmp_path, monkeypatch):
+    """The project's DAG, parsed from dags/, with a model cache of the test's own."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
+
+
 @pytest.fixture(scope="session")
 def admin():
     """A cluster-admin client of the local cluster (``make cluster``); fails when it is down."""

@@ -15,10 +15,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from http_recorder import Recorder
 from tarbombs import end, file_member, header, long_header_bomb, padding, pax_record, write_gz
 from test_fail_fast import assert_failed_once, conf
 from test_fetch_model import EXPECTED_INPUTS, TOP, VERSION, _link, leftovers, pack, saved_model_dir, tar_with
-from test_untrusted_input import Recorder
 
 from tfserving_deploy.archive import extract_savedmodel
 from tfserving_deploy.artifact import fetch_model

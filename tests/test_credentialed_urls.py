@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_untrusted_input import ROOT, Recorder, _demo_bytes, run_states
+from http_recorder import Recorder
+from test_untrusted_input import ROOT, _demo_bytes, run_states
 
 from tfserving_deploy.cache import CACHE_ENV
 

@@ -11,31 +11,14 @@ import json
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from airflow.sdk.exceptions import AirflowFailException
-from test_untrusted_input import Recorder, _demo_bytes, run_states
+from test_untrusted_input import _demo_bytes, run_states
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def recorder():
-    server = Recorder()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def dag(airflow_db, tmp_path, monkeypatch):
-    from airflow.dag_processing.dagbag import DagBag
-
-    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
 
 
 def conf(model_url: str, **overrides) -> dict:

@@ -14,26 +14,10 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from test_fail_fast import assert_failed_once, conf
-from test_untrusted_input import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING_BASE = "127.0.0.1:5000/tfserving-deploy/no-such-base:0.0.1"
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def recorder():
-    server = Recorder()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def dag(airflow_db, tmp_path, monkeypatch):
-    from airflow.dag_processing.dagbag import DagBag
-
-    monkeypatch.setenv("TFSERVING_DEPLOY_CACHE", str(tmp_path / "cache"))
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("tfserving_resnet")
 
 
 def served_model(recorder, tmp_path: Path, make, name: str) -> str:

@@ -14,9 +14,9 @@ import ipaddress
 import socket
 
 import pytest
+from http_recorder import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_untrusted_input import Recorder
 
 from tfserving_deploy.download import open_url
 from tfserving_deploy.errors import ModelFetchError, Permanent, UnsafeModelUrl
