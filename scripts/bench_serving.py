@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "benchmodel"
+SERVING_BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"  # make images publishes it there
 
 
 class TaskSpans(logging.Handler):
@@ -98,8 +98,9 @@ def main() -> int:
     parser.add_argument("--target", choices=["local", "kubernetes"], default="local")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one run of this conf
     args = parser.parse_args()
-    os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")  # the model is served on 127.0.0.1
-    os.environ.setdefault("TFSERVING_DEPLOY_MODEL_HOSTS", "127.0.0.1/32")  # loopback is not public
+    from demo import allow_this_machine  # scripts/demo.py: what this machine's admin allows
+
+    allow_this_machine(SERVING_BASE)
     if args.one:
         one_run(json.loads(args.one))
         return 0
@@ -116,7 +117,7 @@ def main() -> int:
                 conf = {
                     "model_url": f"{base_url}/{tarball.name}",
                     "model_name": MODEL,
-                    "serving_base_image": "127.0.0.1:5000/tfserving-deploy/serving:2.21.0",
+                    "serving_base_image": SERVING_BASE,
                     "image_repository": "127.0.0.1:5000/bench-serving",
                     "replicas": args.replicas,
                     "target": args.target,

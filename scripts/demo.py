@@ -37,6 +37,7 @@ def main() -> int:
         print(f"==> generating the demo model {tarball.relative_to(ROOT)}")
         pack_tutorial_tarball(tarball)
 
+    allow_this_machine(args.serving_base_image)
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / "tfserving_resnet.py")).get_dag("tfserving_resnet")
@@ -50,9 +51,6 @@ def main() -> int:
     }
     if args.target == "kubernetes":
         conf.update(use_local_cluster())
-    # The demo serves its model over plain http on 127.0.0.1: allow that scheme (https only by default).
-    os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")
-    os.environ.setdefault("TFSERVING_DEPLOY_MODEL_HOSTS", "127.0.0.1/32")  # loopback is not public
     with serve_directory(tarball.parent) as base_url:
         conf["model_url"] = f"{base_url}/{tarball.name}"
         print(f"==> dag.test() tfserving_resnet with {conf}")
@@ -73,6 +71,16 @@ KUBERNETES = {
     # A 2-CPU node holds 3 replicas, the rollout's extra pod and the candidate with small requests.
     "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
 }
+
+
+def allow_this_machine(serving_base_image: str) -> None:
+    """What the admin of this machine allows (README "Who can do what"), before the DAG is parsed:
+    the model served over plain http on 127.0.0.1, the local serving image and the local cluster's
+    connection as the form's defaults (so the allowlists, unset here, admit exactly those)."""
+    os.environ.setdefault("TFSERVING_DEPLOY_URL_SCHEMES", "https,http")
+    os.environ.setdefault("TFSERVING_DEPLOY_MODEL_HOSTS", "127.0.0.1/32")  # loopback is not public
+    os.environ.setdefault("TFSERVING_RESNET_SERVING_BASE_IMAGE", serving_base_image)
+    os.environ.setdefault("TFSERVING_RESNET_KUBERNETES_CONN_ID", KUBERNETES["kubernetes_conn_id"])
 
 
 def use_local_cluster() -> dict:
