@@ -298,3 +298,58 @@ def test_a_bad_archive_fails_fetch_model_on_its_first_try_and_the_log_holds_no_s
     log = "".join(capfd.readouterr())
     assert "s3cr3t" not in log, log[log.find("s3cr3t") - 300 : log.find("s3cr3t") + 100]
     assert "unsafe tar member '1/saved_model.pbtxt'" in log
+
+
+def _bad_model_tarball(fault: str, tmp_path: Path, model: Path) -> Path:
+    """A tarball with one fault of the fault matrix's model and archive rows."""
+    path = tmp_path / f"{fault}.tar.gz"
+    good = pack(tmp_path / "good.tar.gz", model, [f"{TOP}/{VERSION}"])
+    if fault in ("checksum", "truncated", "not-a-tarball"):
+        data = good.read_bytes()
+        path.write_bytes({"checksum": data, "truncated": data[: len(data) // 2]}.get(fault, b"not a tar\n" * 64))
+        return path
+    if fault in ("unsafe-member", "no-savedmodel"):
+        return tar_with(path, files={"../escape" if fault == "unsafe-member" else "readme.txt": b"x"})
+    if fault in ("non-numeric-version", "several-models"):
+        versions = [f"{TOP}/latest"] if fault == "non-numeric-version" else [f"a/{VERSION}", f"b/{VERSION}"]
+        return pack(path, model, versions)
+    changed = tmp_path / "changed"
+    shutil.copytree(model, changed)
+    if fault == "no-variables":
+        shutil.rmtree(changed / "variables")
+    else:  # no-serving-default: the same graph, its signature renamed
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((changed / "saved_model.pb").read_bytes())
+        signatures = proto.meta_graphs[0].signature_def
+        signatures["predict_images"].CopyFrom(signatures.pop("serving_default"))
+        (changed / "saved_model.pb").write_bytes(proto.SerializeToString())
+    return pack(path, changed, [f"{TOP}/{VERSION}"])
+
+
+# Each fault, and what its message says (the unit tests in test_fetch_model.py check it whole).
+BAD_MODEL_MESSAGES = {
+    "checksum": "model_sha256 mismatch",
+    "not-a-tarball": "is not a tar archive",
+    "truncated": "truncated or corrupt",
+    "unsafe-member": "unsafe tar member",
+    "no-savedmodel": "no saved_model.pb",
+    "non-numeric-version": "but not in a numeric version",
+    "several-models": "several models",
+    "no-serving-default": "no signature 'serving_default'",
+    "no-variables": "variables",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fault", BAD_MODEL_MESSAGES)
+def test_every_bad_model_tarball_fails_fetch_model_on_its_first_try(
+    dag, recorder, tmp_path, saved_model_dir, capfd, fault
+):
+    """What the fault matrix's model and archive rows promise as "fails at once": try 1, nothing built."""
+    recorder.files["/m.tar.gz"] = _bad_model_tarball(fault, tmp_path, saved_model_dir).read_bytes()
+    pin = {"model_sha256": "0" * 64} if fault == "checksum" else {}
+    run = dag.test(run_conf=conf(f"{recorder.base}/m.tar.gz", **pin))
+    assert_failed_once(run, "fetch_model", not_run=("build_image", "deploy"))
+    assert BAD_MODEL_MESSAGES[fault] in "".join(capfd.readouterr())
