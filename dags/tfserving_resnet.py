@@ -33,8 +33,10 @@ from tfserving_deploy.defaults import GKE_CLUSTER_NAME, GKE_NODE_COUNT, NAMESPAC
 from tfserving_deploy.references import form_pattern
 from tfserving_deploy.server_config import (
     BATCHING_FIELDS,
+    BATCHING_LIMITS,
     DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
     DEFAULT_MAX_CONNECTION_AGE_MS,
+    MAX_CONNECTION_AGE_LIMIT_MS,
 )
 
 TUTORIAL_MODEL_URL = (
@@ -209,6 +211,7 @@ with DAG(
             DEFAULT_MAX_CONNECTION_AGE_MS,
             type="integer",
             minimum=0,
+            maximum=MAX_CONNECTION_AGE_LIMIT_MS,
             section=SERVING,
             description=(
                 "Each replica closes a client's gRPC connection after this age, so the client reconnects and "
@@ -219,13 +222,16 @@ with DAG(
             DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
             type="integer",
             minimum=0,
+            maximum=MAX_CONNECTION_AGE_LIMIT_MS,
             section=SERVING,
             description="How long calls in flight on an aged connection may take to finish.",
         ),
         "batching_parameters": Param(
             None,
             type=["null", "object"],
-            properties={key: {"type": "integer", "minimum": 1} for key in BATCHING_FIELDS},
+            properties={
+                key: {"type": "integer", "minimum": 1, "maximum": BATCHING_LIMITS[key]} for key in BATCHING_FIELDS
+            },
             additionalProperties=False,
             section=SERVING,
             description=(

@@ -37,6 +37,9 @@ def test_batching_is_rendered_as_batching_parameters():
         ({"max_connection_age_ms": -1}, "grpc_max_connection_age_ms=-1"),
         ({"batching": {"max_batch": 8}}, "unknown key(s) max_batch"),
         ({"batching": {"max_batch_size": 0}}, "max_batch_size=0"),
+        ({"batching": {"num_batch_threads": 10**9}}, "num_batch_threads=1000000000: need a whole number from 1 to 256"),
+        ({"batching": {"max_enqueued_batches": 2**63}}, "max_enqueued_batches=9223372036854775808"),
+        ({"max_connection_age_grace_ms": 10**12}, "grpc_max_connection_age_grace_ms=1000000000000"),
     ],
 )
 def test_bad_settings_name_the_setting(settings, message):
@@ -99,3 +102,30 @@ def test_request_metrics_are_read_per_model():
     metrics = parse_request_metrics(text, "resnet")
     assert (metrics.ok, metrics.failed, metrics.latency_ms_mean) == (40, 2, 10.0)
     assert parse_request_metrics(text, "nope").latency_ms_mean is None
+
+
+def test_the_form_bounds_every_server_setting_as_the_check_does():
+    """The trigger form's maximums are the library's limits: a value the check refuses never passes the form."""
+    import importlib.util
+    from pathlib import Path
+
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from tfserving_deploy.server_config import BATCHING_LIMITS, MAX_CONNECTION_AGE_LIMIT_MS
+
+    path = Path(__file__).resolve().parents[1] / "dags" / "tfserving_resnet.py"
+    spec = importlib.util.spec_from_file_location("tfserving_resnet_form", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = module.dag.params
+    for key, limit in BATCHING_LIMITS.items():
+        params.get_param("batching_parameters").resolve({key: limit})
+        ServerConfig(batching={key: limit})
+        with pytest.raises(ParamValidationError):
+            params.get_param("batching_parameters").resolve({key: limit + 1})
+        with pytest.raises(InvalidParameter):
+            ServerConfig(batching={key: limit + 1})
+    for name in ("grpc_max_connection_age_ms", "grpc_max_connection_age_grace_ms"):
+        params.get_param(name).resolve(MAX_CONNECTION_AGE_LIMIT_MS)
+        with pytest.raises(ParamValidationError):
+            params.get_param(name).resolve(MAX_CONNECTION_AGE_LIMIT_MS + 1)

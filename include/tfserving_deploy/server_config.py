@@ -34,6 +34,15 @@ MONITORING_ENV, BATCHING_ENV = "TFSERVING_DEPLOY_MONITORING_CONFIG", "TFSERVING_
 CONFIG_FILES = {MONITORING_ENV: "monitoring.config", BATCHING_ENV: "batching.config"}  # variable -> file
 # BatchingParameters (session_bundle_config.proto): the integer fields a param may set.
 BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
+# Upper bounds (the form's ``maximum`` and the run-time check): far above any sound setting, low enough
+# that a value cannot make the server queue or spawn without end (threads, queued batches x batch size).
+BATCHING_LIMITS = {
+    "max_batch_size": 4096,
+    "batch_timeout_micros": 10_000_000,  # 10 s
+    "num_batch_threads": 256,
+    "max_enqueued_batches": 100_000,
+}
+MAX_CONNECTION_AGE_LIMIT_MS = 86_400_000  # a day; longer is the same as never (0)
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(REST_PORT),
@@ -52,8 +61,10 @@ class ServerConfig:
     def __post_init__(self):
         for name in ("max_connection_age_ms", "max_connection_age_grace_ms"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidParameter(f"grpc_{name}={value!r}: need a whole number of milliseconds >= 0")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_CONNECTION_AGE_LIMIT_MS:
+                raise InvalidParameter(
+                    f"grpc_{name}={value!r}: need a whole number of milliseconds, 0 to {MAX_CONNECTION_AGE_LIMIT_MS}"
+                )
         if self.batching is not None:
             check_batching(self.batching)
 
@@ -100,6 +111,8 @@ def check_batching(batching: dict) -> dict[str, int]:
             f"batching_parameters: unknown key(s) {', '.join(unknown)}; known: {', '.join(BATCHING_FIELDS)}"
         )
     for key, value in batching.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidParameter(f"batching_parameters.{key}={value!r}: need a whole number >= 1")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= BATCHING_LIMITS[key]:
+            raise InvalidParameter(
+                f"batching_parameters.{key}={value!r}: need a whole number from 1 to {BATCHING_LIMITS[key]}"
+            )
     return batching
