@@ -30,8 +30,8 @@ from tfserving_airflow.operators import (
 )
 from tfserving_airflow.sensors import WaitForEndpointSensor
 from tfserving_deploy.defaults import GKE_CLUSTER_NAME, GKE_NODE_COUNT, NAMESPACE
-from tfserving_deploy.references import form_pattern
-from tfserving_deploy.server_config import (
+from tfserving_deploy.image.references import form_pattern
+from tfserving_deploy.serving.server_config import (
     BATCHING_FIELDS,
     BATCHING_LIMITS,
     DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,

@@ -56,8 +56,8 @@ def child(tarball: str, library: str, cache: str) -> None:
     """In the fresh process: import, measure, fetch, measure; one JSON line on stdout."""
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
     sys.path.insert(0, library)
-    from tfserving_deploy.artifact import fetch_model
-    from tfserving_deploy.urls import UrlPolicy
+    from tfserving_deploy.model.artifact import fetch_model
+    from tfserving_deploy.model.urls import UrlPolicy
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     policy = UrlPolicy(frozenset({"file"}), (Path(tarball).parent.resolve(),))

@@ -26,8 +26,8 @@ SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "153
 
 def publish_demo_model(workdir: Path) -> str:
     from tfserving_demo import export_demo_model
-    from tfserving_deploy.images import ModelFiles
-    from tfserving_deploy.oci import OciImageBuilder
+    from tfserving_deploy.image.docker_builder import ModelFiles
+    from tfserving_deploy.image.oci import OciImageBuilder
 
     model_dir = export_demo_model(workdir / "1")
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()))
@@ -36,10 +36,10 @@ def publish_demo_model(workdir: Path) -> str:
 
 
 def measure(api, image: str, age_ms: int, window: float):
-    from tfserving_deploy.server_config import ServerConfig
-    from tfserving_deploy.signature import Signature, TensorInfo
+    from tfserving_deploy.serving.server_config import ServerConfig
+    from tfserving_deploy.serving.signature import Signature, TensorInfo
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
-    from tfserving_deploy.validation import ValidationReport, check_spread
+    from tfserving_deploy.validation.checks import ValidationReport, check_spread
 
     server = ServerConfig(max_connection_age_ms=age_ms)
     target = KubernetesTarget(api, namespace=NAMESPACE, resources=SMALL, server=server)

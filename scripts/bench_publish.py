@@ -34,16 +34,16 @@ MiB = 1 << 20
 
 def child(args) -> None:
     """One publish in this process; prints its result as JSON."""
-    from tfserving_deploy.images import ModelFiles
+    from tfserving_deploy.image.docker_builder import ModelFiles
 
     model = ModelFiles(name="bench", version=1, sha256=args.sha, path=args.model)
     if args.path == "docker":
         import docker
-        from tfserving_deploy.images import DockerCommitBuilder
+        from tfserving_deploy.image.docker_builder import DockerCommitBuilder
 
         builder, base = DockerCommitBuilder(docker.from_env()), SERVING_IMAGE
     else:
-        from tfserving_deploy.oci import OciImageBuilder
+        from tfserving_deploy.image.oci import OciImageBuilder
 
         compression, _, level = args.path.partition("-gzip")
         builder = OciImageBuilder(

@@ -38,11 +38,11 @@ REPLAYED = re.compile(r"Number of warmup records read: (\d+)")
 def publish(workdir: Path) -> tuple[dict[str, str], int, object]:
     """``{"warmup": image, "none": image}``, the model version and its signature."""
     from tfserving_demo import pack_tutorial_tarball
-    from tfserving_deploy.artifact import fetch_model
-    from tfserving_deploy.images import ModelFiles
-    from tfserving_deploy.oci import OciImageBuilder
-    from tfserving_deploy.urls import UrlPolicy
-    from tfserving_deploy.warmup import warmup_requests
+    from tfserving_deploy.image.docker_builder import ModelFiles
+    from tfserving_deploy.image.oci import OciImageBuilder
+    from tfserving_deploy.image.warmup import warmup_requests
+    from tfserving_deploy.model.artifact import fetch_model
+    from tfserving_deploy.model.urls import UrlPolicy
 
     tarball = pack_tutorial_tarball(workdir / "resnet_demo.tar.gz")
     policy = UrlPolicy(frozenset({"file"}), (workdir.resolve(),))
@@ -59,7 +59,7 @@ def publish(workdir: Path) -> tuple[dict[str, str], int, object]:
 
 def one_replica(target, image: str, version: int, inputs: dict, run: str) -> dict:
     """Start a fresh replica of ``image``; time to AVAILABLE, then three Predicts of the cat."""
-    from tfserving_deploy.serving_client import ServingClient
+    from tfserving_deploy.serving.client import ServingClient
 
     started = time.perf_counter()
     (address,) = target.start_candidate(image, model_name=MODEL, version=version, run=run)
@@ -85,8 +85,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import docker
-    from tfserving_deploy.targets.local import LocalDockerTarget
-    from tfserving_deploy.validation import build_inputs, to_tensor_protos
+    from tfserving_deploy.serving.requests import build_inputs, to_tensor_protos
+    from tfserving_deploy.targets.local.target import LocalDockerTarget
 
     with tempfile.TemporaryDirectory(prefix="bench-warmup-", dir="/var/tmp") as tmp:
         images, version, signature = publish(Path(tmp))

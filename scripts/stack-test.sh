@@ -214,8 +214,8 @@ publish_serving_base() {
            "$PY" - "$SERVING_BASE_SOURCE" "$REGISTRY/$SERVING_IMAGE" <<'PY'
 import os, sys, tempfile
 from pathlib import Path
-from tfserving_deploy.oci.registry import RegistryAuth, RegistryClient
-from tfserving_deploy.references import parse_reference
+from tfserving_deploy.image.oci.registry import RegistryAuth, RegistryClient
+from tfserving_deploy.image.references import parse_reference
 
 src, dst = (parse_reference(r) for r in sys.argv[1:3])
 auth = RegistryAuth(os.environ["STACK_REGISTRY_USER"], os.environ["STACK_REGISTRY_PASSWORD"])

@@ -33,10 +33,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfserving_deploy.archive import unpack
 from tfserving_deploy.errors import Permanent
-from tfserving_deploy.savedmodel import read_signature
-from tfserving_deploy.tar_reader import Limits
+from tfserving_deploy.model.archive import unpack
+from tfserving_deploy.model.savedmodel import read_signature
+from tfserving_deploy.model.tar_reader import Limits
 
 SECRET = b"SENTINEL_SECRET=never-read-this\x00PATH=/usr/bin\x00"
 LIMITS = Limits(bytes=1 << 20, members=100)

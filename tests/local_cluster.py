@@ -229,8 +229,8 @@ def publish_model_image(
     """``model_dir`` (a SavedModel, or anything) baked into ``base`` by the oci builder; by digest."""
     import hashlib
 
-    from tfserving_deploy.images import ModelFiles
-    from tfserving_deploy.oci import OciImageBuilder
+    from tfserving_deploy.image.docker_builder import ModelFiles
+    from tfserving_deploy.image.oci import OciImageBuilder
 
     digest = hashlib.sha256()
     for path in sorted(model_dir.rglob("*")):

@@ -19,9 +19,9 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from local_cluster import fresh_namespace, service_account_token, token_client, wait_for
 
-from tfserving_deploy.targets.admission import deployer_pod_policy
-from tfserving_deploy.targets.manifests import candidate_pod_manifest, deployment_manifest
-from tfserving_deploy.targets.rbac import deployer_role
+from tfserving_deploy.targets.kubernetes.admission import deployer_pod_policy
+from tfserving_deploy.targets.kubernetes.manifests import candidate_pod_manifest, deployment_manifest
+from tfserving_deploy.targets.kubernetes.rbac import deployer_role
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet"

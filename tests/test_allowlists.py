@@ -214,7 +214,7 @@ def test_a_manifest_dir_is_the_resolved_allowed_directory(symlinks):
 
 
 def test_manifests_replace_a_planted_symlink_instead_of_writing_through_it(tmp_path):
-    from tfserving_deploy.targets.manifests import write_manifests
+    from tfserving_deploy.targets.kubernetes.manifests import write_manifests
 
     victim = tmp_path / "victim"
     victim.write_text("precious")

@@ -20,11 +20,11 @@ from tarbombs import end, file_member, header, long_header_bomb, padding, pax_re
 from test_fail_fast import assert_failed_once, conf
 from test_fetch_model import EXPECTED_INPUTS, TOP, VERSION, _link, leftovers, pack, saved_model_dir, tar_with
 
-from tfserving_deploy.archive import extract_savedmodel
-from tfserving_deploy.artifact import fetch_model
 from tfserving_deploy.errors import InvalidModelError, Permanent, UnsafeArchiveError
-from tfserving_deploy.nofollow import first_irregular
-from tfserving_deploy.savedmodel import read_signature
+from tfserving_deploy.model.archive import extract_savedmodel
+from tfserving_deploy.model.artifact import fetch_model
+from tfserving_deploy.model.nofollow import first_irregular
+from tfserving_deploy.model.savedmodel import read_signature
 
 __all__ = ["saved_model_dir"]  # a session fixture, shared with test_fetch_model.py
 
@@ -248,7 +248,7 @@ def test_archives_from_common_writers_extract_with_long_and_non_ascii_names(tmp_
 
 def test_the_deterministic_tarballs_we_write_extract(tmp_path, saved_model_dir):
     """tarball.write (the image layers, the demo tarball) uses PAX records for long and UTF-8 names."""
-    from tfserving_deploy import tarball
+    from tfserving_deploy.image import tarball
 
     name = "m/1/assets/" + "long-" * 30 + "é.txt"
     with open(tmp_path / "d.tar", "wb") as sink:

@@ -85,7 +85,7 @@ def test_a_connection_without_a_host_is_refused_for_pushes(monkeypatch):
 
 
 def test_credentials_go_only_to_the_host_the_connection_names(monkeypatch):
-    from tfserving_deploy.oci import OciImageBuilder
+    from tfserving_deploy.image.oci import OciImageBuilder
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_REG_A",

@@ -19,7 +19,7 @@ import pytest
 from http_recorder import Recorder
 from test_untrusted_input import ROOT, _demo_bytes, run_states
 
-from tfserving_deploy.cache import CACHE_ENV
+from tfserving_deploy.model.cache import CACHE_ENV
 
 LATER = "push_image|ensure_cluster|start_candidate|validate_candidate|stop_candidate|deploy|wait_for_endpoint|validate"
 TASKS = ("check_for_change", "fetch_model", "build_image")

@@ -19,7 +19,7 @@ import pytest
 
 import docker
 from tfserving_demo import pack_tutorial_tarball, serve_directory
-from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
+from tfserving_deploy.targets.local.target import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
 
 pytestmark = pytest.mark.integration
 

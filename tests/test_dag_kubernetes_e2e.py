@@ -35,8 +35,8 @@ from local_cluster import (
 from test_admission_policy import pod as candidate_pod
 from test_admission_policy import refusal
 
-from tfserving_deploy.targets.admission import deployer_pod_policy
-from tfserving_deploy.targets.rbac import ALL_EXTRAS, deployer_role
+from tfserving_deploy.targets.kubernetes.admission import deployer_pod_policy
+from tfserving_deploy.targets.kubernetes.rbac import ALL_EXTRAS, deployer_role
 
 pytestmark = pytest.mark.integration
 

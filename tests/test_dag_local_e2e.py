@@ -15,7 +15,7 @@ import pytest
 from conftest import all_succeeded
 
 import docker
-from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL
+from tfserving_deploy.targets.local.target import LABEL_CANDIDATE, LABEL_MODEL
 
 pytestmark = pytest.mark.integration
 

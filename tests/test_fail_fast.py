@@ -203,7 +203,7 @@ def test_a_model_that_breaks_clients_is_not_promoted_unless_allowed(dag, recorde
     from savedmodels import make_renamed_output_model, make_string_model
 
     import docker
-    from tfserving_deploy.targets.local import LABEL_IMAGE, LABEL_MODEL
+    from tfserving_deploy.targets.local.target import LABEL_IMAGE, LABEL_MODEL
 
     for name, make, version in (("before", make_string_model, 1), ("renamed", make_renamed_output_model, 2)):
         model_dir = make(tmp_path / name / str(version))

@@ -45,8 +45,8 @@ def test_the_missing_base_image_is_named(tmp_path):
 
     import docker
     from tfserving_deploy.errors import BaseImageNotFound, Permanent
-    from tfserving_deploy.images import DockerCommitBuilder, ModelFiles
-    from tfserving_deploy.oci import OciImageBuilder
+    from tfserving_deploy.image.docker_builder import DockerCommitBuilder, ModelFiles
+    from tfserving_deploy.image.oci import OciImageBuilder
 
     model = ModelFiles("tiny", 1, "0" * 64, str(make_string_model(tmp_path / "tiny" / "1")))
     for builder in (OciImageBuilder(cache_dir=tmp_path / "cache"), DockerCommitBuilder(docker.from_env())):
@@ -133,7 +133,7 @@ def test_a_model_that_cannot_answer_the_validation_image_fails_validate_candidat
     from savedmodels import make_number_model
 
     import docker
-    from tfserving_deploy.targets.local import LABEL_MODEL
+    from tfserving_deploy.targets.local.target import LABEL_MODEL
 
     url = served_model(recorder, tmp_path, make_number_model, "numbers")
     try:
@@ -149,8 +149,9 @@ def test_the_offline_reference_failure_names_the_model_not_its_content(tmp_path)
     from savedmodels import make_number_model
 
     from tfserving_deploy.errors import InvalidModelError
-    from tfserving_deploy.savedmodel import read_signature
-    from tfserving_deploy.validation import build_inputs, offline_predictions
+    from tfserving_deploy.model.savedmodel import read_signature
+    from tfserving_deploy.serving.requests import build_inputs
+    from tfserving_deploy.validation.checks import offline_predictions
 
     model_dir = make_number_model(tmp_path / "numbers" / "1")
     signature = read_signature(model_dir)

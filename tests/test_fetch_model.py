@@ -20,9 +20,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tfserving_deploy import archive
-from tfserving_deploy.archive import extract_savedmodel
-from tfserving_deploy.artifact import FetchedModel, fetch_model
 from tfserving_deploy.errors import (
     ChecksumMismatch,
     InvalidModelError,
@@ -30,7 +27,10 @@ from tfserving_deploy.errors import (
     ModelTooLarge,
     UnsafeArchiveError,
 )
-from tfserving_deploy.signature import TensorInfo
+from tfserving_deploy.model import archive
+from tfserving_deploy.model.archive import extract_savedmodel
+from tfserving_deploy.model.artifact import FetchedModel, fetch_model
+from tfserving_deploy.serving.signature import TensorInfo
 
 VERSION = 1538687457
 TOP = "resnet_v2_fp32_savedmodel_NHWC_jpg"
@@ -519,7 +519,7 @@ def test_links_are_refused_even_inside_the_root(tmp_path, saved_model_dir):
 
 
 def test_signed_url_tokens_stay_out_of_error_messages():
-    from tfserving_deploy.urls import redact_text as _redact_text
+    from tfserving_deploy.model.urls import redact_text as _redact_text
 
     url = "https://storage.example.com/m.tgz?X-Goog-Signature=abc123secret&X-Goog-Date=20260101"
     text = (

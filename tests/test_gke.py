@@ -18,7 +18,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.container_v1.types import Cluster, MasterAuth, Operation, StatusCondition
 
 from tfserving_deploy.errors import TargetError
-from tfserving_deploy.targets.gke import GkeCluster, ensure_gke_cluster, kubernetes_client_for
+from tfserving_deploy.targets.gke.cluster import GkeCluster, ensure_gke_cluster, kubernetes_client_for
 
 PROJECT, LOCATION, NAME = "demo-project", "us-central1", "resnet-serving-cluster"
 PATH = f"projects/{PROJECT}/locations/{LOCATION}/clusters/{NAME}"

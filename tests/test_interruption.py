@@ -38,8 +38,8 @@ from test_untrusted_input import run_states
 import docker
 from tfserving_deploy.errors import RolloutError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget
-from tfserving_deploy.targets.manifests import run_key
-from tfserving_deploy.targets.rbac import deployer_role
+from tfserving_deploy.targets.kubernetes.manifests import run_key
+from tfserving_deploy.targets.kubernetes.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_runs_side_by_side_keep_their_own_local_candidates(images):
 def test_a_local_replica_killed_during_deploy_is_seen_within_seconds(images):
     from tfserving_airflow.config import TargetConfig
     from tfserving_airflow.connections import target_from
-    from tfserving_deploy.targets.local import LABEL_MODEL
+    from tfserving_deploy.targets.local.target import LABEL_MODEL
 
     target, engine = target_from(TargetConfig.parse("local")), docker.from_env()
     killed = {}
@@ -343,7 +343,7 @@ def test_killed_mid_deploy_then_the_retry_validates_the_new_model(killed_deploy)
     assert _promoted_xcom(logical_date) == image_b  # recorded by the retry too: this run's revision
     assert wait_for(lambda: _rolled_out(admin, ns, image_b), 90, "model B alone serving")
     # and the new revision answers as validation expects, on every pod
-    from tfserving_deploy.serving_client import ServingClient
+    from tfserving_deploy.serving.client import ServingClient
 
     for pod in pods(admin, ns, "app.kubernetes.io/name=tfserving"):
         with ServingClient(f"{pod['status']['podIP']}:8500") as serving:

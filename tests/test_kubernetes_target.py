@@ -37,7 +37,7 @@ from savedmodels import make_string_model
 
 from tfserving_deploy.errors import InvalidParameter, RolloutError, TargetError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget, pod_grpc_address
-from tfserving_deploy.targets.manifests import (
+from tfserving_deploy.targets.kubernetes.manifests import (
     ANNOTATION_IMAGE,
     ANNOTATION_PREVIOUS_IMAGE,
     ANNOTATION_RESTORED_FROM,
@@ -45,8 +45,8 @@ from tfserving_deploy.targets.manifests import (
     candidate_pod_manifest,
     rollout_waves,
 )
-from tfserving_deploy.targets.probes import readiness_command
-from tfserving_deploy.targets.rbac import deployer_role
+from tfserving_deploy.targets.kubernetes.probes import readiness_command
+from tfserving_deploy.targets.kubernetes.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 MODEL, NAME = "resnet", "tfs-resnet"
@@ -161,7 +161,7 @@ def answer(address: str) -> tuple[int, int]:
     """(class, served version) for one Predict on a fresh channel, as the tutorial client sends it."""
     import tensorflow as tf
 
-    from tfserving_deploy.serving_client import ServingClient
+    from tfserving_deploy.serving.client import ServingClient
 
     with ServingClient(address, timeout=5) as serving:
         response = serving.predict(MODEL, {"image_bytes": tf.make_tensor_proto([b"cat.jpg"], shape=[1])})
@@ -551,9 +551,9 @@ def test_failing_candidate_is_explained_and_removed(make_target, images):
 def test_a_pod_killed_during_validation_is_named_in_the_report(make_target, admin, ns, images, tmp_path):
     from savedmodels import make_string_model as model
 
-    from tfserving_deploy.model_status import replica_state
-    from tfserving_deploy.savedmodel import read_signature
-    from tfserving_deploy.validation import validate_replicas
+    from tfserving_deploy.model.savedmodel import read_signature
+    from tfserving_deploy.serving.status import replica_state
+    from tfserving_deploy.validation.checks import validate_replicas
 
     target = make_target()
     deploy(target, images["A"], replicas=2)
@@ -753,9 +753,9 @@ def test_one_channel_through_the_balancer_reaches_every_pod_only_with_connection
 ):
     """kube-proxy picks a pod per connection: with max_connection_age the one channel is moved to
     new connections, and every pod answers some; without it, exactly one pod answers them all."""
-    from tfserving_deploy.server_config import ServerConfig
-    from tfserving_deploy.signature import Signature, TensorInfo
-    from tfserving_deploy.validation import ValidationReport, check_spread
+    from tfserving_deploy.serving.server_config import ServerConfig
+    from tfserving_deploy.serving.signature import Signature, TensorInfo
+    from tfserving_deploy.validation.checks import ValidationReport, check_spread
 
     target = make_target(server=ServerConfig(max_connection_age_ms=age_ms, max_connection_age_grace_ms=1000))
     deploy(target, images["A"], replicas=3)

@@ -13,11 +13,11 @@ from savedmodels import make_string_model, string_model_class
 
 import docker
 from tfserving_deploy.errors import ImageBuildError, RegistryError, RolloutError, TargetError
-from tfserving_deploy.images import DockerCommitBuilder, ModelFiles
-from tfserving_deploy.serving_client import ServingClient
-from tfserving_deploy.signature import Signature, TensorInfo
-from tfserving_deploy.targets.local import LABEL_MODEL, LocalDockerTarget, check_registry
-from tfserving_deploy.validation import validate_replicas
+from tfserving_deploy.image.docker_builder import DockerCommitBuilder, ModelFiles
+from tfserving_deploy.serving.client import ServingClient
+from tfserving_deploy.serving.signature import Signature, TensorInfo
+from tfserving_deploy.targets.local.target import LABEL_MODEL, LocalDockerTarget, check_registry
+from tfserving_deploy.validation.checks import validate_replicas
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def test_build_is_idempotent_and_push_returns_a_digest(builder, client, models, 
 def test_warmup_requests_are_in_the_tag_key_and_in_the_pushed_image(builder, client, models):
     from registry_files import top_layer_files
 
-    from tfserving_deploy.warmup import warmup_requests
+    from tfserving_deploy.image.warmup import warmup_requests
 
     cat = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
     warm = replace(models["v1"], warmup=warmup_requests(MODEL, SIGNATURE, cat))
@@ -287,8 +287,8 @@ def test_server_settings_reach_the_replicas_and_a_change_is_a_new_revision(clien
     """The flags of ``ServerConfig`` start every replica (the server logs what it read); the same
     image with other settings is another revision, started beside the old one; the same settings
     again restart nothing."""
-    from tfserving_deploy.server_config import ServerConfig
-    from tfserving_deploy.serving_metrics import read_request_metrics
+    from tfserving_deploy.serving.metrics import read_request_metrics
+    from tfserving_deploy.serving.server_config import ServerConfig
 
     for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
         c.remove(force=True)

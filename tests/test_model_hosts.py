@@ -18,10 +18,10 @@ from http_recorder import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfserving_deploy.download import open_url
 from tfserving_deploy.errors import ModelFetchError, Permanent, UnsafeModelUrl
-from tfserving_deploy.hosts import ModelHosts
-from tfserving_deploy.urls import UrlPolicy
+from tfserving_deploy.model.download import open_url
+from tfserving_deploy.model.hosts import ModelHosts
+from tfserving_deploy.model.urls import UrlPolicy
 
 HTTP = frozenset({"http", "https"})
 NAME = "models.rebind.test"

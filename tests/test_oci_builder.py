@@ -27,10 +27,10 @@ import pytest
 import requests
 
 from tfserving_deploy.errors import ImageBuildError, RegistryError
-from tfserving_deploy.images import ModelFiles
-from tfserving_deploy.oci import OciImageBuilder, RegistryAuth
-from tfserving_deploy.oci.builder import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from tfserving_deploy.references import parse_reference
+from tfserving_deploy.image.docker_builder import ModelFiles
+from tfserving_deploy.image.oci import OciImageBuilder, RegistryAuth
+from tfserving_deploy.image.oci.builder import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from tfserving_deploy.image.references import parse_reference
 
 REGISTRY = "127.0.0.1:5000"
 SERVING_IMAGE = "tfserving-deploy/serving:2.21.0"
@@ -597,8 +597,8 @@ def test_published_image_runs_and_answers_predict(docker_client, base_in_registr
     import tensorflow as tf
     from savedmodels import string_model_class
 
-    from tfserving_deploy.model_status import wait_until_available
-    from tfserving_deploy.serving_client import ServingClient
+    from tfserving_deploy.serving.client import ServingClient
+    from tfserving_deploy.serving.status import wait_until_available
 
     pushed = builder_for(tmp_path).publish(
         string_model, base_image=base_in_registry, repository=f"{REGISTRY}/oci-tests-run-{RUN}"
@@ -629,8 +629,8 @@ def test_published_image_runs_and_answers_predict(docker_client, base_in_registr
 def test_the_pushed_image_holds_the_warmup_requests_unless_switched_off(base_in_registry, string_model, tmp_path):
     from registry_files import top_layer_files
 
-    from tfserving_deploy.signature import Signature, TensorInfo
-    from tfserving_deploy.warmup import warmup_requests
+    from tfserving_deploy.image.warmup import warmup_requests
+    from tfserving_deploy.serving.signature import Signature, TensorInfo
 
     cat = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
     signature = Signature("serving_default", inputs={"image_bytes": TensorInfo("DT_STRING", [-1])})

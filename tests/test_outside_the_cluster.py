@@ -32,7 +32,7 @@ from local_cluster import (
 )
 from savedmodels import make_string_model
 
-from tfserving_deploy.targets.rbac import deployer_role
+from tfserving_deploy.targets.kubernetes.rbac import deployer_role
 
 pytestmark = pytest.mark.integration
 OUTSIDE_NET = "10.201.0.0/30"  # the worker's own link to this host: not part of the cluster
@@ -73,8 +73,8 @@ SCRIPT = textwrap.dedent("""
     from tfserving_airflow.config import TargetConfig
     from tfserving_airflow.connections import target_from
     from tfserving_airflow.operators import CheckForChangeOperator
-    from tfserving_deploy.savedmodel import read_signature
-    from tfserving_deploy.validation import validate_replicas
+    from tfserving_deploy.model.savedmodel import read_signature
+    from tfserving_deploy.validation.checks import validate_replicas
 
     args = json.loads(sys.argv[1])
     options = {"kubernetes_conn_id": "outside", "namespace": args["namespace"]}
@@ -99,7 +99,7 @@ SCRIPT = textwrap.dedent("""
 def test_every_pod_is_validated_through_port_forwards_and_no_change_is_seen(outside, tmp_path):
     from local_cluster import token_client
 
-    from tfserving_deploy.server_config import ServerConfig
+    from tfserving_deploy.serving.server_config import ServerConfig
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
     require_cluster()

@@ -17,10 +17,10 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
-from tfserving_deploy.model_status import GetModelStatusRequest, GetModelStatusResponse
-from tfserving_deploy.protos import CLASSES, DATA_TYPE_NAMES
-from tfserving_deploy.savedmodel import read_signature
-from tfserving_deploy.signature import Signature, TensorInfo
+from tfserving_deploy.model.savedmodel import read_signature
+from tfserving_deploy.serving.protos import CLASSES, DATA_TYPE_NAMES
+from tfserving_deploy.serving.signature import Signature, TensorInfo
+from tfserving_deploy.serving.status import GetModelStatusRequest, GetModelStatusResponse
 
 
 def test_a_request_reads_as_tf_servings_own():
@@ -71,11 +71,12 @@ def test_status_checks_signature_reading_and_warmup_import_no_tensorflow(tmp_pat
     model = make_string_model(tmp_path / "1")
     probe = (
         "import sys, json\n"
-        "import tfserving_deploy.model_status, tfserving_airflow.sensors, tfserving_airflow.operators.model\n"
-        "import tfserving_deploy.artifact, tfserving_deploy.targets.local, tfserving_deploy.targets.kubernetes\n"
-        "import tfserving_airflow.operators.image, tfserving_deploy.images, tfserving_deploy.oci\n"
-        "from tfserving_deploy.savedmodel import read_signature; signature = read_signature(sys.argv[1])\n"
-        "from tfserving_deploy.warmup import warmup_requests; warmup_requests('m', signature, b'jpeg')\n"
+        "import tfserving_deploy.serving.status, tfserving_airflow.sensors, tfserving_airflow.operators.model\n"
+        "import tfserving_deploy.model.artifact, tfserving_deploy.targets.local\n"
+        "import tfserving_deploy.targets.kubernetes\n"
+        "import tfserving_airflow.operators.image, tfserving_deploy.image.docker_builder, tfserving_deploy.image.oci\n"
+        "from tfserving_deploy.model.savedmodel import read_signature; signature = read_signature(sys.argv[1])\n"
+        "from tfserving_deploy.image.warmup import warmup_requests; warmup_requests('m', signature, b'jpeg')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving'))))"
     )
     result = subprocess.run(

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from tfserving_airflow.connections import is_google_registry
 from tfserving_deploy.errors import Permanent
-from tfserving_deploy.oci import RegistryClient
-from tfserving_deploy.references import (
+from tfserving_deploy.image.oci import RegistryClient
+from tfserving_deploy.image.references import (
     _IPV6,
     _REFERENCE,
     _REPOSITORY,

@@ -25,7 +25,7 @@ import requests
 from tfserving_airflow.config import BuilderConfig
 from tfserving_airflow.connections import image_builder_from
 from tfserving_deploy.errors import DeployError, Permanent, RegistryDenied, TargetError
-from tfserving_deploy.oci import RegistryAuth, RegistryClient
+from tfserving_deploy.image.oci import RegistryAuth, RegistryClient
 
 DIGEST = "sha256:" + "0" * 64
 PASSWORD = "s3cret-" + secrets.token_hex(4)
@@ -300,7 +300,7 @@ def test_the_engine_is_logged_in_only_to_a_registry_host_of_the_grammar(recorder
 def test_the_docker_builder_keeps_credentials_from_an_insecure_registry():
     """A registry the engine lists as insecure gets plain http from it: no credentials go with
     the push. (The engine's settings are shared here, so its ``docker info`` is played.)"""
-    from tfserving_deploy.images import DockerCommitBuilder
+    from tfserving_deploy.image.docker_builder import DockerCommitBuilder
 
     class Engine:
         def info(self):

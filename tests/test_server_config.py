@@ -5,9 +5,9 @@ import subprocess
 import pytest
 
 from tfserving_deploy.errors import InvalidParameter
-from tfserving_deploy.server_config import CONFIG_DIR, ENTRYPOINT, ServerConfig
-from tfserving_deploy.serving_metrics import parse_request_metrics
-from tfserving_deploy.targets.manifests import deployment_manifest
+from tfserving_deploy.serving.metrics import parse_request_metrics
+from tfserving_deploy.serving.server_config import CONFIG_DIR, ENTRYPOINT, ServerConfig
+from tfserving_deploy.targets.kubernetes.manifests import deployment_manifest
 
 IMAGE = "127.0.0.1:5000/m@sha256:" + "a" * 64
 
@@ -111,7 +111,7 @@ def test_the_form_bounds_every_server_setting_as_the_check_does():
 
     from airflow.sdk.definitions.param import ParamValidationError
 
-    from tfserving_deploy.server_config import BATCHING_LIMITS, MAX_CONNECTION_AGE_LIMIT_MS
+    from tfserving_deploy.serving.server_config import BATCHING_LIMITS, MAX_CONNECTION_AGE_LIMIT_MS
 
     path = Path(__file__).resolve().parents[1] / "dags" / "tfserving_resnet.py"
     spec = importlib.util.spec_from_file_location("tfserving_resnet_form", path)

@@ -478,7 +478,7 @@ def test_env_defaults(server_module, monkeypatch):
 
 def test_the_tf_free_status_check_reads_the_server_as_the_tf_stubs_do(resnet):
     """``model_status`` (no TensorFlow import) against the live server: same versions, states, errors."""
-    from tfserving_deploy.model_status import model_status, replica_state
+    from tfserving_deploy.serving.status import model_status, replica_state
 
     address = f"127.0.0.1:{resnet.grpc_port}"
     theirs = [(s.version, State.State.Name(s.state)) for s in resnet.status().model_version_status]
@@ -492,8 +492,8 @@ def test_the_signature_gate_reads_both_servers_and_names_the_break(server_module
     """Serving: the string model; candidate: the same, its ``probabilities`` renamed ``scores``."""
     from savedmodels import make_renamed_output_model
 
-    from tfserving_deploy.compatibility import check_signature_change
     from tfserving_deploy.errors import IncompatibleSignature
+    from tfserving_deploy.validation.compatibility import check_signature_change
 
     make_renamed_output_model(tmp_path / "resnet" / "8")
     serving = InProcessServer(server_module, "resnet", models / "resnet")

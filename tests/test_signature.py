@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tfserving_deploy.signature import Signature, TensorInfo, breaking_changes
+from tfserving_deploy.serving.signature import Signature, TensorInfo, breaking_changes
 
 SERVING = Signature(
     name="serving_default",

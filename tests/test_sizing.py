@@ -1,11 +1,11 @@
-"""The sizing rule (``tfserving_deploy.sizing``): from the candidate's measurement to the replicas'
+"""The sizing rule (``tfserving_deploy.serving.sizing``): from the candidate's measurement to the replicas'
 memory and startup budget; pure functions, no engine or cluster."""
 
 from __future__ import annotations
 
 import pytest
 
-from tfserving_deploy.sizing import (
+from tfserving_deploy.serving.sizing import (
     DEFAULT_READY_SECONDS,
     DEFAULT_RESOURCES,
     DEFAULT_STARTUP_SECONDS,
@@ -17,7 +17,7 @@ from tfserving_deploy.sizing import (
     quantity_bytes,
     seconds_between,
 )
-from tfserving_deploy.targets.manifests import deployment_manifest
+from tfserving_deploy.targets.kubernetes.manifests import deployment_manifest
 
 IMAGE = "127.0.0.1:5000/sizing@sha256:" + "a" * 64
 

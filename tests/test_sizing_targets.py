@@ -21,11 +21,11 @@ from local_cluster import (
 from savedmodels import make_string_model
 
 import docker
-from tfserving_deploy.sizing import DEFAULT_RESOURCES, MIB, Measurement, choose
+from tfserving_deploy.serving.sizing import DEFAULT_RESOURCES, MIB, Measurement, choose
 from tfserving_deploy.targets.kubernetes import KubernetesTarget
-from tfserving_deploy.targets.local import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
-from tfserving_deploy.targets.manifests import object_name
-from tfserving_deploy.targets.rbac import ALL_EXTRAS, deployer_role
+from tfserving_deploy.targets.kubernetes.manifests import object_name
+from tfserving_deploy.targets.kubernetes.rbac import ALL_EXTRAS, deployer_role
+from tfserving_deploy.targets.local.target import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
 
 pytestmark = pytest.mark.integration
 

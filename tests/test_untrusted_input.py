@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from test_dag_kubernetes_e2e import return_value
 
 from tfserving_deploy.errors import UnsafeModelUrl
-from tfserving_deploy.hosts import ModelHosts
-from tfserving_deploy.urls import MAX_PLACEHOLDER_GROWTH, UrlPolicy, render_model_url
+from tfserving_deploy.model.hosts import ModelHosts
+from tfserving_deploy.model.urls import MAX_PLACEHOLDER_GROWTH, UrlPolicy, render_model_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-prod-db-password"
@@ -187,7 +187,7 @@ def test_metadata_and_link_local_addresses_are_refused(url):
 
 
 def test_every_redirect_is_checked(recorder, tmp_path):
-    from tfserving_deploy.artifact import fetch_model
+    from tfserving_deploy.model.artifact import fetch_model
 
     recorder.redirects["/m.tar.gz"] = "http://169.254.169.254/latest/meta-data/"
     policy = UrlPolicy(frozenset({"https", "http"}), hosts=ModelHosts.parse("127.0.0.0/8"))
@@ -198,7 +198,7 @@ def test_every_redirect_is_checked(recorder, tmp_path):
 
 def test_https_never_continues_over_http(recorder, tmp_path):
     """A local https server (self-signed, trusted for this test) redirects to plain http."""
-    from tfserving_deploy.artifact import fetch_model
+    from tfserving_deploy.model.artifact import fetch_model
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
@@ -287,7 +287,7 @@ def test_signed_url_tokens_stay_out_of_disk_xcom_rendered_fields_and_logs(
 
 def _remove_replicas(model_name: str) -> None:
     import docker
-    from tfserving_deploy.targets.local import LABEL_MODEL
+    from tfserving_deploy.targets.local.target import LABEL_MODEL
 
     for c in docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_MODEL}={model_name}"}):
         c.remove(force=True)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tfserving_deploy.errors import InvalidModelError
-from tfserving_deploy.signature import Signature, TensorInfo
-from tfserving_deploy.validation import check_feedable, check_response
+from tfserving_deploy.serving.requests import check_feedable
+from tfserving_deploy.serving.signature import Signature, TensorInfo
+from tfserving_deploy.validation.checks import check_response
 
 SIGNATURE = Signature(
     name="serving_default",
@@ -77,7 +78,7 @@ def test_the_offline_answer_is_computed_once_per_model_and_input(tmp_path):
     another input, or another model, is computed afresh."""
     from savedmodels import make_string_model
 
-    from tfserving_deploy.validation import offline_predictions
+    from tfserving_deploy.validation.checks import offline_predictions
 
     model = make_string_model(tmp_path / "model" / "1")
     keep = tmp_path / "predictions"

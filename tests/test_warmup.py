@@ -13,10 +13,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from tfserving_deploy import warmup
-from tfserving_deploy.images import ModelFiles, write_model_layer
-from tfserving_deploy.signature import Signature, TensorInfo
-from tfserving_deploy.validation import build_inputs
+from tfserving_deploy.image import warmup
+from tfserving_deploy.image.docker_builder import ModelFiles, write_model_layer
+from tfserving_deploy.serving.requests import build_inputs
+from tfserving_deploy.serving.signature import Signature, TensorInfo
 
 CAT = Path(__file__).parents[1].joinpath("include", "images", "cat.jpg").read_bytes()
 STRING = Signature("serving_default", inputs={"image_bytes": TensorInfo("DT_STRING", [-1])})
@@ -144,8 +144,8 @@ def test_build_image_hands_the_builder_the_validation_request_unless_switched_of
     from savedmodels import make_string_model
 
     from tfserving_airflow.operators import BuildImageOperator
-    from tfserving_deploy.artifact import FetchedModel
-    from tfserving_deploy.savedmodel import read_signature
+    from tfserving_deploy.model.artifact import FetchedModel
+    from tfserving_deploy.model.savedmodel import read_signature
 
     model_dir = make_string_model(tmp_path / "1")
     signature = read_signature(model_dir)

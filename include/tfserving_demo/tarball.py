@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tfserving_deploy import tarball
+from tfserving_deploy.image import tarball
 
 from .model import DEFAULT_TOP_DIR, TUTORIAL_VERSION
 
@@ -31,7 +31,7 @@ def _export_in_fresh_process(export_dir: Path, seed: int) -> None:
 
 
 def _deterministic_tar_gz(src_root: Path, top_dir: str, version: int, out_path: Path) -> None:
-    """``./<top_dir>/<version>/...`` as a deterministic tar (tfserving_deploy.tarball), gzipped with mtime 0."""
+    """``./<top_dir>/<version>/...`` as a deterministic tar (tfserving_deploy.image.tarball), gzipped with mtime 0."""
     entries = [
         (".", None),
         (f"./{top_dir}", None),

@@ -27,7 +27,7 @@ from tfserving_deploy.defaults import (
     SERVING_BASE_IMAGE,
 )
 from tfserving_deploy.errors import InvalidParameter
-from tfserving_deploy.server_config import (
+from tfserving_deploy.serving.server_config import (
     DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
     DEFAULT_MAX_CONNECTION_AGE_MS,
     ServerConfig,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
 from tfserving_deploy.errors import InvalidParameter, TargetError
-from tfserving_deploy.references import hostname_and_port, parse_domain, parse_reference
+from tfserving_deploy.image.references import hostname_and_port, parse_domain, parse_reference
 
 from .config import BuilderConfig, GkeConfig, TargetConfig
 
@@ -23,7 +23,7 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
     """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
     ``create_cluster`` (the ensure_cluster task)."""
     if config.name == "local":
-        from tfserving_deploy.targets.local import LocalDockerTarget
+        from tfserving_deploy.targets.local.target import LocalDockerTarget
 
         return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url), server=config.server)
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
@@ -51,10 +51,10 @@ def image_builder_from(config: BuilderConfig, *, repository: str):
     for; the engine is never logged in (a login would serve any later push to that host)."""
     credentials = registry_auth(repository, config.docker_conn_id, config.gcp_conn_id)
     if config.name == "oci":
-        from tfserving_deploy.oci import OciImageBuilder
+        from tfserving_deploy.image.oci import OciImageBuilder
 
         return OciImageBuilder(credentials)
-    from tfserving_deploy.images import DockerCommitBuilder
+    from tfserving_deploy.image.docker_builder import DockerCommitBuilder
 
     return DockerCommitBuilder(docker_client(None, config.docker_url), credentials)
 
@@ -103,7 +103,7 @@ def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_i
     its extra: other hosts trusted as that registry's token service); without one, a Google
     registry gets the google connection's short-lived access token as ``oauth2accesstoken``.
     """
-    from tfserving_deploy.oci import RegistryAuth
+    from tfserving_deploy.image.oci import RegistryAuth
 
     host = parse_reference(repository, "image_repository").host
     if docker_conn_id:
@@ -130,7 +130,7 @@ def _connection_registry(conn, conn_id: str, wanted: str) -> str:
 
 
 def _connection_auth(conn, conn_id: str):
-    from tfserving_deploy.oci import RegistryAuth
+    from tfserving_deploy.image.oci import RegistryAuth
 
     hosts = conn.extra_dejson.get("token_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
@@ -235,7 +235,7 @@ def gke_api_client(config: GkeConfig, *, create_if_missing: bool = False, impers
     The client trusts the cluster's CA and sends a token from the connection's credentials,
     refreshed when it expires; nothing comes from a local kubeconfig.
     """
-    from tfserving_deploy.targets.gke import kubernetes_client_for
+    from tfserving_deploy.targets.gke.cluster import kubernetes_client_for
 
     hook = _gke_hook(config, impersonation_chain)
     cluster = _ensure(hook, config, create_if_missing)
@@ -271,7 +271,7 @@ def _gke_hook(config: GkeConfig, impersonation_chain):
 
 
 def _ensure(hook, config: GkeConfig, create_if_missing: bool):
-    from tfserving_deploy.targets.gke import ensure_gke_cluster
+    from tfserving_deploy.targets.gke.cluster import ensure_gke_cluster
 
     if not config.location:
         raise TargetError("target=gke needs the cluster's location (a zone or region, e.g. us-central1)")

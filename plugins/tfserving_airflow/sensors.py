@@ -193,7 +193,7 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         self.replicas, self.target_options = replicas, target_options or {}
 
     def poke(self, context) -> PokeReturnValue:
-        from tfserving_deploy.model_status import replica_state
+        from tfserving_deploy.serving.status import replica_state
 
         addresses = self.target.endpoints(self.model_name, self.image)
         if len(addresses) < number(self.replicas):
@@ -218,7 +218,7 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         )
 
     def _load_balancer_trigger(self) -> LoadBalancerTrigger:
-        from tfserving_deploy.targets.manifests import object_name
+        from tfserving_deploy.targets.kubernetes.manifests import object_name
 
         config = self.target_config
         access: dict[str, Any] = {

@@ -69,7 +69,7 @@ def test_the_project_registry_client_cannot_push_without_the_password(registry, 
     """What a push without credentials gets through the project's own client: RegistryDenied
     (Permanent), and nothing lands; with the stack's user the same upload goes through."""
     from tfserving_deploy.errors import RegistryDenied
-    from tfserving_deploy.oci.registry import RegistryAuth, RegistryClient
+    from tfserving_deploy.image.oci.registry import RegistryAuth, RegistryClient
 
     blob = tmp_path / "blob"
     blob.write_bytes(b"not a layer of the serving base\n")

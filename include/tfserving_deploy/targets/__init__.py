@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ..sizing import Measurement, Sizing
+from ..serving.sizing import Measurement, Sizing
 
 
 class Target(Protocol):

@@ -9,8 +9,8 @@ from datetime import datetime
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tfserving_deploy.sizing import DEFAULT_READY_SECONDS, Measurement, Sizing, choose
-from tfserving_deploy.targets.manifests import rollout_timeout, run_key
+from tfserving_deploy.serving.sizing import DEFAULT_READY_SECONDS, Measurement, Sizing, choose
+from tfserving_deploy.targets.kubernetes.manifests import rollout_timeout, run_key
 
 from .. import lineage
 from ..config import mapping, number

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from airflow.sdk import BaseOperator
 
-from tfserving_deploy.references import parse_reference
+from tfserving_deploy.image.references import parse_reference
 
 from .. import lineage
 from ..config import allowed, flag
@@ -67,8 +67,8 @@ class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
         self._image: str | None = None
 
     def execute(self, context) -> str:
-        from tfserving_deploy.images import ModelFiles
-        from tfserving_deploy.warmup import warmup_requests
+        from tfserving_deploy.image.docker_builder import ModelFiles
+        from tfserving_deploy.image.warmup import warmup_requests
 
         source_url = self.model_source(context)[0] if self.model_url else None
         with explained_failures():

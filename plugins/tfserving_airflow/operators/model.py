@@ -9,8 +9,8 @@ from pathlib import Path
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from tfserving_deploy.cache import cache_root
 from tfserving_deploy.errors import RolloutError, TargetError
+from tfserving_deploy.model.cache import cache_root
 
 from .. import lineage
 from ..config import flag, number, text
@@ -35,7 +35,7 @@ class ModelSourceMixin:
             _mask_url_secrets(url)
 
     def model_source(self, context) -> tuple[str, str | None]:
-        from tfserving_deploy.urls import render_model_url
+        from tfserving_deploy.model.urls import render_model_url
 
         url, sha256 = str(self.model_url), text(self.model_sha256)
         for event_url, event_sha256 in _asset_sources(context):
@@ -57,7 +57,7 @@ def _asset_sources(context) -> list[tuple[str, str | None]]:
 def _mask_url_secrets(url) -> None:
     from airflow.sdk.log import mask_secret
 
-    from tfserving_deploy.urls import secret_values
+    from tfserving_deploy.model.urls import secret_values
 
     for secret in secret_values(str(url or "")):
         mask_secret(secret)
@@ -113,9 +113,9 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
         return decision
 
     def _decide(self, context) -> dict:
-        from tfserving_deploy.artifact import probe_sha256
-        from tfserving_deploy.model_status import replica_state
-        from tfserving_deploy.targets.manifests import check_model_name
+        from tfserving_deploy.model.artifact import probe_sha256
+        from tfserving_deploy.serving.status import replica_state
+        from tfserving_deploy.targets.kubernetes.manifests import check_model_name
 
         with explained_failures():  # wrong params fail here, before anything is fetched or built
             if self.target_config.name in ("kubernetes", "gke"):
@@ -177,7 +177,7 @@ class FetchModelOperator(ModelSourceMixin, BaseOperator):
         self._fetched: dict | None = None
 
     def execute(self, context) -> dict:
-        from tfserving_deploy.artifact import fetch_model
+        from tfserving_deploy.model.artifact import fetch_model
 
         url, sha256 = self.model_source(context)
         with explained_failures():
@@ -203,7 +203,7 @@ def local_model(model: dict, configured_cache_dir: str | None, source_url: str |
     credentials (``ModelSourceMixin.model_source``), never from XCom's URL, which is redacted
     (its token or password removed: a signed or credentialed URL would answer 401/403). Without
     ``source_url`` XCom's URL is the only one there is: right for URLs without credentials."""
-    from tfserving_deploy.artifact import FetchedModel, fetch_model
+    from tfserving_deploy.model.artifact import FetchedModel, fetch_model
 
     fetched = FetchedModel.from_dict(model)
     if Path(fetched.model_dir, "saved_model.pb").is_file():

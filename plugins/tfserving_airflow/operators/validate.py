@@ -7,7 +7,7 @@ from pathlib import Path
 
 from airflow.sdk import BaseOperator
 
-from tfserving_deploy.cache import cache_root
+from tfserving_deploy.model.cache import cache_root
 
 from .. import lineage
 from ..config import flag, number
@@ -86,7 +86,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
             return self._validate(context)
 
     def _validate(self, context) -> dict:
-        from tfserving_deploy.validation import raise_for_report, validate_replicas
+        from tfserving_deploy.validation.checks import raise_for_report, validate_replicas
 
         fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.model_url else None)
         serving = self._serving_replica() if self.compare_with_serving else None
@@ -136,7 +136,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
 
     def _serving_figures(self, report, signature, jpeg: bytes) -> None:
         """Each replica's metrics, and the spread of one channel through the load balancer."""
-        from tfserving_deploy.validation import add_replica_metrics, check_spread
+        from tfserving_deploy.validation.checks import add_replica_metrics, check_spread
 
         rest = {address: self.target.metrics_address(address) for address in self.endpoints}
         balancers = [address for address, metrics in rest.items() if metrics is None]
@@ -156,7 +156,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
         return serving["addresses"][0]
 
     def _signature_changes(self, serving: str, signature_name: str, dial) -> list[str]:
-        from tfserving_deploy.compatibility import check_signature_change
+        from tfserving_deploy.validation.compatibility import check_signature_change
 
         changes = check_signature_change(
             serving,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 from ...errors import AccessDenied
-from ..manifests import object_name
-from ..rbac import EXTRAS, Access, access_for
 from .api import ApiCallError, KubernetesApi
+from .manifests import object_name
+from .rbac import EXTRAS, Access, access_for
 
 log = logging.getLogger(__name__)
 

@@ -209,7 +209,7 @@ class KubernetesApi:
 
     def pod_logs(self, pod: dict, *, previous: bool = False, tail: int = 15) -> str:
         """The serving container's last log lines (``previous``: of its last run, before a restart)."""
-        from ..manifests import CONTAINER_NAME
+        from .manifests import CONTAINER_NAME
 
         name = pod["metadata"]["name"]
         return self.call(
@@ -229,7 +229,7 @@ class KubernetesApi:
         from kubernetes import client
         from kubernetes.stream import stream
 
-        from ..manifests import CONTAINER_NAME
+        from .manifests import CONTAINER_NAME
 
         what = f"exec {command!r} in pod {self.namespace}/{name}"
         # A client of its own, as for port-forwards: ``stream`` swaps its ApiClient's request method.

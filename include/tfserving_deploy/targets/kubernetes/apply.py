@@ -13,14 +13,14 @@ import json
 import logging
 
 from ...errors import TargetError
-from ..manifests import (
+from .api import KubernetesApi
+from .manifests import (
     ANNOTATION_META,
     ANNOTATION_PREVIOUS_IMAGE,
     ANNOTATION_PREVIOUS_SPEC,
     ANNOTATION_RESTORED_FROM,
     INTERNAL_LB_ANNOTATIONS,
 )
-from .api import KubernetesApi
 from .objects import contains, image_of, owned_annotations
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 
 from ...errors import RolloutError, TargetError
-from ...server_config import ServerConfig
-from ...sizing import PEAK_COMMAND, Measurement, parse_peak, seconds_between
-from ..manifests import candidate_labels, candidate_pod_manifest
+from ...serving.server_config import ServerConfig
+from ...serving.sizing import PEAK_COMMAND, Measurement, parse_peak, seconds_between
 from . import objects
 from .api import KubernetesApi
+from .manifests import candidate_labels, candidate_pod_manifest
 from .rollout import RolloutFailed, RolloutWatch
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...defaults import GRPC_PORT
 from ...errors import TargetError
-from ..manifests import ANNOTATION_PREFIX, CONTAINER_NAME
+from .manifests import ANNOTATION_PREFIX, CONTAINER_NAME
 
 
 class ServiceUnusable(TargetError):

@@ -11,8 +11,8 @@ import json
 import logging
 
 from ...errors import RolloutError, TargetError
-from ..manifests import ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM, ANNOTATION_VERSION, object_name
 from .api import KubernetesApi
+from .manifests import ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM, ANNOTATION_VERSION, object_name
 from .objects import image_of, owned_annotations
 from .rollout import RolloutFailed, RolloutWatch
 

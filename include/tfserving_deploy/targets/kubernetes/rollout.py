@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
-from ..manifests import object_name, selector_labels
-from ..probes import model_load_failure
 from . import objects
 from .api import KubernetesApi
+from .manifests import object_name, selector_labels
+from .probes import model_load_failure
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,15 @@ from contextlib import ExitStack, contextmanager
 
 from ...defaults import NAMESPACE, REST_PORT
 from ...errors import InvalidParameter, TargetError
-from ...references import is_loopback, registry_host
-from ...server_config import ServerConfig
-from ...sizing import Measurement, Sizing
-from ..manifests import (
+from ...image.references import is_loopback, registry_host
+from ...serving.server_config import ServerConfig
+from ...serving.sizing import Measurement, Sizing
+from . import objects
+from .access import check_access, ensure_namespace
+from .api import KubernetesApi
+from .apply import apply_deployment, apply_disruption_budget, apply_service
+from .candidates import Candidates
+from .manifests import (
     ANNOTATION_META,
     ANNOTATION_VERSION,
     LIVENESS_INITIAL_DELAY_SECONDS,
@@ -42,13 +47,8 @@ from ..manifests import (
     service_manifest,
     write_manifests,
 )
-from ..portforward import PodPortForward
-from ..rbac import required_extras
-from . import objects
-from .access import check_access, ensure_namespace
-from .api import KubernetesApi
-from .apply import apply_deployment, apply_disruption_budget, apply_service
-from .candidates import Candidates
+from .portforward import PodPortForward
+from .rbac import required_extras
 from .rollback import Rollback
 from .rollout import RolloutFailed, RolloutWatch
 
