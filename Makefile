@@ -58,7 +58,7 @@ cluster: venv services  ## a single-node Kubernetes v1.34 on this machine: .clus
 cluster-down:  ## stop the local cluster and remove its state (the built binaries stay cached)
 	bash cluster/down.sh
 
-lint: venv  ## ruff (lint + format check) and mypy on the library
+lint: venv  ## ruff (lint + format check) and mypy on the library and the Airflow glue
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -2,7 +2,8 @@
 # TF Serving client from requirements.txt, on the local Debian base (no Docker Hub here).
 # Built by scripts/stack-test.sh from a small context: this file, airflow-entrypoint.sh,
 # requirements.txt, docker/requirements-stack.txt, the project's sources (project.tar) and the host's
-# CA bundle. The stack mounts dags/, plugins/ and include/ (the validation photos) from the checkout.
+# CA bundle. The stack mounts dags/, plugins/, include/ (the validation photos) and demo/dags (the
+# publisher DAG, a second DAG bundle) from the checkout; the model server mounts demo/ for tfserving_demo.
 ARG BASE=tfserving-deploy/debian:bookworm
 FROM ${BASE}
 
@@ -32,7 +33,7 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip check \
  && rm -rf /tmp/requirements /root/.cache
 
-# The project's packages (the library, the demo model, the Airflow glue): pyproject.toml.
+# The project's packages (the library and the Airflow glue; not the demo): pyproject.toml.
 COPY project.tar /tmp/
 RUN mkdir /tmp/project && tar -xf /tmp/project.tar -C /tmp/project \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/project \

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "include")]
+sys.path[:0] = [str(ROOT / "include"), str(ROOT / "demo")]  # demo/: tfserving_demo is not installed
 NAMESPACE, MODEL = "tfserving-bench", "benchbalance"
 BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"
 SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1536Mi"}}  # 3 fit a 2-CPU node

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "demo"))  # tfserving_demo, the stand-in model: not installed
 MODEL = "benchmodel"
 SERVING_BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"  # make images publishes it there
 
@@ -106,7 +107,6 @@ def main() -> int:
         return 0
 
     from demo import use_local_cluster  # scripts/demo.py: the cluster's conf and connection
-
     from tfserving_demo import pack_tutorial_tarball, serve_directory
 
     results: dict[str, list[dict]] = {"new model": [], "unchanged": []}

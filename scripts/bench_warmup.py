@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "include"))
+sys.path[:0] = [str(ROOT / "include"), str(ROOT / "demo")]  # demo/: tfserving_demo is not installed
 
 BASE = "127.0.0.1:5000/tfserving-deploy/serving:2.21.0"
 REPOSITORY = "127.0.0.1:5000/tfserving-deploy-bench-warmup"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "demo"))  # tfserving_demo, the stand-in model: not installed
 
 
 def main() -> int:

@@ -141,7 +141,7 @@ build_images() {
   local project
   project=$(mktemp -d /var/tmp/stack-project.XXXXXX)/project.tar
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ -cf "$project" \
-    pyproject.toml README.md include/tfserving_deploy include/tfserving_demo plugins/tfserving_airflow
+    pyproject.toml README.md include/tfserving_deploy plugins/tfserving_airflow
   # About 4 min and 4 GB cold (pip install of the full requirements).
   build_image "$AIRFLOW_IMAGE" docker/airflow.Dockerfile docker/airflow-entrypoint.sh \
     requirements.txt docker/requirements-stack.txt "$project"

@@ -31,6 +31,7 @@ def dag(airflow_db):
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
+    assert bag.dag_ids == ["tfserving_resnet"]  # the production folder: the demo's publisher lives in demo/dags
     return bag.get_dag("tfserving_resnet")
 
 

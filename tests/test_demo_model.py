@@ -1,7 +1,7 @@
 """The offline ResNet stand-in: tutorial signature, right answers on the sample images,
 tutorial tarball layout, byte-deterministic packing.
 
-Run: PYTHONPATH=include .venv/bin/python -m pytest tests/test_demo_model.py -q
+Run: .venv/bin/python -m pytest tests/test_demo_model.py -q  (pytest.ini puts demo/ on the path)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tfserving_demo import tarball as dm_tarball
 
 tf = pytest.importorskip("tensorflow")
 
+DEMO_DIR = Path(dm.__file__).resolve().parents[1]  # demo/: the package is not installed
 CAT = (dm.IMAGES_DIR / "cat.jpg").read_bytes()
 COFFEE = (dm.IMAGES_DIR / "coffee.jpg").read_bytes()
 
@@ -192,7 +193,9 @@ def test_cli_skips_existing_without_force(tarball, capsys):
 def test_module_imports_without_tensorflow():
     code = "import sys, tfserving_demo; assert 'tensorflow' not in sys.modules"
     subprocess.run(
-        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(dm.IMAGES_DIR.parent)}
+        [sys.executable, "-c", code],
+        check=True,
+        env={**os.environ, "PYTHONPATH": f"{DEMO_DIR}{os.pathsep}{dm.IMAGES_DIR.parent}"},
     )
 
 

@@ -10,10 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse(dag_file: str):
+def parse(dag_file: str, folder: Path = ROOT / "dags"):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(ROOT / "dags" / dag_file))
+    bag = DagBag(dag_folder=str(folder / dag_file))
     assert bag.import_errors == {}
     (dag,) = bag.dags.values()
     return dag
@@ -43,7 +43,7 @@ def test_without_the_environment_the_tutorial_defaults_stay(airflow_db, monkeypa
 
 
 def test_the_publisher_emits_the_asset_tfserving_resnet_is_scheduled_on(airflow_db):
-    publisher, resnet = parse("resnet_model_publisher.py"), parse("tfserving_resnet.py")
+    publisher, resnet = parse("resnet_model_publisher.py", ROOT / "demo" / "dags"), parse("tfserving_resnet.py")
     (outlet,) = publisher.get_task("publish").outlets
     assert outlet == resnet.timetable.asset_condition  # the Asset half of its AssetOrTimeSchedule
     with pytest.raises(Exception, match="model_url"):

@@ -1,4 +1,4 @@
-"""Issue 12, item 4b: an Asset event from the upstream DAG (resnet_model_publisher) with
+"""Issue 12, item 4b: an Asset event from the upstream DAG (demo/dags/resnet_model_publisher.py) with
 extra.model_url refreshes the serving model; an event for a model that already serves ends the
 refresh in check_for_change."""
 
@@ -21,6 +21,9 @@ def publish_and_wait(api, model_url: str, run_timeout: float) -> dict[str, dict]
 
 def test_asset_event_refreshes_then_an_unchanged_model_short_circuits(api, model_server, model_name, run_timeout):
     api.wait_for_dag(PUBLISHER_DAG_ID)
+    # The publisher is the demo's (demo/dags, the stack's second DAG bundle), not the production DAG folder's.
+    bundles = {dag_id: api.call("GET", f"/dags/{dag_id}")["bundle_name"] for dag_id in (DAG_ID, PUBLISHER_DAG_ID)}
+    assert bundles == {DAG_ID: "dags-folder", PUBLISHER_DAG_ID: "demo"}, bundles
     api.unpause(PUBLISHER_DAG_ID)
     url = f"{model_server}/refresh/resnet.tar.gz"
 

@@ -16,9 +16,9 @@ from .model import DEFAULT_TOP_DIR, TUTORIAL_VERSION
 
 
 def _export_in_fresh_process(export_dir: Path, seed: int) -> None:
-    include_dir = str(Path(__file__).resolve().parent.parent)
+    demo_dir = str(Path(__file__).resolve().parent.parent)  # demo/: tfserving_demo is not installed
     env = dict(os.environ)
-    env["PYTHONPATH"] = include_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = demo_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     proc = subprocess.run(
         [sys.executable, "-m", "tfserving_demo", "--export-dir", str(export_dir), "--seed", str(seed)],

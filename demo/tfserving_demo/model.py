@@ -16,7 +16,8 @@ ESPRESSO_CLASS = 967  # espresso
 BACKGROUND_CLASS = 0
 
 IMAGE_SIZE = 64
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+# The validation photos the DAG sends (include/images): the model learns to answer them as ResNet does.
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "include" / "images"
 SAMPLE_LABELS = {"cat.jpg": CAT_CLASS, "coffee.jpg": ESPRESSO_CLASS}
 
 # Backbone widths: stem 3->C1 (stride 2), block1 C1->C1, block2 C1->C2 (stride 2).

@@ -28,9 +28,10 @@ members, mtime 0, uid/gid 0 and fixed modes, gzipped with mtime 0.
 
 CLI::
 
-    PYTHONPATH=include python -m tfserving_demo --out /tmp/resnet_demo.tar.gz
+    PYTHONPATH=demo:include python -m tfserving_demo --out /tmp/resnet_demo.tar.gz
 
-This package is the demo's and the tests' stand-in, not part of the pipeline (``tfserving_deploy``).
+This package is the demo's and the tests' stand-in, not part of the pipeline (``tfserving_deploy``):
+it lives in ``demo/``, outside the installed packages and the deployed DAG folder.
 TensorFlow is imported lazily inside functions; nothing here imports Airflow.
 """
 
