@@ -13,7 +13,6 @@ import json
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".cluster"
 KUBECONFIG = STATE / "kubeconfig"
-KUBECTL = STATE / "bin" / "kubectl"
 AUDIT_LOG = STATE / "logs" / "audit.log"
 GKE_TOKEN = STATE / "pki" / "gke-token"
 CA_CERT = STATE / "pki" / "ca.crt"
@@ -214,13 +212,6 @@ def describe(writes: list[dict]) -> list[str]:
         f"{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}"
         for e in writes
     ]
-
-
-@dataclass(frozen=True)
-class ModelImage:
-    image: str  # repo@sha256:...
-    version: int
-    model_dir: Path
 
 
 def publish_model_image(

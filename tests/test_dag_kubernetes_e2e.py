@@ -36,7 +36,7 @@ from test_admission_policy import pod as candidate_pod
 from test_admission_policy import refusal
 
 from tfserving_deploy.targets.kubernetes.admission import deployer_pod_policy
-from tfserving_deploy.targets.kubernetes.rbac import ALL_EXTRAS, deployer_role
+from tfserving_deploy.targets.kubernetes.rbac import EXTRAS, deployer_role
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,9 @@ def dag_as(rules: list[dict], admin, ns: str, tmp_path, monkeypatch) -> tuple:
 @pytest.fixture
 def dag(airflow_db, tmp_path, monkeypatch, admin, ns):
     """The Role with every extra: the candidate is measured (pods/exec)."""
-    return dag_as(deployer_role(ns, models=(MODEL,), extras=ALL_EXTRAS)["rules"], admin, ns, tmp_path, monkeypatch)[0]
+    return dag_as(deployer_role(ns, models=(MODEL,), extras=tuple(EXTRAS))["rules"], admin, ns, tmp_path, monkeypatch)[
+        0
+    ]
 
 
 def conf(model_url: str, ns: str, manifest_dir: Path | None, **overrides) -> dict:

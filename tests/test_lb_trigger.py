@@ -1,4 +1,5 @@
-"""The LoadBalancer wait: the trigger's ``run()`` and the sensor, on the real cluster of ``make cluster``.
+"""The LoadBalancer wait: the trigger's ``run()`` on the real cluster of ``make cluster``, and how the
+DAG's ``wait_for_endpoint`` defers to it and reads its events.
 
 The trigger reaches the API server through a kubeconfig holding a ServiceAccount's token and the
 cncf provider's real ``AsyncKubernetesHook``; addresses come from the cluster's LoadBalancer
@@ -26,7 +27,7 @@ from local_cluster import (
     write_token_kubeconfig,
 )
 
-from tfserving_airflow.sensors import WaitForLoadBalancerSensor
+from tfserving_airflow.sensors import WaitForEndpointSensor, address_from_event
 from tfserving_airflow.triggers import LoadBalancerTrigger
 
 SERVICE = "tfs-resnet"
@@ -241,38 +242,42 @@ def test_gke_access_goes_through_the_google_providers_async_hook():
         LoadBalancerTrigger(namespace="serving", service_name=SERVICE, cluster_url="https://34.118.0.10")
 
 
-# -- the sensor ------------------------------------------------------------------------------------
+# -- the DAG's wait_for_endpoint: what it does with the trigger ------------------------------------
 
 
-def sensor(**kwargs) -> WaitForLoadBalancerSensor:
-    kwargs.setdefault("namespace", "serving")
-    return WaitForLoadBalancerSensor(task_id="wait_for_lb", service_name=SERVICE, **kwargs)
+def wait_for_endpoint(**kwargs) -> WaitForEndpointSensor:
+    return WaitForEndpointSensor(
+        task_id="wait_for_endpoint",
+        target_name="kubernetes",
+        target_options={"namespace": "serving"},
+        image="127.0.0.1:5000/resnet-serving@sha256:" + "0" * 64,
+        model={"version": 1},
+        model_name="resnet",
+        replicas=2,
+        **kwargs,
+    )
 
 
-def test_sensor_defers_to_the_trigger_with_its_timeout():
-    task = sensor(kubernetes_conn_id="k8s", timeout=900, poke_interval=20)
+def test_wait_for_endpoint_defers_the_load_balancer_wait_with_its_timeout():
+    from tfserving_deploy.targets.kubernetes.manifests import object_name
+
     with pytest.raises(TaskDeferred) as deferred:
-        task.execute({})
+        wait_for_endpoint(timeout=900, poke_interval=20).execute({})
     trigger = deferred.value.trigger
     assert isinstance(trigger, LoadBalancerTrigger) and deferred.value.method_name == "execute_complete"
     kwargs = trigger.serialize()[1]
-    assert (kwargs["timeout"], kwargs["poll_interval"], kwargs["kubernetes_conn_id"], kwargs["port"]) == (
-        900,
-        20,
-        "k8s",
-        8500,
-    )
+    assert (kwargs["namespace"], kwargs["service_name"], kwargs["port"]) == ("serving", object_name("resnet"), 8500)
+    assert (kwargs["timeout"], kwargs["poll_interval"], kwargs["kubernetes_conn_id"]) == (900, 20, "kubernetes_default")
     assert deferred.value.timeout.total_seconds() > 900  # a backstop only; the trigger explains its own timeout
 
 
-def test_execute_complete_returns_the_address():
-    assert sensor().execute_complete({}, {"status": "success", "address": "127.0.0.5:8500"}) == "127.0.0.5:8500"
+def test_the_event_becomes_the_address():
+    assert address_from_event({"status": "success", "address": "127.0.0.5:8500"}) == "127.0.0.5:8500"
 
 
-def test_execute_complete_timeout_fails_with_the_triggers_explanation():
+def test_a_timeout_event_fails_with_the_triggers_explanation():
     with pytest.raises(AirflowSensorTimeout, match="got no ingress IP/hostname within 600 s"):
-        sensor().execute_complete(
-            {},
+        address_from_event(
             {
                 "status": "timeout",
                 "message": "LoadBalancer for service 'tfs-resnet' in namespace "
@@ -281,32 +286,9 @@ def test_execute_complete_timeout_fails_with_the_triggers_explanation():
         )
 
 
-def test_execute_complete_errors_fail_at_once_unless_transient():
+def test_error_events_fail_at_once_unless_transient():
     with pytest.raises(AirflowFailException, match="not found"):
-        sensor().execute_complete(
-            {}, {"status": "error", "message": "Service 'tfs-resnet' not found", "transient": False}
-        )
+        address_from_event({"status": "error", "message": "Service 'tfs-resnet' not found", "transient": False})
     with pytest.raises(AirflowException, match="could not reach") as err:
-        sensor().execute_complete(
-            {}, {"status": "error", "message": "could not reach the Kubernetes API", "transient": True}
-        )
+        address_from_event({"status": "error", "message": "could not reach the Kubernetes API", "transient": True})
     assert not isinstance(err.value, AirflowFailException)  # the task's retries apply
-
-
-def test_non_deferrable_poke_uses_the_sync_client(admin, ns, kubeconfig):
-    task = sensor(config_file=kubeconfig, deferrable=False, namespace=ns)
-    with pytest.raises(AirflowFailException, match="not found in namespace"):
-        task.poke({})
-    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
-    assert not task.poke({}).is_done
-    status = {"status": {"loadBalancer": {"ingress": [{"ip": "10.200.64.77"}]}}}
-    k8s.CoreV1Api(admin).patch_namespaced_service_status(SERVICE, ns, status)
-    done = task.poke({})
-    assert done.is_done and done.xcom_value == "10.200.64.77:8500"
-
-
-def test_non_deferrable_timeout_explains_itself(admin, ns, kubeconfig):
-    create_service(admin, ns, loadBalancerClass=OTHER_CLASS)
-    task = sensor(config_file=kubeconfig, deferrable=False, timeout=0.6, poke_interval=0.2, namespace=ns)
-    with pytest.raises(AirflowSensorTimeout, match=f"kubectl describe service tfs-resnet -n {ns}"):
-        task.execute({})

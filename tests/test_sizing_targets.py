@@ -24,7 +24,7 @@ import docker
 from tfserving_deploy.serving.sizing import DEFAULT_RESOURCES, MIB, Measurement, choose
 from tfserving_deploy.targets.kubernetes import KubernetesTarget
 from tfserving_deploy.targets.kubernetes.manifests import object_name
-from tfserving_deploy.targets.kubernetes.rbac import ALL_EXTRAS, deployer_role
+from tfserving_deploy.targets.kubernetes.rbac import EXTRAS, deployer_role
 from tfserving_deploy.targets.local.target import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
 
 pytestmark = pytest.mark.integration
@@ -142,7 +142,7 @@ def _host_peak(pod: dict) -> int:
 
 
 def test_a_candidate_pod_measures_itself_and_sizes_the_deployment(admin, ns, models):
-    target = _target(admin, ns, deployer_role(ns, models=(K8S,), extras=ALL_EXTRAS)["rules"], "deployer")
+    target = _target(admin, ns, deployer_role(ns, models=(K8S,), extras=tuple(EXTRAS))["rules"], "deployer")
     assert target.ensure_ready(SERVING_BASE, model_name=K8S)["role_extras"]["measure"] is True
     image = publish_model_image(models["1"], name=K8S, version=1)
     measured: list[Measurement] = []

@@ -23,7 +23,7 @@ from test_dag_kubernetes_e2e import return_value
 
 from tfserving_deploy.errors import UnsafeModelUrl
 from tfserving_deploy.model.hosts import ModelHosts
-from tfserving_deploy.model.urls import MAX_PLACEHOLDER_GROWTH, UrlPolicy, render_model_url
+from tfserving_deploy.model.urls import UrlPolicy, render_model_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-prod-db-password"
@@ -122,6 +122,7 @@ def test_a_token_in_the_user_part_stays_out_of_the_template_error():
     assert TOKEN not in str(refused.value) and "https://m.example.com/{{ ds /r.tgz" in str(refused.value)
 
 
+MAX_PLACEHOLDER_GROWTH = 32  # the longest value: ts with microseconds and offset (render_model_url)
 TEMPLATE_PIECES = st.one_of(
     st.text(alphabet="{}%# abcdsz_.*()'0189/:-", max_size=12),
     st.sampled_from(["{{", "}}", "{%", "%}", "{#", "#}", "{{ ds }}", "{{ts}}", "{{ logical_date }}", "{{ ds * 9 }}"]),

@@ -87,11 +87,7 @@ def docker_client(docker_conn_id: str | None = None, docker_url: str | None = No
 def is_google_registry(repository: str) -> bool:
     """Artifact Registry (``REGION-docker.pkg.dev``) or ``gcr.io``: decided on the host name the
     reference parser returns (the host requests go to), never on the raw string."""
-    return _is_google_host(parse_reference(repository, "image_repository").host)
-
-
-def _is_google_host(host: str) -> bool:
-    name, _ = hostname_and_port(host)
+    name, _ = hostname_and_port(parse_reference(repository, "image_repository").host)
     return name.endswith(".pkg.dev") or name == "gcr.io" or name.endswith(".gcr.io")
 
 
@@ -109,7 +105,7 @@ def registry_auth(repository: str, docker_conn_id: str | None = None, gcp_conn_i
     if docker_conn_id:
         conn = _connection(docker_conn_id, "registry_conn_id")
         return {_connection_registry(conn, docker_conn_id, host): _connection_auth(conn, docker_conn_id)}
-    if gcp_conn_id and _is_google_host(host):
+    if gcp_conn_id and is_google_registry(repository):
         from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
         credentials = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials()

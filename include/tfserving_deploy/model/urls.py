@@ -121,8 +121,8 @@ def render_model_url(template: str, run_date: datetime) -> str:
 
     A placeholder is a bare ``{{ name }}`` (spaces optional) with a name from ``DATE_VARIABLES``;
     no expression, filter, call, loop or comment exists, so rendering reads no secret and costs
-    what the template's length does: the output is at most ``len(template) +
-    MAX_PLACEHOLDER_GROWTH`` per placeholder. Anything else that opens a template (``{{``,
+    what the template's length does: each placeholder adds at most 32 characters (``ts`` with
+    microseconds and offset, the longest value). Anything else that opens a template (``{{``,
     ``{%``, ``{#``) fails at once (UnsafeModelUrl), naming it."""
     values = {
         "ds": run_date.strftime("%Y-%m-%d"),
@@ -147,7 +147,6 @@ def render_model_url(template: str, run_date: datetime) -> str:
 
 _PLACEHOLDER_RE = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
 _TEMPLATE_OPEN_RE = re.compile(r"\{[{%#]")
-MAX_PLACEHOLDER_GROWTH = 40  # the longest value, ts with microseconds and offset, is 32 characters
 
 
 def _snippet(text: str, at: int) -> str:

@@ -80,7 +80,6 @@ EXTRAS = {
         "memory keeps the defaults (sizing says so); the load time is still measured",
     ),
 }
-ALL_EXTRAS = tuple(EXTRAS)
 DEFAULT_EXTRAS = ("cleanup", "port-forward")  # what the DAG's default params use
 
 
