@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 from tfserving_deploy.allowlists import Allowlist
 from tfserving_deploy.defaults import (
@@ -45,7 +46,11 @@ ALLOWLISTED = {
 }
 
 
-def text(value, default: str | None = None) -> str | None:
+@overload
+def text(value: object, default: str) -> str: ...
+@overload
+def text(value: object, default: None = None) -> str | None: ...
+def text(value, default=None):
     """A string setting; None, "" and "None" (an unset param rendered as text) mean ``default``."""
     return default if value is None or value in ("", "None") else str(value)
 
@@ -60,13 +65,25 @@ def flag(value, default: bool = False) -> bool:
     raise InvalidParameter(f"{value!r} is not true or false")
 
 
-def number(value, default: int | None = None) -> int | None:
+@overload
+def number(value: object, default: int) -> int: ...
+@overload
+def number(value: object, default: None = None) -> int | None: ...
+def number(value, default=None):
     if value is None or value in ("", "None"):
         return default
     try:
         return int(value)
     except (TypeError, ValueError):
         raise InvalidParameter(f"{value!r} is not a whole number") from None
+
+
+def count(value, param: str) -> int:
+    """A whole number the task cannot do without (``replicas``): unset is InvalidParameter."""
+    parsed = number(value)
+    if parsed is None:
+        raise InvalidParameter(f"{param} is not set; give it a whole number")
+    return parsed
 
 
 def sequence(value) -> tuple[str, ...]:
@@ -114,12 +131,19 @@ def allowlist(param: str) -> Allowlist:
     return Allowlist.from_environment(param, form_default(param, ALLOWLISTED[param]))
 
 
-def allowed(param: str, value, *, required: bool = True) -> str | None:
+@overload
+def allowed(param: str, value: object, *, required: Literal[True] = True) -> str: ...
+@overload
+def allowed(param: str, value: object, *, required: bool) -> str | None: ...
+def allowed(param, value, *, required=True):
     """A rendered ``param`` the deployment allows (a directory: its resolved path), or
     InvalidParameter. Unset means the form's default where ``required``, else None."""
     policy = allowlist(param)
     chosen = text(value, policy.default if required else None)
-    return None if chosen is None and not required else policy.check(chosen)
+    checked = None if chosen is None and not required else policy.check(chosen)
+    if checked is None and required:  # an optional param (registry_conn_id, manifest_dir) asked for as required
+        raise InvalidParameter(f"{param} is not set and has no default; set it")
+    return checked
 
 
 @dataclass(frozen=True)

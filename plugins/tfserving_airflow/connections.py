@@ -8,6 +8,7 @@ imports happen inside the functions: DAG files import this module at parse time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
 from tfserving_deploy.errors import InvalidParameter, TargetError
@@ -15,11 +16,15 @@ from tfserving_deploy.image.references import hostname_and_port, parse_domain, p
 
 from .config import BuilderConfig, GkeConfig, TargetConfig
 
+if TYPE_CHECKING:
+    from tfserving_deploy.image.docker_builder import ImageBuilder
+    from tfserving_deploy.targets import Target
+
 # The connection extras that name a cluster identity (the cncf provider's; any one will do).
 KUBERNETES_IDENTITIES = ("kube_config_path", "kube_config", "in_cluster")
 
 
-def target_from(config: TargetConfig, *, create_cluster: bool = False):
+def target_from(config: TargetConfig, *, create_cluster: bool = False) -> Target:
     """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
     ``create_cluster`` (the ensure_cluster task)."""
     if config.name == "local":
@@ -45,7 +50,7 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
     )
 
 
-def image_builder_from(config: BuilderConfig, *, repository: str):
+def image_builder_from(config: BuilderConfig, *, repository: str) -> ImageBuilder:
     """``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine.
     Both get the same credentials (``registry_auth``) and send them only to the registry they are
     for; the engine is never logged in (a login would serve any later push to that host)."""

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from .config import number
+from .config import count
 from .operators.base import TargetMixin, explained_failures
 from .triggers import LoadBalancerTrigger
 
@@ -65,8 +65,8 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         from tfserving_deploy.serving.status import replica_state
 
         addresses = self.target.endpoints(self.model_name, self.image)
-        if len(addresses) < number(self.replicas):
-            self.log.info("%d of %d replicas running", len(addresses), number(self.replicas))
+        if len(addresses) < count(self.replicas, "replicas"):
+            self.log.info("%d of %d replicas running", len(addresses), count(self.replicas, "replicas"))
             return PokeReturnValue(is_done=False)
         with explained_failures(), self.target.reachable(addresses) as dial:  # END fails at once
             states = {a: replica_state(dial[a], self.model_name, self.model["version"]) for a in addresses}
@@ -115,7 +115,7 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
     def execute_complete(self, context, event) -> list[str]:
         balancer = address_from_event(event)
         pods = self.target.endpoints(self.model_name, self.image)
-        if len(pods) < number(self.replicas):
+        if len(pods) < count(self.replicas, "replicas"):
             raise AirflowFailException(
                 f"LoadBalancer {balancer} is up but only {len(pods)} of {self.replicas} pods of {self.image} are ready"
             )

@@ -136,7 +136,7 @@ class LoadBalancerTrigger(BaseTrigger):
 
     def hook(self):
         """The provider's async hook for the configured way in."""
-        if self.cluster_url:
+        if self.cluster_url and self.ssl_ca_cert:  # both or neither (__init__)
             from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEKubernetesAsyncHook
 
             return GKEKubernetesAsyncHook(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidModelError, UnsafeArchiveError
+from . import Log
 from .nofollow import Root, first_irregular
 from .tar_reader import Limits, Member, TarReader, open_decompressed, show_name
 
@@ -49,7 +50,7 @@ def extract_savedmodel(
     archive_path: str | Path,
     dest_dir: str | Path,
     *,
-    log: logging.Logger | None = None,
+    log: Log | None = None,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     max_members: int = MAX_MEMBERS,
 ) -> Path:
@@ -137,7 +138,7 @@ def _discard(path: Path) -> None:
     shutil.rmtree(holder)
 
 
-def find_version_dir(root: Path, *, listing: Listing | None = None, log: logging.Logger | None = None) -> Path:
+def find_version_dir(root: Path, *, listing: Listing | None = None, log: Log | None = None) -> Path:
     """The highest numeric ``<version>/`` holding saved_model.pb, at depth 1 or 2 under root.
 
     ``listing`` (what the archive holds) only feeds the error message.

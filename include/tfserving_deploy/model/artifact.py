@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import InvalidModelError, InvalidParameter, ModelFetchError, Permanent, UnsafeArchiveError
 from ..serving.requests import check_feedable
 from ..serving.signature import Signature
+from . import Log
 from .archive import MAX_UNPACKED_BYTES, extract_savedmodel
 from .cache import BlobStore
 from .download import CHUNK_BYTES, UrlIndex, conditional_headers, copy_local, download_http, open_url
@@ -74,7 +75,7 @@ def fetch_model(
     signature_name: str = "serving_default",
     max_bytes: int | None = None,
     timeout: float = 60.0,
-    log: logging.Logger | None = None,
+    log: Log | None = None,
     policy: UrlPolicy | None = None,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
 ) -> FetchedModel:
@@ -141,7 +142,7 @@ def probe_sha256(
     cache_dir: str | Path,
     sha256: str | None = None,
     timeout: float = 10.0,
-    log: logging.Logger | None = None,
+    log: Log | None = None,
     policy: UrlPolicy | None = None,
 ) -> str | None:
     """The sha256 ``url`` would download to, found without downloading; None when unknown.
@@ -195,7 +196,7 @@ def _fetch_blob(
     pinned: str | None,
     max_bytes: int,
     timeout: float,
-    log: logging.Logger,
+    log: Log,
     policy: UrlPolicy,
 ) -> str:
     """Make sure the blob for ``url`` is in the store; return its sha256."""

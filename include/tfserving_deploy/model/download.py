@@ -4,7 +4,6 @@ log and conditional GETs (ETag / Last-Modified remembered per URL in ``urls.json
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 from ..errors import ChecksumMismatch, ModelFetchError, ModelRefused, ModelTooLarge, UnsafeModelUrl
+from . import Log
 from .cache import BlobStore, DigestMismatch
 from .urls import SHA256_RE, UrlPolicy, redact_text, redact_url, url_key
 
@@ -34,7 +34,7 @@ def _store_blob(
     pinned: str | None,
     max_bytes: int,
     total: int | None,
-    log: logging.Logger,
+    log: Log,
 ) -> str:
     """Write chunks into the store while hashing; the blob appears only if whole and as pinned."""
     progress = _Progress(source, total, log)
@@ -58,9 +58,7 @@ def _store_blob(
     return digest
 
 
-def copy_local(
-    path: Path, safe_url: str, store: BlobStore, pinned: str | None, max_bytes: int, log: logging.Logger
-) -> str:
+def copy_local(path: Path, safe_url: str, store: BlobStore, pinned: str | None, max_bytes: int, log: Log) -> str:
     """Copy a local tarball into the blob store (so later runs don't depend on it staying put)."""
     try:
         size = path.stat().st_size
@@ -87,7 +85,7 @@ def download_http(
     pinned: str | None,
     max_bytes: int,
     timeout: float,
-    log: logging.Logger,
+    log: Log,
     policy: UrlPolicy,
 ) -> str:
     """GET the URL into the blob store; with no pin, revalidate a remembered copy (ETag/304)."""
@@ -222,7 +220,7 @@ def http_error(status: int, reason: str, safe_url: str) -> ModelFetchError:
 class UrlIndex:
     """``urls.json``: what each URL last resolved to, for conditional GETs. Atomic writes."""
 
-    def __init__(self, path: Path, log: logging.Logger):
+    def __init__(self, path: Path, log: Log):
         self.path = path
         self.log = log
 
@@ -258,7 +256,7 @@ class UrlIndex:
 class _Progress:
     """Log download progress every ~10% or every 5 s, whichever comes first; never per chunk."""
 
-    def __init__(self, source: str, total: int | None, log: logging.Logger):
+    def __init__(self, source: str, total: int | None, log: Log):
         self.source, self.total, self.log = source, total, log
         self.done = 0
         self.started = self.last_time = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
@@ -13,6 +14,10 @@ from tfserving_deploy.errors import InvalidParameter, Permanent
 
 from ..config import BuilderConfig, TargetConfig
 from ..connections import image_builder_from, target_from
+
+if TYPE_CHECKING:
+    from tfserving_deploy.image.docker_builder import ImageBuilder
+    from tfserving_deploy.targets import Target
 
 # What each param's default connection must be, for the message that asks to create it.
 CONNECTION_PARAMS = {
@@ -81,7 +86,7 @@ class TargetMixin:
             return TargetConfig.parse(self.target_name, self.target_options)
 
     @cached_property
-    def target(self):
+    def target(self) -> Target:
         """The target's client; a connection the params may not use (missing, no identity of its own) fails at once."""
         with explained_failures():
             return target_from(self.target_config, create_cluster=self.create_cluster)
@@ -94,7 +99,7 @@ class BuilderMixin:
     builder_name: str
     builder_options: dict
 
-    def builder_for(self, repository: str):
+    def builder_for(self, repository: str) -> ImageBuilder:
         with explained_failures():
             config = BuilderConfig.parse(self.builder_name, self.builder_options)
         return image_builder_from(config, repository=repository)

@@ -13,7 +13,7 @@ from tfserving_deploy.serving.sizing import DEFAULT_READY_SECONDS, Measurement, 
 from tfserving_deploy.targets.kubernetes.manifests import rollout_timeout, run_key
 
 from .. import lineage
-from ..config import mapping, number
+from ..config import count, mapping
 from .base import TargetMixin, explained_failures, run_date
 
 PROMOTED = "promoted"  # the deploy task's XCom key, written the moment what serves starts changing
@@ -180,7 +180,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             "dag-run": context["run_id"][:200],
             "server-config": self.target_config.server.fingerprint(),  # the change check compares it
         }
-        replicas = number(self.replicas)
+        replicas = count(self.replicas, "replicas")
         sizing = self._sizing()
         per_wave = sizing.ready_timeout if sizing else float(self.ready_timeout or DEFAULT_READY_SECONDS)
         with explained_failures():

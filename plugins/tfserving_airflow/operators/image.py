@@ -92,6 +92,7 @@ class BuildImageOperator(ModelSourceMixin, BuilderMixin, BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
+        assert self._image is not None, "called after a successful execute only"
         return OperatorLineage(
             inputs=[lineage.openlineage_dataset(lineage.model_uri(self.model["url"]))],
             outputs=[lineage.openlineage_dataset(lineage.image_uri(self._image))],
@@ -136,6 +137,7 @@ class PushImageOperator(BuilderMixin, BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
+        assert self._pushed is not None, "called after a successful execute only"
         return OperatorLineage(
             inputs=[lineage.openlineage_dataset(lineage.image_uri(self.image))],
             outputs=[lineage.openlineage_dataset(lineage.image_uri(self._pushed))],

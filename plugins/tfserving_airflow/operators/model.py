@@ -194,6 +194,7 @@ class FetchModelOperator(ModelSourceMixin, BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
+        assert self._fetched is not None, "called after a successful execute only"
         return OperatorLineage(outputs=[lineage.openlineage_dataset(lineage.model_uri(self._fetched["url"]))])
 
 
