@@ -37,6 +37,7 @@ def test_a_local_replica_that_dies_after_a_run(engine, tmp_path):
     target = LocalDockerTarget(engine)
     target.deploy(image, model_name=MODEL, version=1, replicas=2, ready_timeout=120)
     crashing, stopped = engine.containers.list(filters={"label": f"{LABEL_MODEL}={MODEL}", "status": "running"})
+    before = target.serving_state(MODEL)["addresses"]
 
     # The server exits by itself (SIGTERM from inside: no `docker stop`): Docker starts it again.
     crashing.exec_run(["python", "-c", "import os, signal; os.kill(1, signal.SIGTERM)"])
@@ -47,6 +48,7 @@ def test_a_local_replica_that_dies_after_a_run(engine, tmp_path):
         crashing.reload()
     state = target.serving_state(MODEL)
     assert state["replicas"] == 2
+    print(f"\naddresses before the crash {before}, after the restart {state['addresses']}")
     wait_until_available(state["addresses"], MODEL, 1, timeout=120)
 
     # Stopped from outside: it stays down; one replica serves, and the next deploy adds the missing one.
