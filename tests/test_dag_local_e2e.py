@@ -138,8 +138,9 @@ def run_in_a_new_process(conf: dict):
     logical_date = timezone.utcnow()
     command = ["airflow", "dags", "test", "tfserving_resnet", logical_date.isoformat(), "--conf", json.dumps(conf)]
     done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=1200)
-    (run,) = DagRun.find(dag_id="tfserving_resnet", logical_date=logical_date)
-    return run, done.stdout, done.stderr
+    runs = DagRun.find(dag_id="tfserving_resnet", logical_date=logical_date)
+    assert len(runs) == 1, f"`airflow dags test` exited {done.returncode}, no run:\n{done.stderr[-3000:]}"
+    return runs[0], done.stdout, done.stderr
 
 
 def assert_sized_from_the_candidate(run_id: str, replicas: list) -> None:
