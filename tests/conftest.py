@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -128,3 +129,22 @@ def assert_good_run(run, states: dict[str, str], capfd) -> None:
     wrong = ", ".join(f"{task}={state}" for task, state in sorted(states.items()) if state != expected[task])
     errors = [line[:400] for line in capfd.readouterr().out.splitlines() if "[error" in line][-8:]
     pytest.fail(f"run {run.state}: {wrong}\n" + "\n".join(errors), pytrace=False)
+
+
+# What the native libraries print at start-up (tfserving_deploy.native_logs): never in a good run's log.
+NATIVE_CHATTER = ("absl::InitializeLog", "cudart_stub.cc", "cpu_feature_guard.cc", "cuda_platform.cc", "fork_posix.cc")
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\dT\S+ \[(\w+)\s*\] ")  # a record's first line, as dag.test() prints it
+
+
+def error_entries(stdout: str, stderr: str) -> list[str]:
+    """What a worker's task log would show at ERROR: every stderr line (the supervisor marks each so),
+    log records at error or critical level (with their traceback), and native start-up chatter at any level."""
+    records: list[list[str]] = []
+    for line in stdout.splitlines():
+        if LOG_RECORD.match(line) or not records:
+            records.append([line])
+        else:
+            records[-1].append(line)
+    errors = ["\n".join(r) for r in records if (m := LOG_RECORD.match(r[0])) and m.group(1) in ("error", "critical")]
+    chatter = [line for line in stdout.splitlines() if any(c in line for c in NATIVE_CHATTER)]
+    return [line for line in stderr.splitlines() if line.strip()] + errors + chatter

@@ -5,6 +5,7 @@ back, and the log tails of whatever failed printed so a red test says why."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -105,14 +106,37 @@ class AirflowApi:
             time.sleep(3)
 
     # -- logs ------------------------------------------------------------------------------------
-    def log_text(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    def log_content(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list | str:
+        """The task log as the UI gets it: structured entries (timestamp, level, event, ...), or text."""
         r = self.session.get(
             f"{self.base}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{max(try_number, 1)}",
             params={"full_content": "true"},
             headers={"Accept": "application/json"},
             timeout=60,
         )
-        content = r.json().get("content") if r.ok else r.text
+        return r.json().get("content") if r.ok else r.text
+
+    def error_entries(self, dag_id: str, run_id: str) -> dict[str, list[str]]:
+        """Per task of the run, its log entries at error or critical level (stderr lines are such)."""
+        found = {}
+        for task_id, ti in self.task_instances(dag_id, run_id).items():
+            if ti["state"] == "skipped":
+                continue  # never ran: no log
+            content = self.log_content(dag_id, run_id, task_id, ti["try_number"])
+            if isinstance(content, list):
+                errors = [
+                    str(e.get("event", ""))[:300]
+                    for e in content
+                    if isinstance(e, dict) and str(e.get("level", "")).lower() in ("error", "critical")
+                ]
+            else:
+                errors = [line[:300] for line in str(content).splitlines() if re.search(r"\bERROR\b", line)]
+            if errors:
+                found[task_id] = errors
+        return found
+
+    def log_text(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        content = self.log_content(dag_id, run_id, task_id, try_number)
         lines = []
         for entry in content if isinstance(content, list) else str(content).splitlines():
             if isinstance(entry, dict):

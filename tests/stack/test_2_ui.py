@@ -110,3 +110,7 @@ def test_trigger_form_run_and_validation_summary(page, api, run_timeout, artifac
     ).to_be_visible()
     expect(page.get_by_text(re.compile(r"image: \S+@sha256:[0-9a-f]{64}")).first).to_be_visible()
     shot(page, artifacts, "5-validate-log")
+    # A good run's log holds no ERROR line (a worker marks every stderr line so: TensorFlow's start-up
+    # chatter used to be six of them), neither on this page nor in any task's log (issue 18, item 7).
+    expect(page.get_by_text(re.compile(r"\bERROR\b")).filter(visible=True)).to_have_count(0)
+    assert api.error_entries(DAG_ID, run["dag_run_id"]) == {}

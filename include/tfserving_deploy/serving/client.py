@@ -8,9 +8,12 @@ checks, which run far more often, use ``model_status`` instead.
 from __future__ import annotations
 
 import grpc
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from ..native_logs import import_tensorflow
 from .status import VersionStatus, model_status
+
+import_tensorflow()  # tensorflow_serving.apis imports TensorFlow: through the one import that keeps stderr clean
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 
 class ServingClient:

@@ -11,6 +11,7 @@ import io
 import numpy as np
 
 from ..errors import InvalidModelError
+from ..native_logs import import_tensorflow
 from .signature import Signature, TensorInfo
 
 NUMPY_DTYPES = {
@@ -72,6 +73,5 @@ def _decode_image(jpeg: bytes, info: TensorInfo) -> np.ndarray:
 
 
 def to_tensor_protos(inputs: dict[str, np.ndarray]) -> dict:
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     return {alias: tf.make_tensor_proto(value, shape=list(value.shape)) for alias, value in inputs.items()}

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InvalidModelError, ValidationError
 from ..model.cache import write_atomic
+from ..native_logs import import_tensorflow
 from ..serving.requests import NUMPY_DTYPES, build_inputs, to_tensor_protos
 from ..serving.signature import Signature
 from .balance import SpreadReport
@@ -40,7 +41,7 @@ def offline_predictions(
     if kept is not None and kept.is_file():
         with np.load(kept, allow_pickle=False) as saved:
             return {name: saved[name] for name in saved.files}
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     model_faults = (
         tf.errors.InvalidArgumentError,
@@ -263,8 +264,8 @@ def _check_first_answer(
 ) -> bool:
     """The first answer, checked; it also warms the server up, so it is not timed. False if none came."""
     import grpc
-    import tensorflow as tf
 
+    tf = import_tensorflow()
     try:
         response = client.predict(model_name, request, signature_name=signature.name)
     except grpc.RpcError as exc:
