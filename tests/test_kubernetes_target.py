@@ -683,6 +683,22 @@ def test_exposure_choices_render_as_their_services(make_target, images):
         )
 
 
+def test_max_surge_is_the_live_deployments_strategy_and_a_rerun_changes_it(make_target, admin, ns, images):
+    """One declaration (KubernetesSettings.max_surge) reaches the cluster: the Deployment's
+    strategy, patched in place on a re-run with another value, back to the default after."""
+    apps = k8s.AppsV1Api(admin)
+
+    def live():
+        strategy = apps.read_namespaced_deployment(NAME, ns).spec.strategy
+        return strategy.type, strategy.rolling_update.max_unavailable, strategy.rolling_update.max_surge
+
+    seen = []
+    for options in ({"max_surge": 2}, {"max_surge": "50%"}, {}):
+        deploy(make_target(**options), images["A"])
+        seen.append(live())
+    assert seen == [("RollingUpdate", 0, 2), ("RollingUpdate", 0, "50%"), ("RollingUpdate", 0, "25%")]
+
+
 def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, ns, images):
     """A merge patch keeps what it does not mention: dropped source ranges or the internal
     annotation must go, and LoadBalancer <-> ClusterIP must pass the API server's validation."""
