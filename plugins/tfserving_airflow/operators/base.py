@@ -67,11 +67,38 @@ def run_date(context):
     return dag_run.logical_date or dag_run.run_after
 
 
+def asset_sources(context) -> list[tuple[str, str | None]]:
+    """``(model_url, model_sha256)`` of the Asset events that triggered the run, in order."""
+    return [
+        (str(event.extra["model_url"]), event.extra.get("model_sha256"))
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for event in events
+        if event.extra.get("model_url")
+    ]
+
+
+def _mask_url_secrets(url) -> None:
+    from airflow.sdk.log import mask_secret
+
+    from tfserving_deploy.model.urls import secret_values
+
+    for secret in secret_values(str(url or "")):
+        mask_secret(secret)
+
+
 class SettingsMixin:
     """``settings``: the rendered params (``config.templated()``), a template field; ``config``
     parses each concern once, when first read (``config.kubernetes.namespace``)."""
 
     settings: dict
+
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        """Every task renders the model URL (a settings param): its secrets (a user part, a password,
+        signed-URL tokens), and those of the Asset events' URLs, are masked in logs, errors and
+        rendered fields before anything runs."""
+        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
+        for url in [self.settings.get("model_url"), *(url for url, _ in asset_sources(context))]:
+            _mask_url_secrets(url)
 
     @cached_property
     def config(self) -> RunSettings:

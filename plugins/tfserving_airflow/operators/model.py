@@ -13,7 +13,7 @@ from tfserving_deploy.errors import RolloutError, TargetError
 from tfserving_deploy.model.cache import cache_root
 
 from .. import lineage
-from .base import SettingsMixin, TargetMixin, explained_failures, run_date
+from .base import SettingsMixin, TargetMixin, asset_sources, explained_failures, run_date
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,7 @@ class ModelSourceMixin(SettingsMixin):
     ``extra.model_url``. Both are untrusted: a dated URL (``.../{{ ds_nodash }}/model.tar.gz``,
     for backfills) is filled from the run's dates only (``render_model_url``), never with the task
     context; and its secrets (a user part, a password, signed-URL tokens) are masked in logs,
-    errors and rendered fields before anything renders or runs."""
-
-    def render_template_fields(self, context, jinja_env=None) -> None:
-        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
-        for url in [self.settings.get("model_url"), *(url for url, _ in _asset_sources(context))]:
-            _mask_url_secrets(url)
+    errors and rendered fields before anything renders or runs (``SettingsMixin``, for every task)."""
 
     @property
     def has_model_url(self) -> bool:
@@ -39,29 +34,10 @@ class ModelSourceMixin(SettingsMixin):
         from tfserving_deploy.model.urls import render_model_url
 
         url, sha256 = self.config.model.model_url, self.config.model.model_sha256
-        for event_url, event_sha256 in _asset_sources(context):
+        for event_url, event_sha256 in asset_sources(context):
             url, sha256 = event_url, event_sha256 or sha256
         with explained_failures():
             return render_model_url(url, run_date(context)), sha256
-
-
-def _asset_sources(context) -> list[tuple[str, str | None]]:
-    """``(model_url, model_sha256)`` of the Asset events that triggered the run, in order."""
-    return [
-        (str(event.extra["model_url"]), event.extra.get("model_sha256"))
-        for events in (context.get("triggering_asset_events") or {}).values()
-        for event in events
-        if event.extra.get("model_url")
-    ]
-
-
-def _mask_url_secrets(url) -> None:
-    from airflow.sdk.log import mask_secret
-
-    from tfserving_deploy.model.urls import secret_values
-
-    for secret in secret_values(str(url or "")):
-        mask_secret(secret)
 
 
 class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
