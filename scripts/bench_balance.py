@@ -41,7 +41,7 @@ def measure(api, image: str, age_ms: int, window: float):
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
     from tfserving_deploy.validation.checks import ValidationReport, check_spread
 
-    server = ServerConfig(max_connection_age_ms=age_ms)
+    server = ServerConfig(grpc_max_connection_age_ms=age_ms)
     target = KubernetesTarget(api, namespace=NAMESPACE, resources=SMALL, server=server)
     target.ensure_ready(image.split("@")[0], model_name=MODEL)
     target.deploy(image, model_name=MODEL, version=1, replicas=3, ready_timeout=300)

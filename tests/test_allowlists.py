@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_untrusted_input import run_states
 
-from tfserving_airflow.config import BuilderConfig, TargetConfig, allowed
+from tfserving_airflow.config import RunSettings
 from tfserving_deploy.allowlists import ENV, Allowlist
 from tfserving_deploy.errors import InvalidParameter
 
@@ -130,7 +130,7 @@ def test_a_value_off_the_list_fails_the_run_at_once_and_nothing_is_deployed(
         }
     )
     states = run_states(run)
-    failed = "build_image" if param == "serving_base_image" else "check_for_change"
+    failed = "check_for_change"  # every setting is parsed and checked there
     assert states[failed] == ("failed", 1), states  # the first try: no retry can fix it
     for later in LATER[LATER.index(failed) + 1 if failed in LATER else 0 :]:
         assert states[later][0] in ("upstream_failed", "None", "none"), states
@@ -146,21 +146,12 @@ def test_a_value_off_the_list_fails_the_run_at_once_and_nothing_is_deployed(
 
 def used_by_operators(param: str, value) -> set:
     """Every value the operators' parsed settings hold for ``param`` given ``value``."""
+    config = RunSettings({param: value})  # targets and builders are built from these (connections.py)
     if param == "gcp_conn_id":
-        return {
-            TargetConfig.parse("gke", {"gcp_conn_id": value}).gke.gcp_conn_id,
-            BuilderConfig.parse("oci", {"gcp_conn_id": value}).gcp_conn_id,
-        }
-    if param == "kubernetes_conn_id":
-        return {TargetConfig.parse("kubernetes", {"kubernetes_conn_id": value}).kubernetes_conn_id}
-    if param == "registry_conn_id":
-        return {
-            TargetConfig.parse("local", {"docker_conn_id": value}).docker_conn_id,
-            BuilderConfig.parse("oci", {"docker_conn_id": value}).docker_conn_id,
-        }
-    if param == "manifest_dir":
-        return {TargetConfig.parse("kubernetes", {"manifest_dir": value}).manifest_dir}
-    return {allowed("serving_base_image", value)}  # what build_image builds on
+        return {config.gke.gcp_conn_id}
+    if param in ("kubernetes_conn_id", "manifest_dir"):
+        return {getattr(config.kubernetes, param)}
+    return {getattr(config.image, param)}  # registry_conn_id, serving_base_image (what build_image builds on)
 
 
 def candidates(param: str):
@@ -205,12 +196,16 @@ def test_no_value_off_the_list_is_ever_used(param, symlinks):
     check()
 
 
+def allowed_manifest_dir(value: str) -> str | None:
+    return RunSettings({"manifest_dir": value}).kubernetes.manifest_dir
+
+
 def test_a_manifest_dir_is_the_resolved_allowed_directory(symlinks):
-    assert allowed("manifest_dir", f"{MANIFEST_DIR}/in") == os.path.realpath(MANIFEST_DIR)
-    assert allowed("manifest_dir", f"{MANIFEST_DIR}/sub/..") == os.path.realpath(MANIFEST_DIR)
+    assert allowed_manifest_dir(f"{MANIFEST_DIR}/in") == os.path.realpath(MANIFEST_DIR)
+    assert allowed_manifest_dir(f"{MANIFEST_DIR}/sub/..") == os.path.realpath(MANIFEST_DIR)
     for escape in (f"{MANIFEST_DIR}/out", f"{MANIFEST_DIR}/..", f"{MANIFEST_DIR}/in/..", "manifests"):
         with pytest.raises(InvalidParameter, match="resolves to no allowed directory"):
-            allowed("manifest_dir", escape)
+            allowed_manifest_dir(escape)
 
 
 def test_manifests_replace_a_planted_symlink_instead_of_writing_through_it(tmp_path):
@@ -283,8 +278,8 @@ async def test_the_load_balancer_trigger_refuses_a_connection_without_an_identit
 
 
 def test_a_missing_gcp_connection_is_a_wrong_param():
-    from tfserving_airflow.config import GkeConfig
     from tfserving_airflow.connections import gke_cluster
+    from tfserving_deploy.targets.gke.settings import GkeSettings
 
     with pytest.raises(InvalidParameter, match="connection 'no_such_gcp' \\(gcp_conn_id\\) does not exist"):
-        gke_cluster(GkeConfig(gcp_conn_id="no_such_gcp", location="us-central1"))
+        gke_cluster(GkeSettings(gcp_conn_id="no_such_gcp", location="us-central1"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tfserving_airflow.config import TargetConfig
+from tfserving_airflow.config import RunSettings
 from tfserving_airflow.connections import is_google_registry, registry_auth
 
 
@@ -71,8 +71,8 @@ def test_other_registries_are_anonymous_without_a_connection():
 def test_unknown_target_is_explained():
     from tfserving_deploy.errors import InvalidParameter
 
-    with pytest.raises(InvalidParameter, match="target 'mars' is not supported; choose one of local, kubernetes, gke"):
-        TargetConfig.parse("mars")
+    with pytest.raises(InvalidParameter, match="target 'mars' is not one of local, kubernetes, gke"):
+        RunSettings({"target": "mars"}).check()
 
 
 def test_a_connection_without_a_host_is_refused_for_pushes(monkeypatch):

@@ -71,9 +71,17 @@ def test_deploy_is_sized_from_the_candidates_measurement(dag):
 
 def test_the_image_is_warmed_with_the_request_validation_sends(dag):
     build = dag.get_task("build_image")
-    assert build.warmup_requests == "{{ params.warmup_requests }}" and dag.params["warmup_requests"] is True
+    assert build.settings["warmup_requests"] == "{{ params.warmup_requests }}" and dag.params["warmup_requests"] is True
     assert build.warmup_image_path == dag.get_task("validate").image_path
     assert Path(build.warmup_image_path).is_file()
+
+
+def test_every_task_parses_every_param_from_the_same_templates(dag):
+    """One declaration per setting: the form's params are the templates every task renders."""
+    templates = {name: "{{ params.%s }}" % name for name in dag.params}  # noqa: UP031
+    for task in dag.tasks:
+        assert task.settings == templates, task.task_id
+        assert "settings" in task.template_fields, task.task_id
 
 
 def test_promotions_never_run_concurrently(dag):
@@ -112,6 +120,7 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         "pod_access",
         "service_type",
         "load_balancer_source_ranges",
+        "max_surge",
         "grpc_max_connection_age_ms",
         "grpc_max_connection_age_grace_ms",
         "batching_parameters",
@@ -148,6 +157,11 @@ def test_params_have_descriptions_and_defaults_validate(dag):
         ("batching_parameters", {"max_batch": 8}),
         ("batching_parameters", {"max_batch_size": 0}),
         ("balance_check_seconds", 601),
+        ("max_surge", 0),
+        ("max_surge", 101),
+        ("max_surge", "0%"),
+        ("max_surge", "101%"),
+        ("max_surge", "two"),
     ],
 )
 def test_bad_params_are_rejected(dag, name, value):

@@ -322,11 +322,11 @@ def test_gke_api_client_ensures_the_cluster_and_authenticates_with_the_connectio
     from fake_google import GOOGLE_IDENTITY, LocalGke
 
     from tfserving_airflow import connections
-    from tfserving_airflow.config import GkeConfig
+    from tfserving_deploy.targets.gke.settings import GkeSettings
 
     gke = LocalGke(exists=True)
     use_gke(monkeypatch, gke)
-    api = connections.gke_api_client(GkeConfig(gcp_conn_id=gcp_conn, location=LOCATION, cluster_name=NAME))
+    api = connections.gke_api_client(GkeSettings(gcp_conn_id=gcp_conn, location=LOCATION, cluster_name=NAME))
     assert who_am_i(api) == GOOGLE_IDENTITY  # google-auth got the token; the API server accepted it
     assert gke.gets == [PATH]  # the project came from the connection
     assert token_endpoint.issued == 1 and token_endpoint.refused == []
@@ -334,21 +334,21 @@ def test_gke_api_client_ensures_the_cluster_and_authenticates_with_the_connectio
 
 def test_gke_glue_names_the_connection_when_permission_is_missing(monkeypatch, gcp_conn):
     from tfserving_airflow import connections
-    from tfserving_airflow.config import GkeConfig
+    from tfserving_deploy.targets.gke.settings import GkeSettings
 
     use_gke(monkeypatch, FakeClusterManager(gexc.PermissionDenied("Required 'container.clusters.get' permission")))
     with pytest.raises(
         TargetError,
         match=r"gcp connection 'gcp' needs the container\.clusters\.get permission in project 'demo-project'",
     ):
-        connections.gke_cluster(GkeConfig(gcp_conn_id=gcp_conn, location=LOCATION))
+        connections.gke_cluster(GkeSettings(gcp_conn_id=gcp_conn, location=LOCATION))
 
 
 def test_gke_glue_needs_a_project(monkeypatch, token_endpoint):
     from fake_google import service_account_key
 
     from tfserving_airflow import connections
-    from tfserving_airflow.config import GkeConfig
+    from tfserving_deploy.targets.gke.settings import GkeSettings
 
     key = {**service_account_key(token_endpoint.url, PROJECT), "project_id": ""}
     monkeypatch.setenv(
@@ -357,4 +357,4 @@ def test_gke_glue_needs_a_project(monkeypatch, token_endpoint):
     )
     use_gke(monkeypatch, FakeClusterManager(cluster("RUNNING")))
     with pytest.raises(TargetError, match="no GCP project.*gcp connection 'gcp'"):
-        connections.gke_cluster(GkeConfig(gcp_conn_id="gcp", location=LOCATION))
+        connections.gke_cluster(GkeSettings(gcp_conn_id="gcp", location=LOCATION))

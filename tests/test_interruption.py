@@ -97,10 +97,10 @@ def test_runs_side_by_side_keep_their_own_kubernetes_candidates(cluster_target, 
 
 
 def test_runs_side_by_side_keep_their_own_local_candidates(images):
-    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.config import RunSettings
     from tfserving_airflow.connections import target_from
 
-    target = target_from(TargetConfig.parse("local"))
+    target = target_from(RunSettings({"target": "local"}))
     mine, theirs = run_key("manual__a"), run_key("backfill__b")
     try:
         target.start_candidate(images["interrupt", 1], model_name="interrupt", version=1, ready_timeout=120, run=mine)
@@ -115,11 +115,11 @@ def test_runs_side_by_side_keep_their_own_local_candidates(images):
 
 
 def test_a_local_replica_killed_during_deploy_is_seen_within_seconds(images):
-    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.config import RunSettings
     from tfserving_airflow.connections import target_from
     from tfserving_deploy.targets.local.target import LABEL_MODEL
 
-    target, engine = target_from(TargetConfig.parse("local")), docker.from_env()
+    target, engine = target_from(RunSettings({"target": "local"})), docker.from_env()
     killed = {}
 
     def kill_a_new_replica():

@@ -249,7 +249,7 @@ def test_manifests_pass_the_api_servers_strict_validation(make_target, admin, ns
     import kubernetes_validate
     import yaml
 
-    deployment, service, budget = make_target(source_ranges=["10.0.0.0/8"]).render(
+    deployment, service, budget = make_target(load_balancer_source_ranges=["10.0.0.0/8"]).render(
         images["A"], model_name=MODEL, version=7, replicas=3
     )
     candidate = candidate_pod_manifest(images["A"], model_name=MODEL, version=7, namespace=ns)
@@ -674,11 +674,29 @@ def test_exposure_choices_render_as_their_services(make_target, images):
         == "ClusterIP"
     )
     with pytest.raises(InvalidParameter, match="apply to a load balancer, not to service_type 'ClusterIP'"):
-        make_target(service_type="ClusterIP", source_ranges=["10.0.0.0/8"]).render(
+        make_target(service_type="ClusterIP", load_balancer_source_ranges=["10.0.0.0/8"]).render(
             images["A"], model_name=MODEL, version=1, replicas=1
         )
     with pytest.raises(InvalidParameter, match="'10.0.0.300/8' is not a CIDR"):
-        make_target(source_ranges=["10.0.0.300/8"]).render(images["A"], model_name=MODEL, version=1, replicas=1)
+        make_target(load_balancer_source_ranges=["10.0.0.300/8"]).render(
+            images["A"], model_name=MODEL, version=1, replicas=1
+        )
+
+
+def test_max_surge_is_the_live_deployments_strategy_and_a_rerun_changes_it(make_target, admin, ns, images):
+    """One declaration (KubernetesSettings.max_surge) reaches the cluster: the Deployment's
+    strategy, patched in place on a re-run with another value, back to the default after."""
+    apps = k8s.AppsV1Api(admin)
+
+    def live():
+        strategy = apps.read_namespaced_deployment(NAME, ns).spec.strategy
+        return strategy.type, strategy.rolling_update.max_unavailable, strategy.rolling_update.max_surge
+
+    seen = []
+    for options in ({"max_surge": 2}, {"max_surge": "50%"}, {}):
+        deploy(make_target(**options), images["A"])
+        seen.append(live())
+    assert seen == [("RollingUpdate", 0, 2), ("RollingUpdate", 0, "50%"), ("RollingUpdate", 0, "25%")]
 
 
 def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, ns, images):
@@ -691,12 +709,12 @@ def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, 
         return service.spec.type, service.spec.load_balancer_source_ranges, service.metadata.annotations
 
     steps = [
-        {"service_type": "InternalLoadBalancer", "source_ranges": ["10.0.0.0/8"]},
+        {"service_type": "InternalLoadBalancer", "load_balancer_source_ranges": ["10.0.0.0/8"]},
         {"service_type": "LoadBalancer"},
         {"service_type": "LoadBalancer"},
         {"service_type": "ClusterIP"},
-        {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32"]},
-        {"service_type": "LoadBalancer", "source_ranges": ["127.0.0.1/32", "0.0.0.0/0"]},
+        {"service_type": "LoadBalancer", "load_balancer_source_ranges": ["127.0.0.1/32"]},
+        {"service_type": "LoadBalancer", "load_balancer_source_ranges": ["127.0.0.1/32", "0.0.0.0/0"]},
     ]
     seen = []
     for options in steps:
@@ -757,7 +775,7 @@ def test_one_channel_through_the_balancer_reaches_every_pod_only_with_connection
     from tfserving_deploy.serving.signature import Signature, TensorInfo
     from tfserving_deploy.validation.checks import ValidationReport, check_spread
 
-    target = make_target(server=ServerConfig(max_connection_age_ms=age_ms, max_connection_age_grace_ms=1000))
+    target = make_target(server=ServerConfig(grpc_max_connection_age_ms=age_ms, grpc_max_connection_age_grace_ms=1000))
     deploy(target, images["A"], replicas=3)
     live = read(admin, "deployment", NAME, ns)["spec"]["template"]
     assert live["metadata"]["annotations"]["prometheus.io/path"] == "/monitoring/prometheus/metrics"

@@ -231,11 +231,11 @@ def test_the_same_digest_from_another_repository_is_the_same_revision(target, cl
 
 def test_engine_down_is_explained():
     """Through the Airflow glue (the docker provider's DockerHook), as the operators get their client."""
-    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.config import RunSettings
     from tfserving_airflow.connections import target_from
 
     with pytest.raises(TargetError, match="Docker engine at unix:///nonexistent/docker.sock is not reachable"):
-        target_from(TargetConfig.parse("local", {"docker_url": "unix:///nonexistent/docker.sock"}))
+        target_from(RunSettings({"target": "local", "docker_url": "unix:///nonexistent/docker.sock"}))
     dead = LocalDockerTarget(docker.DockerClient(version="1.41", base_url="unix:///nonexistent/docker.sock"))
     with pytest.raises(TargetError, match="Docker engine is not reachable"):
         dead.ensure_ready(REPOSITORY, model_name="resnet")
@@ -293,7 +293,9 @@ def test_server_settings_reach_the_replicas_and_a_change_is_a_new_revision(clien
     for c in client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={MODEL}"}):
         c.remove(force=True)
     LocalDockerTarget(client).deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
-    batched = LocalDockerTarget(client, server=ServerConfig(max_connection_age_ms=2000, batching={"max_batch_size": 8}))
+    batched = LocalDockerTarget(
+        client, server=ServerConfig(grpc_max_connection_age_ms=2000, batching_parameters={"max_batch_size": 8})
+    )
     result = batched.deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
     assert (result["promoted"], result["started"], result["retired"]) == (True, 1, 1)
     (replica,) = _running(client)

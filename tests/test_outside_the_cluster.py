@@ -70,23 +70,23 @@ SCRIPT = textwrap.dedent("""
     from datetime import datetime, timezone
     from types import SimpleNamespace
     from airflow.sdk.exceptions import AirflowSkipException
-    from tfserving_airflow.config import TargetConfig
+    from tfserving_airflow.config import RunSettings
     from tfserving_airflow.connections import target_from
     from tfserving_airflow.operators import CheckForChangeOperator
     from tfserving_deploy.model.savedmodel import read_signature
     from tfserving_deploy.validation.checks import validate_replicas
 
     args = json.loads(sys.argv[1])
-    options = {"kubernetes_conn_id": "outside", "namespace": args["namespace"]}
-    target = target_from(TargetConfig.parse("kubernetes", options))
+    options = {"target": "kubernetes", "kubernetes_conn_id": "outside", "namespace": args["namespace"]}
+    target = target_from(RunSettings(options))
     serving = target.serving_state("resnet")
     with target.reachable(serving["addresses"]) as dial:
         report = validate_replicas(serving["addresses"], model_name="resnet", version=1,
                                    signature=read_signature(args["model_dir"]), model_dir=args["model_dir"],
                                    jpeg=b"cat.jpg", requests_per_replica=3, dial=dial)
-    check = CheckForChangeOperator(task_id="check_for_change", model_url="https://models.example.com/unused.tar.gz",
-                                   model_sha256=args["sha256"], model_name="resnet", target_name="kubernetes",
-                                   replicas=2, target_options=options)
+    check = CheckForChangeOperator(task_id="check_for_change", settings={
+        **options, "model_url": "https://models.example.com/unused.tar.gz", "model_sha256": args["sha256"],
+        "model_name": "resnet", "replicas": 2})
     try:
         manual_run = SimpleNamespace(logical_date=None, run_after=datetime.now(timezone.utc))
         decision = check.execute({"dag_run": manual_run})
@@ -170,7 +170,11 @@ def test_load_balancer_source_ranges_let_only_those_addresses_in(outside, tmp_pa
     with admin_client() as admin, fresh_namespace(admin, "ranges") as ns:
         token = service_account_token(admin, ns, "deployer", deployer_role(ns)["rules"])
         target = KubernetesTarget(
-            token_client(token), namespace=ns, resources=SMALL, poll_interval=0.5, source_ranges=[OUTSIDE_NET]
+            token_client(token),
+            namespace=ns,
+            resources=SMALL,
+            poll_interval=0.5,
+            load_balancer_source_ranges=[OUTSIDE_NET],
         )
         target.deploy(image, model_name="resnet", version=1, replicas=1, ready_timeout=120)
         balancer = wait_for(lambda: target.load_balancer_address("resnet"), 30, "an address").split(":")[0]

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tfserving_airflow.config import BuilderConfig
+from tfserving_airflow.config import RunSettings
 from tfserving_airflow.connections import image_builder_from
 from tfserving_deploy.errors import DeployError, Permanent, RegistryDenied, TargetError
 from tfserving_deploy.image.oci import RegistryAuth, RegistryClient
@@ -171,13 +171,13 @@ SOURCES = ("google", "docker")
 def options_for(source: str, monkeypatch, google_token) -> dict:
     if source == "google":
         return {"gcp_conn_id": "gcp_test"}
-    return {"docker_conn_id": docker_connection(monkeypatch, TRUSTED["docker"])}
+    return {"registry_conn_id": docker_connection(monkeypatch, TRUSTED["docker"])}
 
 
 def publish_as_the_dag_does(builder_name: str, options: dict, repository: str, model) -> None:
     """build_image then push_image, each with the builder the operators make (``image_builder_from``).
     The docker builder pushes a tag of a small local image (its build returns ``repository:tag``)."""
-    config = BuilderConfig.parse(builder_name, options)
+    config = RunSettings({"image_builder": builder_name, **options})
     image = f"{repository}@{DIGEST}" if builder_name == "oci" else f"{repository}:t"
     for step in ("build", "push"):
         try:
@@ -257,14 +257,14 @@ def test_the_recorder_sees_credentials_meant_for_it(source, recorder, google_tok
 def test_the_exploit_is_refused_at_once_naming_the_character_and_the_param(recorder, google_token, monkeypatch):
     """image_repository = 127.0.0.1:PORT#.pkg.dev/p/r/x with the gcp connection: a Permanent error
     naming the param and the character, before any request."""
-    config = BuilderConfig.parse("oci", {"gcp_conn_id": "gcp_test"})
+    config = RunSettings({"image_builder": "oci", "gcp_conn_id": "gcp_test"})
     with pytest.raises(Permanent, match=r"image_repository '127\.0\.0\.1:\d+#\.pkg\.dev/p/r/x'.*character '#'"):
         image_builder_from(config, repository=f"{recorder.host}#.pkg.dev/p/r/x")
     assert recorder.seen == []
 
 
 def test_userinfo_is_never_echoed(monkeypatch, google_token):
-    config = BuilderConfig.parse("oci", {"gcp_conn_id": "gcp_test"})
+    config = RunSettings({"image_builder": "oci", "gcp_conn_id": "gcp_test"})
     with pytest.raises(Permanent) as refused:
         image_builder_from(config, repository=f"robot:{PASSWORD}@us-docker.pkg.dev/p/r/x")
     assert PASSWORD not in str(refused.value) and "character '@'" in str(refused.value)
@@ -274,7 +274,7 @@ def test_the_docker_builder_sends_a_connection_s_password_to_its_registry_only(r
     """The docker builder's control: pushing to the connection's own host carries its password
     (the engine's ``X-Registry-Auth``, no login); the same push to another host carries none."""
     conn = docker_connection(monkeypatch, recorder.host)
-    config = BuilderConfig.parse("docker", {"docker_conn_id": conn})
+    config = RunSettings({"image_builder": "docker", "registry_conn_id": conn})
     for host, expected in ((recorder.host, [basic("robot", PASSWORD)]), (f"localhost:{recorder.port}", [])):
         image = f"{host}/x:t"
         with _tagged_in_the_engine("docker", f"{host}/x"), pytest.raises(DeployError):

@@ -33,7 +33,7 @@ class TaskInstance:
 
 
 def _rollback():
-    op = RollbackOperator(task_id="rollback", image=IMAGE, model_name="m", target_name="local")
+    op = RollbackOperator(task_id="rollback", image=IMAGE, settings={"model_name": "m", "target": "local"})
     op.target = RecordingTarget()
     return op
 

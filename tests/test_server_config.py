@@ -18,11 +18,11 @@ def test_defaults_age_connections_and_export_metrics():
         f"--monitoring_config_file={CONFIG_DIR}/monitoring.config",
         "--grpc_channel_arguments=grpc.max_connection_age_ms=5000,grpc.max_connection_age_grace_ms=10000",
     ]
-    assert ServerConfig(max_connection_age_ms=0).server_args() == config.server_args()[:1]
+    assert ServerConfig(grpc_max_connection_age_ms=0).server_args() == config.server_args()[:1]
 
 
 def test_batching_is_rendered_as_batching_parameters():
-    config = ServerConfig(batching={"max_batch_size": 32, "batch_timeout_micros": 2000})
+    config = ServerConfig(batching_parameters={"max_batch_size": 32, "batch_timeout_micros": 2000})
     batching_file = f"--batching_parameters_file={CONFIG_DIR}/batching.config"
     assert config.server_args()[-2:] == ["--enable_batching", batching_file]
     assert config.files()["TFSERVING_DEPLOY_BATCHING_PARAMETERS"] == (
@@ -34,12 +34,15 @@ def test_batching_is_rendered_as_batching_parameters():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"max_connection_age_ms": -1}, "grpc_max_connection_age_ms=-1"),
-        ({"batching": {"max_batch": 8}}, "unknown key(s) max_batch"),
-        ({"batching": {"max_batch_size": 0}}, "max_batch_size=0"),
-        ({"batching": {"num_batch_threads": 10**9}}, "num_batch_threads=1000000000: need a whole number from 1 to 256"),
-        ({"batching": {"max_enqueued_batches": 2**63}}, "max_enqueued_batches=9223372036854775808"),
-        ({"max_connection_age_grace_ms": 10**12}, "grpc_max_connection_age_grace_ms=1000000000000"),
+        ({"grpc_max_connection_age_ms": -1}, "grpc_max_connection_age_ms=-1"),
+        ({"batching_parameters": {"max_batch": 8}}, "unknown key(s) max_batch"),
+        ({"batching_parameters": {"max_batch_size": 0}}, "max_batch_size=0"),
+        (
+            {"batching_parameters": {"num_batch_threads": 10**9}},
+            "num_batch_threads=1000000000: need a whole number from 1 to 256",
+        ),
+        ({"batching_parameters": {"max_enqueued_batches": 2**63}}, "max_enqueued_batches=9223372036854775808"),
+        ({"grpc_max_connection_age_grace_ms": 10**12}, "grpc_max_connection_age_grace_ms=1000000000000"),
     ],
 )
 def test_bad_settings_name_the_setting(settings, message):
@@ -49,7 +52,7 @@ def test_bad_settings_name_the_setting(settings, message):
 
 def test_the_command_writes_the_files_then_runs_the_images_entrypoint(tmp_path):
     """Run the rendered command with a stand-in entrypoint: the files hold the texts, the flags pass through."""
-    config = ServerConfig(batching={"max_batch_size": 4})
+    config = ServerConfig(batching_parameters={"max_batch_size": 4})
     command = config.command()
     entrypoint = tmp_path / "tf_serving_entrypoint.sh"
     entrypoint.write_text('#!/bin/sh\necho "$@"\n')
@@ -72,7 +75,12 @@ def test_an_image_without_the_tf_serving_entrypoint_is_named(tmp_path):
 
 def test_pods_carry_the_flags_and_scrape_annotations():
     deployment = deployment_manifest(
-        IMAGE, model_name="resnet", version=1, replicas=3, namespace="ns", server=ServerConfig(max_connection_age_ms=9)
+        IMAGE,
+        model_name="resnet",
+        version=1,
+        replicas=3,
+        namespace="ns",
+        server=ServerConfig(grpc_max_connection_age_ms=9),
     )
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
@@ -120,11 +128,11 @@ def test_the_form_bounds_every_server_setting_as_the_check_does():
     params = module.dag.params
     for key, limit in BATCHING_LIMITS.items():
         params.get_param("batching_parameters").resolve({key: limit})
-        ServerConfig(batching={key: limit})
+        ServerConfig(batching_parameters={key: limit})
         with pytest.raises(ParamValidationError):
             params.get_param("batching_parameters").resolve({key: limit + 1})
         with pytest.raises(InvalidParameter):
-            ServerConfig(batching={key: limit + 1})
+            ServerConfig(batching_parameters={key: limit + 1})
     for name in ("grpc_max_connection_age_ms", "grpc_max_connection_age_grace_ms"):
         params.get_param(name).resolve(MAX_CONNECTION_AGE_LIMIT_MS)
         with pytest.raises(ParamValidationError):

@@ -161,11 +161,13 @@ def test_build_image_hands_the_builder_the_validation_request_unless_switched_of
     operator = BuildImageOperator(
         task_id="build_image",
         model=fetched.to_dict(),
-        model_name="resnet",
-        base_image="base:1",
-        image_repository="127.0.0.1:5000/resnet",
-        builder_name="oci",
-        warmup_requests=switch,
+        settings={
+            "model_name": "resnet",
+            "serving_base_image": "base:1",
+            "image_repository": "127.0.0.1:5000/resnet",
+            "image_builder": "oci",
+            "warmup_requests": switch,
+        },
         warmup_image_path=str(Path(__file__).parents[1] / "include" / "images" / "cat.jpg"),
     )
     operator.execute({})

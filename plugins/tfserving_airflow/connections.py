@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 from tfserving_deploy.defaults import GCP_CONN_ID, KUBERNETES_CONN_ID
 from tfserving_deploy.errors import InvalidParameter, TargetError
 from tfserving_deploy.image.references import hostname_and_port, parse_domain, parse_reference
+from tfserving_deploy.targets.gke.settings import GkeSettings
 
-from .config import BuilderConfig, GkeConfig, TargetConfig
+from .config import RunSettings
 
 if TYPE_CHECKING:
     from tfserving_deploy.image.docker_builder import ImageBuilder
@@ -24,44 +25,38 @@ if TYPE_CHECKING:
 KUBERNETES_IDENTITIES = ("kube_config_path", "kube_config", "in_cluster")
 
 
-def target_from(config: TargetConfig, *, create_cluster: bool = False) -> Target:
-    """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
-    ``create_cluster`` (the ensure_cluster task)."""
-    if config.name == "local":
+def target_from(config: RunSettings, *, create_cluster: bool = False) -> Target:
+    """The deployment target ``config.deploy.target`` names, built from the typed settings. ``gke``
+    creates a missing cluster only with ``create_cluster`` (the ensure_cluster task)."""
+    name = config.deploy.target
+    if name == "local":
         from tfserving_deploy.targets.local.target import LocalDockerTarget
 
-        return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url), server=config.server)
+        engine = docker_client(config.image.registry_conn_id, config.image.docker_url)
+        return LocalDockerTarget(engine, server=config.server)
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
-    if config.name == "gke":
+    kubernetes = config.kubernetes
+    if name == "gke":
         api = gke_api_client(config.gke, create_if_missing=create_cluster)
     else:
-        api = kubernetes_api_client(config.kubernetes_conn_id, config.config_file, config.cluster_context)
-    return KubernetesTarget(
-        api,
-        namespace=config.namespace,
-        manifest_dir=config.manifest_dir,
-        keep_failed_first_deploy=config.keep_failed_first_deploy,
-        resources=config.resources,
-        pod_access=config.pod_access,
-        service_type=config.service_type,
-        source_ranges=config.source_ranges,
-        server=config.server,
-    )
+        api = kubernetes_api_client(kubernetes.kubernetes_conn_id, kubernetes.config_file, kubernetes.cluster_context)
+    return KubernetesTarget(api, settings=kubernetes, server=config.server)
 
 
-def image_builder_from(config: BuilderConfig, *, repository: str) -> ImageBuilder:
+def image_builder_from(config: RunSettings, *, repository: str) -> ImageBuilder:
     """``oci`` talks to the registry directly (no Docker engine); ``docker`` goes through an engine.
     Both get the same credentials (``registry_auth``) and send them only to the registry they are
     for; the engine is never logged in (a login would serve any later push to that host)."""
-    credentials = registry_auth(repository, config.docker_conn_id, config.gcp_conn_id)
-    if config.name == "oci":
+    image = config.image
+    credentials = registry_auth(repository, image.registry_conn_id, config.gke.gcp_conn_id)
+    if image.image_builder == "oci":
         from tfserving_deploy.image.oci import OciImageBuilder
 
         return OciImageBuilder(credentials)
     from tfserving_deploy.image.docker_builder import DockerCommitBuilder
 
-    return DockerCommitBuilder(docker_client(None, config.docker_url), credentials)
+    return DockerCommitBuilder(docker_client(None, image.docker_url), credentials)
 
 
 # -- Docker and registries -------------------------------------------------------------------------
@@ -225,12 +220,12 @@ def gke_endpoint_api_client(
         ) from exc
 
 
-def gke_cluster(config: GkeConfig, *, create_if_missing: bool = False, impersonation_chain=None):
+def gke_cluster(config: GkeSettings, *, create_if_missing: bool = False, impersonation_chain=None):
     """``ensure_gke_cluster`` through the google provider's ``GKEHook``; returns the ``GkeCluster``."""
     return _ensure(_gke_hook(config, impersonation_chain), config, create_if_missing)
 
 
-def gke_api_client(config: GkeConfig, *, create_if_missing: bool = False, impersonation_chain=None):
+def gke_api_client(config: GkeSettings, *, create_if_missing: bool = False, impersonation_chain=None):
     """Ensure the GKE cluster (as ``gke_cluster``), then a ``kubernetes.client.ApiClient`` for it.
 
     The client trusts the cluster's CA and sends a token from the connection's credentials,
@@ -264,14 +259,14 @@ def _connection(conn_id: str, param: str):
         raise InvalidParameter(f"connection {conn_id!r} ({param}) does not exist; create it or fix {param}") from None
 
 
-def _gke_hook(config: GkeConfig, impersonation_chain):
+def _gke_hook(config: GkeSettings, impersonation_chain):
     from airflow.providers.google.cloud.hooks.kubernetes_engine import GKEHook
 
     _connection(config.gcp_conn_id, "gcp_conn_id")  # a missing one is the param's fault: fail at once
     return GKEHook(gcp_conn_id=config.gcp_conn_id, location=config.location, impersonation_chain=impersonation_chain)
 
 
-def _ensure(hook, config: GkeConfig, create_if_missing: bool):
+def _ensure(hook, config: GkeSettings, create_if_missing: bool):
     from tfserving_deploy.targets.gke.cluster import ensure_gke_cluster
 
     if not config.location:

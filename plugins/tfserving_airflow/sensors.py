@@ -9,9 +9,13 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from .config import count
 from .operators.base import TargetMixin, explained_failures
 from .triggers import LoadBalancerTrigger
+
+
+def text(value) -> str | None:
+    """A rendered template field that may be unset: None, "" and "None" are None."""
+    return None if value is None or value in ("", "None") else str(value)
 
 
 def address_from_event(event: dict[str, Any]) -> str:
@@ -36,37 +40,25 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
 
     :param image: the image by digest
     :param model: ``fetch_model``'s result
-    :param model_name: the served model's name
-    :param replicas: how many replicas must be ready
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings (``config.TargetConfig``)
+    :param settings: the rendered params (``config.templated()``): the target, the model's name,
+        how many ``replicas`` must be ready
     """
 
-    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name", "replicas")
+    template_fields: Sequence[str] = ("settings", "image", "model")
 
-    def __init__(
-        self,
-        *,
-        target_name: str,
-        image: str,
-        model,
-        model_name: str,
-        replicas: int,
-        target_options: dict | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, image: str, model, settings: dict | None = None, **kwargs):
         kwargs.setdefault("poke_interval", 2)
         kwargs.setdefault("timeout", 300)
         super().__init__(**kwargs)
-        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
-        self.replicas, self.target_options = replicas, target_options or {}
+        self.image, self.model, self.settings = image, model, settings or {}
 
     def poke(self, context) -> PokeReturnValue:
         from tfserving_deploy.serving.status import replica_state
 
         addresses = self.target.endpoints(self.model_name, self.image)
-        if len(addresses) < count(self.replicas, "replicas"):
-            self.log.info("%d of %d replicas running", len(addresses), count(self.replicas, "replicas"))
+        replicas = self.config.deploy.replicas
+        if len(addresses) < replicas:
+            self.log.info("%d of %d replicas running", len(addresses), replicas)
             return PokeReturnValue(is_done=False)
         with explained_failures(), self.target.reachable(addresses) as dial:  # END fails at once
             states = {a: replica_state(dial[a], self.model_name, self.model["version"]) for a in addresses}
@@ -77,7 +69,7 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=addresses)
 
     def execute(self, context):
-        if self.target_config.name == "local" or self.target_config.service_type == "ClusterIP":
+        if self.config.deploy.target == "local" or self.config.kubernetes.service_type == "ClusterIP":
             # local: poke every replica; ClusterIP: no balancer to wait for, the ready pods are the endpoints
             return super().execute(context)
         self.defer(
@@ -89,23 +81,23 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
     def _load_balancer_trigger(self) -> LoadBalancerTrigger:
         from tfserving_deploy.targets.kubernetes.manifests import object_name
 
-        config = self.target_config
+        kubernetes = self.config.kubernetes
         access: dict[str, Any] = {
-            "kubernetes_conn_id": config.kubernetes_conn_id,
-            "config_file": config.config_file,
-            "cluster_context": config.cluster_context,
+            "kubernetes_conn_id": kubernetes.kubernetes_conn_id,
+            "config_file": kubernetes.config_file,
+            "cluster_context": kubernetes.cluster_context,
         }
-        if config.name == "gke":  # the cluster's endpoint and CA, a token from the connection
+        if self.config.deploy.target == "gke":  # the cluster's endpoint and CA, a token from the connection
             from .connections import gke_cluster
 
-            cluster = gke_cluster(config.gke)  # never creates: ensure_cluster did
+            cluster = gke_cluster(self.config.gke)  # never creates: ensure_cluster did
             access = {
                 "cluster_url": cluster.url,
                 "ssl_ca_cert": cluster.ca_certificate,
-                "gcp_conn_id": config.gke.gcp_conn_id,
+                "gcp_conn_id": self.config.gke.gcp_conn_id,
             }
         return LoadBalancerTrigger(
-            namespace=config.namespace,
+            namespace=kubernetes.namespace,
             service_name=object_name(self.model_name),
             timeout=float(self.timeout),
             poll_interval=float(self.poke_interval),
@@ -115,9 +107,10 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
     def execute_complete(self, context, event) -> list[str]:
         balancer = address_from_event(event)
         pods = self.target.endpoints(self.model_name, self.image)
-        if len(pods) < count(self.replicas, "replicas"):
+        if len(pods) < self.config.deploy.replicas:
             raise AirflowFailException(
-                f"LoadBalancer {balancer} is up but only {len(pods)} of {self.replicas} pods of {self.image} are ready"
+                f"LoadBalancer {balancer} is up but only {len(pods)} of {self.config.deploy.replicas} pods of "
+                f"{self.image} are ready"
             )
         self.log.info("endpoint %s; pods %s", balancer, pods)
         return [balancer, *pods]

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..defaults import REST_PORT
 from ..errors import InvalidParameter
+from ..settings import Settings, setting
 
 DEFAULT_MAX_CONNECTION_AGE_MS = 5_000  # a new pod gets traffic within seconds; a reconnect costs ~1 ms
 DEFAULT_MAX_CONNECTION_AGE_GRACE_MS = 10_000  # in-flight Predict calls finish on the old connection
@@ -43,6 +44,7 @@ BATCHING_LIMITS = {
     "max_enqueued_batches": 100_000,
 }
 MAX_CONNECTION_AGE_LIMIT_MS = 86_400_000  # a day; longer is the same as never (0)
+SERVING_SECTION = "Serving behaviour"  # the trigger form's section of the settings that shape serving
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(REST_PORT),
@@ -51,40 +53,57 @@ PROMETHEUS_ANNOTATIONS = {
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    """The flags every serving replica starts with; ``max_connection_age_ms=0`` turns ageing off."""
+class ServerConfig(Settings):
+    """The flags every serving replica starts with; ``grpc_max_connection_age_ms=0`` turns ageing off."""
 
-    max_connection_age_ms: int = DEFAULT_MAX_CONNECTION_AGE_MS
-    max_connection_age_grace_ms: int = DEFAULT_MAX_CONNECTION_AGE_GRACE_MS
-    batching: dict[str, int] | None = field(default=None, hash=False)
-
-    def __post_init__(self):
-        for name in ("max_connection_age_ms", "max_connection_age_grace_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_CONNECTION_AGE_LIMIT_MS:
-                raise InvalidParameter(
-                    f"grpc_{name}={value!r}: need a whole number of milliseconds, 0 to {MAX_CONNECTION_AGE_LIMIT_MS}"
-                )
-        if self.batching is not None:
-            check_batching(self.batching)
+    grpc_max_connection_age_ms: int = setting(
+        DEFAULT_MAX_CONNECTION_AGE_MS,
+        "Each replica closes a client's gRPC connection after this age, so the client reconnects and "
+        "the load balancer picks a pod again (one channel otherwise stays on one pod). 0: never.",
+        minimum=0,
+        maximum=MAX_CONNECTION_AGE_LIMIT_MS,
+        section=SERVING_SECTION,
+    )
+    grpc_max_connection_age_grace_ms: int = setting(
+        DEFAULT_MAX_CONNECTION_AGE_GRACE_MS,
+        "How long calls in flight on an aged connection may take to finish.",
+        minimum=0,
+        maximum=MAX_CONNECTION_AGE_LIMIT_MS,
+        section=SERVING_SECTION,
+    )
+    batching_parameters: dict[str, int] | None = setting(
+        None,
+        'Server-side batching, e.g. {"max_batch_size": 32, "batch_timeout_micros": 2000, '
+        '"num_batch_threads": 4}: more throughput for some latency. null: off.',
+        section=SERVING_SECTION,
+        check=lambda batching: check_batching(batching),
+        schema={
+            "properties": {
+                key: {"type": "integer", "minimum": 1, "maximum": BATCHING_LIMITS[key]} for key in BATCHING_FIELDS
+            },
+            "additionalProperties": False,
+        },
+    )
 
     def files(self) -> dict[str, str]:
         """``{environment variable: text}`` of the config files, written under CONFIG_DIR at start."""
         files = {MONITORING_ENV: f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n'}
-        if self.batching is not None:
+        if self.batching_parameters is not None:
             files[BATCHING_ENV] = "".join(
-                f"{key} {{ value: {self.batching[key]} }}\n" for key in BATCHING_FIELDS if key in self.batching
+                f"{key} {{ value: {self.batching_parameters[key]} }}\n"
+                for key in BATCHING_FIELDS
+                if key in self.batching_parameters
             )
         return files
 
     def server_args(self) -> list[str]:
         args = [f"--monitoring_config_file={CONFIG_DIR}/{CONFIG_FILES[MONITORING_ENV]}"]
-        if self.max_connection_age_ms:
+        if self.grpc_max_connection_age_ms:
             args.append(
-                f"--grpc_channel_arguments=grpc.max_connection_age_ms={self.max_connection_age_ms},"
-                f"grpc.max_connection_age_grace_ms={self.max_connection_age_grace_ms}"
+                f"--grpc_channel_arguments=grpc.max_connection_age_ms={self.grpc_max_connection_age_ms},"
+                f"grpc.max_connection_age_grace_ms={self.grpc_max_connection_age_grace_ms}"
             )
-        if self.batching is not None:
+        if self.batching_parameters is not None:
             args += ["--enable_batching", f"--batching_parameters_file={CONFIG_DIR}/{CONFIG_FILES[BATCHING_ENV]}"]
         return args
 

@@ -1,5 +1,5 @@
-"""What every operator shares: permanent faults fail without retries, and the target or the
-image builder is built once per task, lazily, from its parsed settings."""
+"""What every operator shares: permanent faults fail without retries, the settings parsed once
+per concern, and the target or the image builder built once per task, lazily, from them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from tfserving_deploy.errors import InvalidParameter, Permanent
 
-from ..config import BuilderConfig, TargetConfig
+from ..config import RunSettings
 from ..connections import image_builder_from, target_from
 
 if TYPE_CHECKING:
@@ -72,34 +72,64 @@ def run_date(context):
     return dag_run.logical_date or dag_run.run_after
 
 
-class TargetMixin:
-    """``target_name`` and ``target_options`` (rendered params) name the deployment target."""
+def asset_sources(context) -> list[tuple[str, str | None]]:
+    """``(model_url, model_sha256)`` of the Asset events that triggered the run, in order."""
+    return [
+        (str(event.extra["model_url"]), event.extra.get("model_sha256"))
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for event in events
+        if event.extra.get("model_url")
+    ]
 
-    target_name: str
-    target_options: dict
-    create_cluster = False  # only ensure_cluster may create a GKE cluster
+
+def _mask_url_secrets(url) -> None:
+    from airflow.sdk.log import mask_secret
+
+    from tfserving_deploy.model.urls import secret_values
+
+    for secret in secret_values(str(url or "")):
+        mask_secret(secret)
+
+
+class SettingsMixin:
+    """``settings``: the rendered params (``config.templated()``), a template field; ``config``
+    parses each concern once, when first read (``config.kubernetes.namespace``)."""
+
+    settings: dict
+
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        """Every task renders the model URL (a settings param): its secrets (a user part, a password,
+        signed-URL tokens), and those of the Asset events' URLs, are masked in logs, errors and
+        rendered fields before anything runs."""
+        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
+        for url in [self.settings.get("model_url"), *(url for url, _ in asset_sources(context))]:
+            _mask_url_secrets(url)
 
     @cached_property
-    def target_config(self) -> TargetConfig:
-        """The parsed settings; a wrong or not allowlisted one fails the task at once, wherever it is first read."""
-        with explained_failures():
-            return TargetConfig.parse(self.target_name, self.target_options)
+    def config(self) -> RunSettings:
+        """The typed settings; a wrong or not allowlisted one fails the task at once, wherever it is first read."""
+        return RunSettings(self.settings, guard=explained_failures)
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name, the one most tasks need."""
+        return self.config.model.model_name
+
+
+class TargetMixin(SettingsMixin):
+    """The deployment target the settings name, built once per task."""
+
+    create_cluster = False  # only ensure_cluster may create a GKE cluster
 
     @cached_property
     def target(self) -> Target:
         """The target's client; a connection the params may not use (missing, no identity of its own) fails at once."""
         with explained_failures():
-            return target_from(self.target_config, create_cluster=self.create_cluster)
+            return target_from(self.config, create_cluster=self.create_cluster)
 
 
-class BuilderMixin:
-    """``builder_name`` and ``builder_options`` (``docker_conn_id`` / ``gcp_conn_id`` for registry
-    credentials) name the image builder."""
-
-    builder_name: str
-    builder_options: dict
+class BuilderMixin(SettingsMixin):
+    """The image builder the settings name, with the registry credentials they allow."""
 
     def builder_for(self, repository: str) -> ImageBuilder:
-        with explained_failures():
-            config = BuilderConfig.parse(self.builder_name, self.builder_options)
-        return image_builder_from(config, repository=repository)
+        return image_builder_from(self.config, repository=repository)

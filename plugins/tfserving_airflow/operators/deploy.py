@@ -13,7 +13,6 @@ from tfserving_deploy.serving.sizing import DEFAULT_READY_SECONDS, Measurement, 
 from tfserving_deploy.targets.kubernetes.manifests import rollout_timeout, run_key
 
 from .. import lineage
-from ..config import count, mapping
 from .base import TargetMixin, explained_failures, run_date
 
 PROMOTED = "promoted"  # the deploy task's XCom key, written the moment what serves starts changing
@@ -24,32 +23,22 @@ class EnsureClusterOperator(TargetMixin, BaseOperator):
     """Make sure the target can take a deployment (engine/cluster and registry reachable, the
     identity allowed); for GKE, create the cluster when it is missing and wait until it is RUNNING.
 
-    :param image_repository: where the image was pushed (its registry is checked)
-    :param model_name: the served model's name (the identity's access to its objects is checked)
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
+    :param settings: the rendered params (``config.templated()``): the target and its settings,
+        ``image_repository`` (its registry is checked), the model's name (the identity's access to
+        its objects is checked)
     """
 
     create_cluster = True
-    template_fields: Sequence[str] = ("target_name", "target_options", "image_repository", "model_name")
+    template_fields: Sequence[str] = ("settings",)
 
-    def __init__(
-        self,
-        *,
-        target_name: str,
-        image_repository: str,
-        model_name: str,
-        target_options: dict | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, settings: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.target_name, self.image_repository, self.model_name = target_name, image_repository, model_name
-        self.target_options = target_options or {}
+        self.settings = settings or {}
 
     def execute(self, context) -> dict:
         with explained_failures():
-            facts = self.target.ensure_ready(self.image_repository, model_name=self.model_name)
-        self.log.info("target %s ready: %s", self.target_config.name, facts)
+            facts = self.target.ensure_ready(self.config.image.image_repository, model_name=self.model_name)
+        self.log.info("target %s ready: %s", self.config.deploy.target, facts)
         return facts
 
 
@@ -59,28 +48,15 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
 
     :param image: the image by digest
     :param model: ``fetch_model``'s result
-    :param model_name: the served model's name
+    :param settings: the rendered params (``config.templated()``): the target, the model's name
     :param ready_timeout: seconds for the candidate to report the model AVAILABLE
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
 
-    template_fields: Sequence[str] = ("target_name", "target_options", "image", "model", "model_name")
+    template_fields: Sequence[str] = ("settings", "image", "model")
 
-    def __init__(
-        self,
-        *,
-        target_name: str,
-        image: str,
-        model,
-        model_name: str,
-        ready_timeout: float = 300.0,
-        target_options: dict | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, image: str, model, settings: dict | None = None, ready_timeout: float = 300.0, **kwargs):
         super().__init__(**kwargs)
-        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
-        self.ready_timeout, self.target_options = ready_timeout, target_options or {}
+        self.image, self.model, self.settings, self.ready_timeout = image, model, settings or {}, ready_timeout
 
     def execute(self, context) -> list[str]:
         measured: list[Measurement] = []
@@ -94,7 +70,7 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
                 on_measured=measured.append,
             )
         measurement = measured[0] if measured else Measurement(notes=("the target measured nothing",))
-        sizing = choose(measurement, explicit_resources=self.target_config.resources)
+        sizing = choose(measurement, explicit_resources=self.config.kubernetes.resources)
         for reason in sizing.reasons:
             _log_reason(self.log, reason)
         context["ti"].xcom_push(key=SIZING, value=sizing.to_dict())
@@ -104,16 +80,14 @@ class StartCandidateOperator(TargetMixin, BaseOperator):
 class StopCandidateOperator(TargetMixin, BaseOperator):
     """Tear the candidate down, whatever happened to it.
 
-    :param model_name: the served model's name
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
+    :param settings: the rendered params (``config.templated()``): the target, the model's name
     """
 
-    template_fields: Sequence[str] = ("target_name", "target_options", "model_name")
+    template_fields: Sequence[str] = ("settings",)
 
-    def __init__(self, *, target_name: str, model_name: str, target_options: dict | None = None, **kwargs):
+    def __init__(self, *, settings: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.target_name, self.model_name, self.target_options = target_name, model_name, target_options or {}
+        self.settings = settings or {}
 
     def execute(self, context) -> int:
         removed = self.target.stop_candidate(self.model_name, run_key(context["run_id"]))
@@ -129,45 +103,31 @@ class DeployModelOperator(TargetMixin, BaseOperator):
 
     :param image: the validated image by digest
     :param model: ``fetch_model``'s result
-    :param model_name: the served model's name
-    :param replicas: serving replicas
+    :param settings: the rendered params (``config.templated()``): the target, the model's name,
+        ``replicas``
     :param ready_timeout: seconds for one wave of new pods to become ready (a rollout of many
         replicas gets one such budget per wave: ``manifests.rollout_timeout``); None: from ``sizing``,
         else 180
     :param sizing: ``start_candidate``'s XCom ``sizing`` (resources and startup budget from the
         candidate's measurement); None: the target's own settings
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
 
-    template_fields: Sequence[str] = (
-        "target_name",
-        "target_options",
-        "image",
-        "model",
-        "model_name",
-        "replicas",
-        "sizing",
-    )
+    template_fields: Sequence[str] = ("settings", "image", "model", "sizing")
 
     def __init__(
         self,
         *,
-        target_name: str,
         image: str,
         model,
-        model_name: str,
-        replicas: int,
+        settings: dict | None = None,
         ready_timeout: float | None = None,
         sizing=None,
-        target_options: dict | None = None,
         **kwargs,
     ):
         kwargs.setdefault("max_active_tis_per_dag", 1)  # one promotion at a time
         super().__init__(**kwargs)
-        self.target_name, self.image, self.model, self.model_name = target_name, image, model, model_name
-        self.replicas, self.ready_timeout, self.target_options = replicas, ready_timeout, target_options or {}
-        self.sizing = sizing
+        self.image, self.model, self.settings = image, model, settings or {}
+        self.ready_timeout, self.sizing = ready_timeout, sizing
         self._endpoint: str | None = None
 
     def execute(self, context) -> dict:
@@ -178,9 +138,9 @@ class DeployModelOperator(TargetMixin, BaseOperator):
             "model-url": self.model["url"][:200],
             "run-date": date.isoformat(),
             "dag-run": context["run_id"][:200],
-            "server-config": self.target_config.server.fingerprint(),  # the change check compares it
+            "server-config": self.config.server.fingerprint(),  # the change check compares it
         }
-        replicas = count(self.replicas, "replicas")
+        replicas = self.config.deploy.replicas
         sizing = self._sizing()
         per_wave = sizing.ready_timeout if sizing else float(self.ready_timeout or DEFAULT_READY_SECONDS)
         with explained_failures():
@@ -189,7 +149,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
                 model_name=self.model_name,
                 version=self.model["version"],
                 replicas=replicas,
-                ready_timeout=rollout_timeout(per_wave, replicas),
+                ready_timeout=rollout_timeout(per_wave, replicas, self.config.kubernetes.max_surge),
                 metadata=metadata,
                 # recorded before the rollout is waited for: a worker killed meanwhile leaves it behind
                 on_change=lambda: context["ti"].xcom_push(key=PROMOTED, value=self.image),
@@ -200,12 +160,12 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         if not result["promoted"]:  # an earlier try of this run may have made the switch
             serving = self.target.serving_state(self.model_name) or {}
             result["promoted"] = serving.get("metadata", {}).get("dag-run") == metadata["dag-run"]
-        self._endpoint = lineage.endpoint_uri(self.target_config.name, self.model_name)
+        self._endpoint = lineage.endpoint_uri(self.config.deploy.target, self.model_name)
         return result
 
     def _sizing(self) -> Sizing | None:
         """``start_candidate``'s sizing, with an explicit ``ready_timeout`` winning; logged."""
-        sizing = Sizing.from_dict(mapping(self.sizing))
+        sizing = Sizing.from_dict(_rendered_dict(self.sizing))
         if sizing is not None and self.ready_timeout is not None:
             reason = f"ready timeout given explicitly: {float(self.ready_timeout):g}s per wave"
             sizing = dataclasses.replace(
@@ -239,6 +199,15 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         )
 
 
+def _rendered_dict(value) -> dict | None:
+    """An XCom dict, or its rendered text (a template field renders it to its repr)."""
+    import ast
+
+    if value is None or value in ("", "None"):
+        return None
+    return dict(ast.literal_eval(value) if isinstance(value, str) else value)
+
+
 def _log_reason(log, reason: str) -> None:
     (log.warning if reason.startswith("warning") else log.info)("sizing: %s", reason)
 
@@ -265,28 +234,16 @@ class RollbackOperator(TargetMixin, BaseOperator):
     failed, saying what it did: as the DAG's last task it decides the run's state.
 
     :param image: the image this run promoted
-    :param model_name: the served model's name
+    :param settings: the rendered params (``config.templated()``): the target, the model's name
     :param deploy_task_id: the task whose result says whether this run promoted
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings: namespace, connections, GKE cluster (``config.TargetConfig``)
     """
 
-    template_fields: Sequence[str] = ("target_name", "target_options", "model_name", "image")
+    template_fields: Sequence[str] = ("settings", "image")
 
-    def __init__(
-        self,
-        *,
-        image: str,
-        model_name: str,
-        target_name: str,
-        deploy_task_id: str = "deploy",
-        target_options: dict | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, image: str, settings: dict | None = None, deploy_task_id: str = "deploy", **kwargs):
         kwargs.setdefault("trigger_rule", "one_failed")
         super().__init__(**kwargs)
-        self.image, self.model_name, self.deploy_task_id = image, model_name, deploy_task_id
-        self.target_name, self.target_options = target_name, target_options or {}
+        self.image, self.settings, self.deploy_task_id = image, settings or {}, deploy_task_id
 
     def execute(self, context):
         ti = context["ti"]

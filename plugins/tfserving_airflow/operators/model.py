@@ -13,54 +13,31 @@ from tfserving_deploy.errors import RolloutError, TargetError
 from tfserving_deploy.model.cache import cache_root
 
 from .. import lineage
-from ..config import flag, number, text
-from .base import TargetMixin, explained_failures, run_date
+from .base import SettingsMixin, TargetMixin, asset_sources, explained_failures, run_date
 
 logger = logging.getLogger(__name__)
 
 
-class ModelSourceMixin:
+class ModelSourceMixin(SettingsMixin):
     """The model's URL (and pin): the ``model_url`` param, or an upstream Asset event's
     ``extra.model_url``. Both are untrusted: a dated URL (``.../{{ ds_nodash }}/model.tar.gz``,
     for backfills) is filled from the run's dates only (``render_model_url``), never with the task
     context; and its secrets (a user part, a password, signed-URL tokens) are masked in logs,
-    errors and rendered fields before anything renders or runs."""
+    errors and rendered fields before anything renders or runs (``SettingsMixin``, for every task)."""
 
-    model_url: str | None
-    model_sha256: str | None = None
-
-    def render_template_fields(self, context, jinja_env=None) -> None:
-        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
-        for url in [self.model_url, *(url for url, _ in _asset_sources(context))]:
-            _mask_url_secrets(url)
+    @property
+    def has_model_url(self) -> bool:
+        """Whether the task was given the run's model URL (with its credentials), not only XCom's."""
+        return bool(self.settings.get("model_url"))
 
     def model_source(self, context) -> tuple[str, str | None]:
         from tfserving_deploy.model.urls import render_model_url
 
-        url, sha256 = str(self.model_url), text(self.model_sha256)
-        for event_url, event_sha256 in _asset_sources(context):
+        url, sha256 = self.config.model.model_url, self.config.model.model_sha256
+        for event_url, event_sha256 in asset_sources(context):
             url, sha256 = event_url, event_sha256 or sha256
         with explained_failures():
             return render_model_url(url, run_date(context)), sha256
-
-
-def _asset_sources(context) -> list[tuple[str, str | None]]:
-    """``(model_url, model_sha256)`` of the Asset events that triggered the run, in order."""
-    return [
-        (str(event.extra["model_url"]), event.extra.get("model_sha256"))
-        for events in (context.get("triggering_asset_events") or {}).values()
-        for event in events
-        if event.extra.get("model_url")
-    ]
-
-
-def _mask_url_secrets(url) -> None:
-    from airflow.sdk.log import mask_secret
-
-    from tfserving_deploy.model.urls import secret_values
-
-    for secret in secret_values(str(url or "")):
-        mask_secret(secret)
 
 
 class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
@@ -69,43 +46,16 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
     "Unchanged" is decided without downloading: a pinned sha256, a hashed local file, or a
     conditional HEAD against what the cache remembers of the URL.
 
-    :param model_url: the SavedModel tarball (http(s)://, file://); may hold ``{{ ds_nodash }}``
-    :param model_sha256: the tarball's pinned sha256, if any
-    :param model_name: the served model's name
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param replicas: how many replicas must serve it, healthy, for "no change"
-    :param force: never skip
-    :param target_options: the target's settings (see ``config.TargetConfig``)
+    :param settings: the rendered params (``config.templated()``): the model, its pin, the target,
+        how many replicas must serve it, healthy, for "no change", and ``force`` (never skip)
     :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
     """
 
-    template_fields: Sequence[str] = (
-        "model_url",
-        "model_sha256",
-        "model_name",
-        "target_name",
-        "target_options",
-        "replicas",
-        "force",
-    )
+    template_fields: Sequence[str] = ("settings",)
 
-    def __init__(
-        self,
-        *,
-        model_url: str,
-        model_sha256: str | None,
-        model_name: str,
-        target_name: str,
-        replicas: int,
-        force: bool = False,
-        target_options: dict | None = None,
-        cache_dir: str | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, settings: dict | None = None, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.model_url, self.model_sha256, self.model_name = model_url, model_sha256, model_name
-        self.target_name, self.replicas, self.force = target_name, replicas, force
-        self.target_options, self.cache_dir = target_options or {}, cache_dir
+        self.settings, self.cache_dir = settings or {}, cache_dir
 
     def execute(self, context) -> dict:
         decision = self._decide(context)
@@ -118,9 +68,10 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
         from tfserving_deploy.targets.kubernetes.manifests import check_model_name
 
         with explained_failures():  # wrong params fail here, before anything is fetched or built
-            if self.target_config.name in ("kubernetes", "gke"):
+            self.config.check()
+            if self.config.deploy.target in ("kubernetes", "gke"):
                 check_model_name(self.model_name)
-        if flag(self.force):
+        if self.config.deploy.force:
             return {"changed": True, "reason": "force=true"}
         url, pinned = self.model_source(context)
         with explained_failures():  # a URL the policy refuses fails here, not after three tries
@@ -133,13 +84,13 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
             reason = "model not fetched before, or it changed" if sha256 is None else "nothing serving"
             return {"changed": True, "reason": reason, "sha256": sha256}
         meta = serving["metadata"]
-        if meta.get("model-sha256") != sha256 or serving["replicas"] != number(self.replicas):
+        if meta.get("model-sha256") != sha256 or serving["replicas"] != self.config.deploy.replicas:
             reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
             return {"changed": True, "reason": reason, "sha256": sha256}
-        if meta.get("server-config") != self.target_config.server.fingerprint():
-            reason = f"server settings changed: {self.target_config.server}"
+        if meta.get("server-config") != self.config.server.fingerprint():
+            reason = f"server settings changed: {self.config.server}"
             return {"changed": True, "reason": reason, "sha256": sha256}
-        version = number(meta["model-version"])
+        version = int(meta["model-version"])
         with self.target.reachable(serving["addresses"]) as dial:
             unhealthy = [
                 a
@@ -164,16 +115,16 @@ def _state_or_error(probe, *args) -> str:
 class FetchModelOperator(ModelSourceMixin, BaseOperator):
     """Download (or reuse from the content cache), unpack safely and verify a SavedModel tarball.
 
-    :param model_url: the SavedModel tarball (http(s)://, file://); may hold ``{{ ds_nodash }}``
-    :param model_sha256: the tarball's pinned sha256; a different download fails the task
+    :param settings: the rendered params (``config.templated()``): ``model_url`` (http(s)://, file://;
+        may hold ``{{ ds_nodash }}``) and ``model_sha256`` (a different download fails the task)
     :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
     """
 
-    template_fields: Sequence[str] = ("model_url", "model_sha256", "cache_dir")
+    template_fields: Sequence[str] = ("settings", "cache_dir")
 
-    def __init__(self, *, model_url: str, model_sha256: str | None = None, cache_dir: str | None = None, **kwargs):
+    def __init__(self, *, settings: dict | None = None, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.model_url, self.model_sha256, self.cache_dir = model_url, model_sha256, cache_dir
+        self.settings, self.cache_dir = settings or {}, cache_dir
         self._fetched: dict | None = None
 
     def execute(self, context) -> dict:

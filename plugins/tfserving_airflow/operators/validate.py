@@ -10,7 +10,6 @@ from airflow.sdk import BaseOperator
 from tfserving_deploy.model.cache import cache_root
 
 from .. import lineage
-from ..config import flag, number
 from .base import TargetMixin, explained_failures
 from .model import ModelSourceMixin, local_model
 
@@ -21,65 +20,41 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
 
     :param endpoints: the replicas' addresses (``start_candidate`` or ``wait_for_endpoint``)
     :param model: ``fetch_model``'s result: the signature and the offline reference
-    :param model_url: the run's model URL (the ``model_url`` param): a worker without ``fetch_model``'s
-        cache fetches the model again from it, with its credentials
-    :param model_name: the served model's name
+    :param settings: the rendered params (``config.templated()``): the model's name and URL (a worker
+        without ``fetch_model``'s cache fetches the model again from it, with its credentials), the
+        target, ``expected_class`` (the class the image must get, if known),
+        ``allow_signature_change`` (let a breaking signature change through, reported, not failed),
+        ``balance_check_seconds`` (with a load balancer among the endpoints, send requests through it
+        on one channel until every replica answered some, for at most this long; 0: no check)
     :param image_path: the JPEG to send
-    :param expected_class: the class the image must get, if known
     :param image: the image under test (for the report)
     :param requests_per_replica: timed requests after the checked first one
     :param cache_dir: the content cache (default ``$TFSERVING_DEPLOY_CACHE``)
-    :param target_name: ``local``, ``kubernetes`` or ``gke``
-    :param target_options: the target's settings (``config.TargetConfig``)
     :param compare_with_serving: a candidate's validation: its signature must not break clients of
         what serves now (``compatibility``), unless ``allow_signature_change``; otherwise the
         validation of what serves, whose summary warns when any address may reach it
-    :param allow_signature_change: let a breaking signature change through (reported, not failed)
-    :param balance_check_seconds: with a load balancer among the endpoints, send requests through it
-        on one channel until every replica answered some, for at most this long (0: no check)
     """
 
-    template_fields: Sequence[str] = (
-        "endpoints",
-        "model",
-        "model_url",
-        "model_name",
-        "expected_class",
-        "image_path",
-        "image",
-        "target_name",
-        "target_options",
-        "allow_signature_change",
-        "balance_check_seconds",
-    )
+    template_fields: Sequence[str] = ("endpoints", "model", "image_path", "image", "settings")
 
     def __init__(
         self,
         *,
         endpoints,
         model,
-        model_name: str,
         image_path: str,
-        expected_class: int | None = None,
         image: str | None = None,
-        target_name: str = "local",
-        target_options: dict | None = None,
+        settings: dict | None = None,
         requests_per_replica: int = 20,
         cache_dir: str | None = None,
         compare_with_serving: bool = False,
-        allow_signature_change=False,
-        balance_check_seconds=0,
-        model_url: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.model_url = model_url
-        self.endpoints, self.model, self.model_name = endpoints, model, model_name
-        self.expected_class, self.image_path, self.image = expected_class, image_path, image
-        self.target_name, self.target_options = target_name, target_options or {}
+        self.endpoints, self.model, self.settings = endpoints, model, settings or {}
+        self.image_path, self.image = image_path, image
         self.requests_per_replica, self.cache_dir = requests_per_replica, cache_dir
-        self.compare_with_serving, self.allow_signature_change = compare_with_serving, allow_signature_change
-        self.balance_check_seconds = balance_check_seconds
+        self.compare_with_serving = compare_with_serving
 
     def execute(self, context) -> dict:
         with explained_failures():  # the local model, its offline reference answer, the verdict
@@ -88,7 +63,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     def _validate(self, context) -> dict:
         from tfserving_deploy.validation.checks import raise_for_report, validate_replicas
 
-        fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.model_url else None)
+        fetched = local_model(self.model, self.cache_dir, self.model_source(context)[0] if self.has_model_url else None)
         serving = self._serving_replica() if self.compare_with_serving else None
         with self.target.reachable(list(self.endpoints) + ([serving] if serving else [])) as dial:
             report = validate_replicas(
@@ -98,7 +73,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
                 signature=fetched.signature,
                 model_dir=fetched.model_dir,
                 jpeg=Path(self.image_path).read_bytes(),
-                expected_class=number(self.expected_class),
+                expected_class=self.config.validation.expected_class,
                 requests_per_replica=self.requests_per_replica,
                 dial=dial,
                 keep_reference_in=cache_root(self.cache_dir) / "predictions",
@@ -122,7 +97,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
         lineage.emit_assets(
             self,
             context,
-            lineage.endpoint_uri(self.target_config.name, self.model_name),
+            lineage.endpoint_uri(self.config.deploy.target, self.model_name),
             {
                 "image": self.image,
                 "model_sha256": fetched.sha256,
@@ -144,7 +119,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
         with self.target.reachable([*balancers, *replicas.values()]) as dial:
             dialed = {address: dial[metrics] for address, metrics in replicas.items()}
             add_replica_metrics(report, dialed)
-            window = number(self.balance_check_seconds, 0)
+            window = self.config.validation.balance_check_seconds
             if balancers and window:
                 check_spread(report, dial[balancers[0]], dialed, signature=signature, jpeg=jpeg, window_s=window)
 
@@ -163,7 +138,7 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
             self.endpoints[0],
             model_name=self.model_name,
             signature_name=signature_name,
-            allow=flag(self.allow_signature_change),
+            allow=self.config.validation.allow_signature_change,
             dial=dial,
         )
         if changes:

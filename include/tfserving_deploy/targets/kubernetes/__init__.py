@@ -2,12 +2,13 @@
 
 from .api import ApiCallError, KubernetesApi, explain
 from .objects import ServiceUnusable, load_balancer_address, pod_grpc_address
-from .target import POD_ACCESS, KubernetesTarget
+from .settings import KubernetesSettings
+from .target import KubernetesTarget
 
 __all__ = [
-    "POD_ACCESS",
     "ApiCallError",
     "KubernetesApi",
+    "KubernetesSettings",
     "KubernetesTarget",
     "ServiceUnusable",
     "explain",

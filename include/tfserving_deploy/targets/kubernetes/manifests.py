@@ -16,8 +16,8 @@ Pure functions (no API calls), so GitOps users can render and commit the same ob
   memory and the liveness delay are sized from what the candidate measured (``sizing``);
   the defaults here apply when nothing was measured.
   No CPU limit: throttling shows up as tail latency; the request reserves the CPU.
-* RollingUpdate with maxUnavailable 0 / maxSurge 1: a new pod must be ready before an old one
-  goes, so a revision that never becomes ready never takes capacity away.
+* RollingUpdate with maxUnavailable 0 and maxSurge ``max_surge`` (default 25%): a new pod must be
+  ready before an old one goes, so a revision that never becomes ready never takes capacity away.
 * Non-root (uid 1000), no privilege escalation, no capabilities, RuntimeDefault seccomp (the
   "restricted" Pod Security Standard). ``tensorflow/serving`` runs as root by default; it works
   as uid 1000 because the image builders write the model files world-readable (0644/0755).
@@ -40,6 +40,7 @@ from ...image.references import require_digest
 from ...serving.server_config import PROMETHEUS_ANNOTATIONS, ServerConfig
 from ...serving.sizing import DEFAULT_RESOURCES, DEFAULT_STARTUP_SECONDS
 from .probes import readiness_command
+from .settings import BALANCERS, KubernetesSettings, check_resources_shape
 
 APP_NAME = "tfserving"
 MANAGED_BY = "tfserving-deploy"  # app.kubernetes.io/managed-by of every object and pod this target makes
@@ -50,10 +51,9 @@ PRE_STOP_SLEEP_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 45  # > the preStop sleep, plus time for the server to exit
 LIVENESS_INITIAL_DELAY_SECONDS = DEFAULT_STARTUP_SECONDS  # the real server opens its ports after the first load
 PROGRESS_DEADLINE_SECONDS = 600
-MAX_SURGE = "25%"  # new pods at a time (at least one); never fewer ready than wanted (maxUnavailable 0)
+MAX_SURGE = KubernetesSettings().max_surge  # the declared default
 RUN_AS_USER = 1000
 POD_SERVICE_ACCOUNT = "default"  # every pod this target makes (candidates and replicas) runs as it, without a token
-SERVICE_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP", "NodePort")
 # GKE's internal passthrough load balancer: an address in the VPC, none on the internet.
 INTERNAL_LB_ANNOTATIONS = {"networking.gke.io/load-balancer-type": "Internal"}
 TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}  # the only writable path (read-only root)
@@ -120,10 +120,9 @@ def metadata_annotations(metadata: dict | None) -> dict:
 def check_resources(resources: dict | None) -> dict:
     if resources is None:
         return copy.deepcopy(DEFAULT_RESOURCES)
-    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"}:
-        raise InvalidParameter(
-            f"resources {resources!r} must be a dict with 'requests' and/or 'limits', e.g. {DEFAULT_RESOURCES!r}"
-        )
+    if not isinstance(resources, dict):
+        raise InvalidParameter(f"resources {resources!r} must be a dict, e.g. {DEFAULT_RESOURCES!r}")
+    check_resources_shape(resources)
     return copy.deepcopy(resources)
 
 
@@ -203,6 +202,7 @@ def deployment_manifest(
     progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
     server: ServerConfig | None = None,
     startup_seconds: int = LIVENESS_INITIAL_DELAY_SECONDS,
+    max_surge: int | str = MAX_SURGE,
 ) -> dict:
     if not isinstance(replicas, int) or replicas < 1:
         raise InvalidParameter(f"replicas={replicas!r} for model {model_name!r}: need an integer >= 1")
@@ -225,7 +225,7 @@ def deployment_manifest(
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": int(progress_deadline_seconds),
             "selector": {"matchLabels": selector_labels(model_name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": max_surge}},
             "template": {
                 "metadata": {"labels": object_labels(model_name), "annotations": dict(PROMETHEUS_ANNOTATIONS)},
                 "spec": {**spec, "topologySpreadConstraints": spread_constraints(model_name)},
@@ -239,15 +239,19 @@ def run_key(run_id: str) -> str:
     return hashlib.sha256(run_id.encode()).hexdigest()[:10]
 
 
-def rollout_waves(replicas: int) -> int:
-    """How many waves of new pods a rollout of ``replicas`` takes with ``MAX_SURGE`` (at most 4)."""
-    surge = max(1, math.ceil(replicas * int(MAX_SURGE.rstrip("%")) / 100))
+def rollout_waves(replicas: int, max_surge: int | str = MAX_SURGE) -> int:
+    """How many waves of new pods a rollout of ``replicas`` takes with ``max_surge`` (a count, or a
+    percentage rounded up as Kubernetes does: the default 25% takes at most 4)."""
+    if isinstance(max_surge, str):
+        surge = max(1, math.ceil(replicas * int(max_surge.rstrip("%")) / 100))
+    else:
+        surge = max(1, max_surge)
     return math.ceil(replicas / surge)
 
 
-def rollout_timeout(per_wave: float, replicas: int) -> float:
+def rollout_timeout(per_wave: float, replicas: int, max_surge: int | str = MAX_SURGE) -> float:
     """The time a rollout may take: ``per_wave`` seconds for each wave of new pods."""
-    return per_wave * rollout_waves(replicas)
+    return per_wave * rollout_waves(replicas, max_surge)
 
 
 def candidate_labels(model_name: str, run: str | None = None) -> dict:
@@ -300,21 +304,9 @@ def service_manifest(
     *, model_name: str, namespace: str, service_type: str = "LoadBalancer", source_ranges: list[str] | tuple = ()
 ) -> dict:
     """``LoadBalancer`` (optionally only for ``source_ranges``), ``InternalLoadBalancer`` (GKE: an
-    address inside the VPC), ``ClusterIP`` (no address outside the cluster) or ``NodePort``. TF
-    Serving authenticates nobody: expose it no wider than its clients."""
-    if service_type not in SERVICE_TYPES:
-        raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
-    balancer = service_type in ("LoadBalancer", "InternalLoadBalancer")
-    if source_ranges and not balancer:
-        raise InvalidParameter(
-            f"load_balancer_source_ranges {list(source_ranges)} apply to a load balancer, not to service_type "
-            f"{service_type!r}; use a NetworkPolicy for in-cluster clients"
-        )
-    for cidr in source_ranges:
-        try:
-            ipaddress.ip_network(cidr)
-        except ValueError:
-            raise InvalidParameter(f"load_balancer_source_ranges: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)") from None
+    address inside the VPC) or ``ClusterIP`` (no address outside the cluster), as ``KubernetesSettings``
+    checked them. TF Serving authenticates nobody: expose it no wider than its clients."""
+    balancer = service_type in BALANCERS
     spec: dict = {
         "type": "LoadBalancer" if balancer else service_type,
         "selector": selector_labels(model_name),

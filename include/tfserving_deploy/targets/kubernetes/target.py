@@ -20,8 +20,8 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-from ...defaults import NAMESPACE, REST_PORT
-from ...errors import InvalidParameter, TargetError
+from ...defaults import REST_PORT
+from ...errors import TargetError
 from ...image.references import is_loopback, registry_host
 from ...serving.server_config import ServerConfig
 from ...serving.sizing import Measurement, Sizing
@@ -36,7 +36,6 @@ from .manifests import (
     LIVENESS_INITIAL_DELAY_SECONDS,
     MANAGED_BY,
     PROGRESS_DEADLINE_SECONDS,
-    SERVICE_TYPES,
     check_resources,
     deployment_manifest,
     disruption_budget_manifest,
@@ -51,10 +50,10 @@ from .portforward import PodPortForward
 from .rbac import required_extras
 from .rollback import Rollback
 from .rollout import RolloutFailed, RolloutWatch
+from .settings import KubernetesSettings
 
 log = logging.getLogger(__name__)
 
-POD_ACCESS = ("auto", "pod-ip", "port-forward")
 POD_DIAL_TIMEOUT = 3.0  # seconds to decide whether pod IPs are routable from here
 
 
@@ -69,38 +68,36 @@ class KubernetesTarget:
         self,
         api_client,
         *,
-        namespace: str = NAMESPACE,
-        service_type: str = "LoadBalancer",
-        resources: dict | None = None,
-        keep_failed_first_deploy: bool = False,
-        manifest_dir: str | None = None,
+        settings: KubernetesSettings | None = None,
+        server: ServerConfig | None = None,
         field_manager: str = "tfserving-deploy",
         poll_interval: float = 2.0,
         unschedulable_grace: float = 90.0,
         api_attempts: int = 5,
         retry_backoff: float = 0.5,
         progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
-        pod_access: str = "auto",
-        source_ranges: list[str] | tuple = (),
-        server: ServerConfig | None = None,
+        **options,
     ):
-        if service_type not in SERVICE_TYPES:
-            raise InvalidParameter(f"service_type {service_type!r} is not one of {', '.join(SERVICE_TYPES)}")
-        if pod_access not in POD_ACCESS:
-            raise InvalidParameter(f"pod_access {pod_access!r} is not one of {', '.join(POD_ACCESS)}")
+        """``settings`` (default: the declared defaults), any of its fields replaced by ``options``."""
+        settings = dataclasses.replace(settings or KubernetesSettings(), **options)
+        self.settings = settings
         self.api = KubernetesApi(
-            api_client, namespace, field_manager=field_manager, attempts=api_attempts, backoff=retry_backoff
+            api_client, settings.namespace, field_manager=field_manager, attempts=api_attempts, backoff=retry_backoff
         )
-        self.namespace, self.service_type, self.manifest_dir = namespace, service_type, manifest_dir
-        self.source_ranges = tuple(source_ranges)
-        self.resources = check_resources(resources)
-        self.keep_failed_first_deploy, self.pod_access = keep_failed_first_deploy, pod_access
+        self.namespace, self.service_type, self.manifest_dir = (
+            settings.namespace,
+            settings.service_type,
+            settings.manifest_dir,
+        )
+        self.source_ranges = settings.load_balancer_source_ranges
+        self.resources = check_resources(settings.resources)
+        self.keep_failed_first_deploy, self.pod_access = settings.keep_failed_first_deploy, settings.pod_access
         self.progress_deadline_seconds = progress_deadline_seconds
         self.server = server or ServerConfig()
         self.watch = RolloutWatch(self.api, poll_interval=poll_interval, unschedulable_grace=unschedulable_grace)
         self.candidates = Candidates(self.api, self.watch, self.resources, self.server)
-        self.rollbacks = Rollback(self.api, self.watch, keep_failed_first_deploy=keep_failed_first_deploy)
-        self._pods_routable: bool | None = {"pod-ip": True, "port-forward": False}.get(pod_access)
+        self.rollbacks = Rollback(self.api, self.watch, keep_failed_first_deploy=settings.keep_failed_first_deploy)
+        self._pods_routable: bool | None = {"pod-ip": True, "port-forward": False}.get(settings.pod_access)
 
     @property
     def api_host(self) -> str:
@@ -157,6 +154,7 @@ class KubernetesTarget:
             progress_deadline_seconds=deadline,
             startup_seconds=startup,
             server=self.server,
+            max_surge=self.settings.max_surge,
         )
         service = service_manifest(
             model_name=model_name,
