@@ -248,12 +248,9 @@ def test_gke_access_goes_through_the_google_providers_async_hook():
 def wait_for_endpoint(**kwargs) -> WaitForEndpointSensor:
     return WaitForEndpointSensor(
         task_id="wait_for_endpoint",
-        target_name="kubernetes",
-        target_options={"namespace": "serving"},
+        settings={"target": "kubernetes", "namespace": "serving", "model_name": "resnet", "replicas": "2"},
         image="127.0.0.1:5000/resnet-serving@sha256:" + "0" * 64,
         model={"version": 1},
-        model_name="resnet",
-        replicas=2,
         **kwargs,
     )
 
