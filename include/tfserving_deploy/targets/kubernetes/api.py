@@ -135,6 +135,16 @@ class StopPastWaitBudget(tenacity.stop.stop_base):
         return retry_state.idle_for + retry_state.upcoming_sleep > self.budget
 
 
+def leave_statuses_to_call(api_client) -> None:
+    """urllib3's default Retry (3 tries, under the client) also repeats a GET/PUT/DELETE answered
+    429 or 503 with a Retry-After header, sleeping as long as the header says, without bound and
+    unseen by ``KubernetesApi.call``. Its quick connection retries stay; answers go to ``call``."""
+    from urllib3.util.retry import Retry
+
+    pool_kw = api_client.rest_client.pool_manager.connection_pool_kw
+    pool_kw["retries"] = Retry.from_int(pool_kw.get("retries")).new(respect_retry_after_header=False)
+
+
 def status_message(exc) -> str:
     """The ``message`` of the API's Status answer, else the HTTP reason."""
     try:
@@ -160,6 +170,7 @@ class KubernetesApi:
         self.client, self.namespace, self.field_manager = api_client, namespace, field_manager
         self.attempts, self.backoff, self.credentials = max(1, attempts), backoff, credentials
         self.wait_budget = wait_budget
+        leave_statuses_to_call(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
@@ -340,7 +351,7 @@ class KubernetesApi:
         Transient answers (409, 429, 5xx, connection errors) are retried (tenacity), at most
         ``attempts`` times, after a backoff doubling from ``backoff`` up to ``MAX_BACKOFF`` or the
         longer wait the API server asks for (``Retry-After``); the waits of one call add up to at
-        most ``wait_budget`` seconds, and each attempt to at most ``REQUEST_TIMEOUT``, so a call
+        most ``wait_budget`` seconds and each request is bounded by ``REQUEST_TIMEOUT``, so a call
         ends in bounded time. Statuses in ``expect`` are raised at once as ApiCallError for the
         caller. The rest are raised at once too: 401/403 as ``ApiCallDenied`` and 400/422 as
         ``ApiCallInvalid`` (both Permanent: the task fails without retries), others as ApiCallError.
