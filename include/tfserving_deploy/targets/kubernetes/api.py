@@ -401,7 +401,8 @@ class KubernetesApi:
         exc = state.outcome.exception() if state.outcome else None
         status = getattr(exc, "status", None)
         problem = f"HTTP {status} {status_message(exc)}" if status is not None else type(exc).__name__
-        asked = " (Retry-After)" if exc is not None and retry_after(exc) is not None else ""
+        asked = retry_after(exc) if exc is not None else None
+        by = " (Retry-After)" if asked and asked >= state.upcoming_sleep else ""  # the server set this wait
         log.warning(
             "%s: %s (attempt %d of %d); retrying in %.2fs%s",
             what,
@@ -409,7 +410,7 @@ class KubernetesApi:
             state.attempt_number,
             self.attempts,
             state.upcoming_sleep,
-            asked,
+            by,
         )
 
     def read(self, what: str, fn, *args) -> dict | None:
