@@ -27,6 +27,7 @@ class Fault:
     path: re.Pattern
     status: int
     times: int
+    retry_after: int = 0
 
 
 class FaultProxy:
@@ -46,18 +47,18 @@ class FaultProxy:
                 fault = proxy._take(self.command, self.path)
                 if fault is not None:
                     return self._reply(
-                        fault,
+                        fault.status,
                         json.dumps(
                             {
                                 "kind": "Status",
                                 "apiVersion": "v1",
                                 "status": "Failure",
-                                "code": fault,
-                                "reason": "TooManyRequests" if fault == 429 else "InternalError",
-                                "message": f"injected by the test's fault proxy (HTTP {fault})",
+                                "code": fault.status,
+                                "reason": "TooManyRequests" if fault.status == 429 else "InternalError",
+                                "message": f"injected by the test's fault proxy (HTTP {fault.status})",
                             }
                         ).encode(),
-                        {"Content-Type": "application/json", "Retry-After": "0"},
+                        {"Content-Type": "application/json", "Retry-After": str(fault.retry_after)},
                     )
                 upstream = http.client.HTTPSConnection(API_HOST, 6443, context=context, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -86,18 +87,19 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def fail(self, method: str, path: str, status: int, *, times: int = 1) -> None:
-        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with ``status``."""
+    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: int = 0) -> None:
+        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with
+        ``status`` and ``Retry-After: retry_after`` (the API server sends one with its 429s)."""
         with self._lock:
-            self.faults.append(Fault(method, re.compile(path), status, times))
+            self.faults.append(Fault(method, re.compile(path), status, times, retry_after))
 
-    def _take(self, method: str, path: str) -> int | None:
+    def _take(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.times > 0 and fault.method == method and fault.path.search(path.split("?")[0]):
                     fault.times -= 1
                     self.injected.append(f"{method} {path.split('?')[0]} -> {fault.status}")
-                    return fault.status
+                    return fault
         return None
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 
@@ -37,6 +38,8 @@ from savedmodels import make_string_model
 
 from tfserving_deploy.errors import InvalidParameter, RolloutError, TargetError
 from tfserving_deploy.targets.kubernetes import KubernetesTarget, pod_grpc_address
+from tfserving_deploy.targets.kubernetes import api as api_module
+from tfserving_deploy.targets.kubernetes.api import KubernetesApi
 from tfserving_deploy.targets.kubernetes.manifests import (
     ANNOTATION_IMAGE,
     ANNOTATION_PREVIOUS_IMAGE,
@@ -627,13 +630,18 @@ def test_two_runs_racing_to_create_the_deployment(make_target, admin, ns, images
     assert [e["responseStatus"]["code"] for e in conflicts] == [201, 409]
 
 
+def proxied(proxy: FaultProxy, token: str) -> k8s.ApiClient:
+    """A client that reaches the API server through ``proxy``, as ``token``."""
+    configuration = k8s.Configuration()
+    configuration.host = proxy.url
+    configuration.api_key = {"BearerToken": token, "authorization": token}
+    configuration.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
+    return k8s.ApiClient(configuration)
+
+
 def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, deployer, images):
     with FaultProxy() as proxy:
-        configuration = k8s.Configuration()
-        configuration.host = proxy.url
-        configuration.api_key = {"BearerToken": deployer, "authorization": deployer}
-        configuration.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
-        target = make_target(api=k8s.ApiClient(configuration))
+        target = make_target(api=proxied(proxy, deployer))
         deploy(target, images["A"])
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 503, times=2)
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 429)
@@ -647,9 +655,44 @@ def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, 
             match=r"read the server version failed with HTTP 503 from http://127.0.0.1:\d+ "
             r"after 3 attempts.*overloaded or unhealthy",
         ):
-            make_target(api=k8s.ApiClient(configuration), api_attempts=3).ensure_ready(
-                "127.0.0.1:5000/x", model_name=MODEL
-            )
+            make_target(api=proxied(proxy, deployer), api_attempts=3).ensure_ready("127.0.0.1:5000/x", model_name=MODEL)
+
+
+def test_retry_after_is_honoured_within_the_calls_wait_budget(deployer, ns, caplog):
+    """The API server's Retry-After sets the wait (the backoff here is 0.01s); the waits of one
+    call stay within its budget: a storm stops before the next wait would pass it, and a
+    Retry-After longer than the whole budget fails at once. Waits are read from what tenacity was
+    asked to sleep (the retry log), attempts from the proxy."""
+    caplog.set_level(logging.WARNING, logger=api_module.__name__)
+
+    def waits() -> list[str]:
+        found = [r.getMessage().split("retrying in ")[1] for r in caplog.records if "retrying in" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    with FaultProxy() as proxy:
+        api = KubernetesApi(proxied(proxy, deployer), ns, backoff=0.01, wait_budget=3.5)
+        proxy.fail("GET", r"^/version/?$", 503, retry_after=1)
+        proxy.fail("GET", r"^/version/?$", 429, retry_after=2)
+        assert api.server_version()["gitVersion"].startswith("v1.")  # the real API server's answer
+        assert waits() == ["1.00s (Retry-After)", "2.00s (Retry-After)"]
+        assert len(proxy.injected) == 2  # one request per attempt: urllib3 does not retry underneath
+
+        proxy.fail("GET", r"^/version/?$", 429, retry_after=2, times=100)
+        with pytest.raises(
+            TargetError,
+            match=r"read the server version failed with HTTP 429 from http://127.0.0.1:\d+ after 2 attempts: .*"
+            r"overloaded or unhealthy and asks for 2s before the next attempt \(Retry-After\): retry later",
+        ):
+            api.server_version()  # waits 2s; 2 more would pass the 3.5s budget
+        assert waits() == ["2.00s (Retry-After)"]
+        assert len(proxy.injected) == 4
+
+        proxy.faults.clear()
+        proxy.fail("GET", r"^/version/?$", 429, retry_after=3600)
+        with pytest.raises(TargetError, match=r"HTTP 429 .*asks for 3600s before the next attempt \(Retry-After\)"):
+            api.server_version()
+        assert waits() == [] and len(proxy.injected) == 5
 
 
 def test_load_balancer_address_and_its_absence(make_target, images):

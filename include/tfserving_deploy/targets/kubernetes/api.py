@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+
+import tenacity
 
 from ...errors import AccessDenied, Permanent, TargetError
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"  # lists are replaced whole
 REQUEST_TIMEOUT = 30.0
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+MAX_BACKOFF = 8.0  # seconds: the backoff doubles from ``backoff`` up to this
+WAIT_BUDGET = 60.0  # seconds one call may wait between its attempts in all, Retry-After included
 
 
 class ApiCallError(TargetError):
@@ -57,9 +60,11 @@ def explain(
     namespace: str | None = None,
     permission: str = "that permission",
     attempts: int = 1,
+    retry_after: float | None = None,
 ) -> str:
     """Why ``what`` failed with HTTP ``status`` and what to do; the sync target and the async
-    LoadBalancer trigger say it the same way."""
+    LoadBalancer trigger say it the same way. ``retry_after``: the wait the API server asked for
+    (Retry-After) when it was longer than the call could still wait."""
     detail = f": {message}" if message else ""
     if status == 401:
         return (
@@ -79,12 +84,65 @@ def explain(
         )
     if status == 0:
         return f"Kubernetes API at {host}: {message} for {what}; check the cluster CA certificate and endpoint"
-    if status in RETRYABLE_STATUSES and attempts > 1:
+    if status in RETRYABLE_STATUSES and (attempts > 1 or retry_after is not None):
+        after = f" after {attempts} attempts" if attempts > 1 else ""
+        asks = "" if retry_after is None else f" and asks for {retry_after:g}s before the next attempt (Retry-After)"
         return (
-            f"{what} failed with HTTP {status} from {host} after {attempts} attempts{detail}; the API server is "
-            "overloaded or unhealthy: retry later"
+            f"{what} failed with HTTP {status} from {host}{after}{detail}; the API server is overloaded or "
+            f"unhealthy{asks}: retry later"
         )
     return f"{what} failed with HTTP {status} from {host}{detail}"
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The wait, in seconds, that the API server asked for with a transient answer (its
+    ``Retry-After`` header: whole seconds, as the API server sends it), else None. client-go and
+    the cncf-kubernetes provider honour it the same way; the provider on 429 only, client-go on
+    429 and 5xx, as here."""
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(exc, ApiException) or exc.status not in RETRYABLE_STATUSES:
+        return None
+    try:
+        seconds = int(str((exc.headers or {}).get("Retry-After", "")))
+    except (TypeError, ValueError):
+        return None
+    return float(seconds) if seconds >= 0 else None
+
+
+class WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
+    """A backoff doubling from ``backoff`` seconds up to ``MAX_BACKOFF``, or longer when the API
+    server asked for longer (``retry_after``): the provider's ``WaitRetryAfterOrExponential``,
+    with client-go's rule that an asked wait never shortens the backoff (``Retry-After: 0``)."""
+
+    def __init__(self, backoff: float):
+        self.backoff = tenacity.wait_exponential(multiplier=backoff, max=MAX_BACKOFF)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = retry_after(exc) if exc is not None else None
+        return max(self.backoff(retry_state), asked or 0.0)
+
+
+class StopPastWaitBudget(tenacity.stop.stop_base):
+    """Stop when the next wait would take the call's waits past ``budget`` seconds in all: a
+    Retry-After longer than that fails now, saying so, rather than hold the task."""
+
+    def __init__(self, budget: float):
+        self.budget = budget
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return retry_state.idle_for + retry_state.upcoming_sleep > self.budget
+
+
+def leave_statuses_to_call(api_client) -> None:
+    """urllib3's default Retry (3 tries, under the client) also repeats a GET/PUT/DELETE answered
+    429 or 503 with a Retry-After header, sleeping as long as the header says, without bound and
+    unseen by ``KubernetesApi.call``. Its quick connection retries stay; answers go to ``call``."""
+    from urllib3.util.retry import Retry
+
+    pool_kw = api_client.rest_client.pool_manager.connection_pool_kw
+    pool_kw["retries"] = Retry.from_int(pool_kw.get("retries")).new(respect_retry_after_header=False)
 
 
 def status_message(exc) -> str:
@@ -104,12 +162,15 @@ class KubernetesApi:
         field_manager: str = "tfserving-deploy",
         attempts: int = 5,
         backoff: float = 0.5,
+        wait_budget: float = WAIT_BUDGET,
         credentials: str = "the Kubernetes/GKE connection",
     ):
         from kubernetes import client
 
         self.client, self.namespace, self.field_manager = api_client, namespace, field_manager
         self.attempts, self.backoff, self.credentials = max(1, attempts), backoff, credentials
+        self.wait_budget = wait_budget
+        leave_statuses_to_call(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
@@ -287,45 +348,70 @@ class KubernetesApi:
     def call(self, what: str, fn, *args, expect: tuple[int, ...] = (), raw: bool = False, **kwargs):
         """One API call, answered as a dict (the API's JSON), or as text with ``raw``.
 
-        Transient answers (409, 429, 5xx, connection errors) are retried with backoff, a bounded
-        number of times; statuses in ``expect`` are raised at once as ApiCallError for the caller.
-        The rest are raised at once too: 401/403 as ``ApiCallDenied`` and 400/422 as
+        Transient answers (409, 429, 5xx, connection errors) are retried (tenacity), at most
+        ``attempts`` times, after a backoff doubling from ``backoff`` up to ``MAX_BACKOFF`` or the
+        longer wait the API server asks for (``Retry-After``); the waits of one call add up to at
+        most ``wait_budget`` seconds and each request is bounded by ``REQUEST_TIMEOUT``, so a call
+        ends in bounded time. Statuses in ``expect`` are raised at once as ApiCallError for the
+        caller. The rest are raised at once too: 401/403 as ``ApiCallDenied`` and 400/422 as
         ``ApiCallInvalid`` (both Permanent: the task fails without retries), others as ApiCallError.
         """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         kwargs.update(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            try:
-                data = fn(*args, **kwargs).data
-                return data.decode(errors="replace") if raw else json.loads(data or b"{}")
-            except ApiException as exc:
-                if exc.status in expect or exc.status not in RETRYABLE_STATUSES or attempt == self.attempts:
-                    text = explain(
-                        exc.status,
-                        what=what,
-                        host=self.host,
-                        message=status_message(exc),
-                        credentials=self.credentials,
-                        namespace=self.namespace,
-                        attempts=attempt,
-                    )
-                    raise api_call_error(text, exc.status) from exc
-                problem = f"HTTP {exc.status} {status_message(exc)}"
-            except (HTTPError, OSError) as exc:
-                if attempt == self.attempts:
-                    raise TargetError(
-                        f"Kubernetes API at {self.host} is not reachable ({type(exc).__name__}: {exc}) for {what}; "
-                        "check the cluster endpoint, that the cluster is running and the network path to it "
-                        "(VPN, authorized networks)"
-                    ) from exc
-                problem = type(exc).__name__
-            log.warning("%s: %s (attempt %d of %d); retrying in %.2fs", what, problem, attempt, self.attempts, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        def transient(exc: BaseException) -> bool:
+            if isinstance(exc, ApiException):
+                return exc.status in RETRYABLE_STATUSES and exc.status not in expect
+            return isinstance(exc, (HTTPError, OSError))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(transient),
+            wait=WaitRetryAfterOrBackoff(self.backoff),
+            stop=tenacity.stop_after_attempt(self.attempts) | StopPastWaitBudget(self.wait_budget),
+            before_sleep=lambda state: self._log_retry(what, state),
+            reraise=True,
+        )
+        try:
+            data = retrying(lambda: fn(*args, **kwargs).data)
+        except ApiException as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            cut = transient(exc) and attempts < self.attempts  # the wait budget ran out first
+            text = explain(
+                exc.status,
+                what=what,
+                host=self.host,
+                message=status_message(exc),
+                credentials=self.credentials,
+                namespace=self.namespace,
+                attempts=attempts,
+                retry_after=(retry_after(exc) or None) if cut else None,  # the wait it asked for, not 0
+            )
+            raise api_call_error(text, exc.status) from exc
+        except (HTTPError, OSError) as exc:
+            raise TargetError(
+                f"Kubernetes API at {self.host} is not reachable ({type(exc).__name__}: {exc}) for {what}; "
+                "check the cluster endpoint, that the cluster is running and the network path to it "
+                "(VPN, authorized networks)"
+            ) from exc
+        return data.decode(errors="replace") if raw else json.loads(data or b"{}")
+
+    def _log_retry(self, what: str, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        status = getattr(exc, "status", None)
+        problem = f"HTTP {status} {status_message(exc)}" if status is not None else type(exc).__name__
+        asked = retry_after(exc) if exc is not None else None
+        by = " (Retry-After)" if asked and asked >= state.upcoming_sleep else ""  # the server set this wait
+        log.warning(
+            "%s: %s (attempt %d of %d); retrying in %.2fs%s",
+            what,
+            problem,
+            state.attempt_number,
+            self.attempts,
+            state.upcoming_sleep,
+            by,
+        )
 
     def read(self, what: str, fn, *args) -> dict | None:
         """A GET that may find nothing (404 -> None)."""

@@ -4,6 +4,14 @@ Each object is read, created when absent (a 409 there means another run won the 
 state is then compared like any other), and merge-patched only when a field this target owns
 differs, so an identical re-run writes nothing. What served before an image change (replicas,
 pod template, annotations) is kept in the ``previous-spec`` annotation, for rollback.
+
+Why not server-side apply (measured on the v1.34 cluster; docs/readme-apiretry.md): an identical
+apply leaves the object as it was (same resourceVersion and managedFields) but is still a PATCH
+per object per run, which the audit log records as a write; a same-revision re-run would write
+its new per-run metadata; an apply that omits ``previous-spec`` deletes it; ``kubectl scale``'s
+replicas make it a 409 conflict unless forced (forced, it does what the merge patch does); and
+fields that today's create/patch wrote stay owned by that ``Update`` entry. Keeping "no write"
+and the rollback history would need this read and compare anyway.
 """
 
 from __future__ import annotations
