@@ -69,7 +69,7 @@ clean:  ## remove the demo's replicas and local state (not the images)
 
 bench: venv services images airflow-db cluster  ## publish: docker commit/push vs the OCI builder; model-to-serving per task; warmup; gRPC spread through the cluster's balancer (about 11 min)
 	$(PY) scripts/bench_publish.py
-	$(PY) scripts/bench_serving.py
+	$(PY) scripts/bench_serving.py --model both
 	$(PY) scripts/bench_warmup.py --runs 7
 	$(PY) scripts/bench_balance.py
 
