@@ -67,9 +67,9 @@ clean:  ## remove the demo's replicas and local state (not the images)
 	-docker ps -aq --filter label=io.tfserving-deploy.serving-model | xargs -r docker rm -f
 	rm -rf $(AIRFLOW_HOME) .cache build
 
-bench: venv services images airflow-db cluster  ## publish: docker commit/push vs the OCI builder; model-to-serving per task; warmup; gRPC spread through the cluster's balancer (about 11 min)
+bench: venv services images airflow-db cluster  ## publish: docker commit/push vs the OCI builder; model-to-serving per task; warmup; gRPC spread through the cluster's balancer (about 15 min; the first run also makes the tutorial-size models, about 5 min more)
 	$(PY) scripts/bench_publish.py
-	$(PY) scripts/bench_serving.py
+	$(PY) scripts/bench_serving.py --model both
 	$(PY) scripts/bench_warmup.py --runs 7
 	$(PY) scripts/bench_balance.py
 

@@ -2,7 +2,9 @@
 
 Two cases, each repeated (``--runs``, median reported), with ``dag.test()`` on the local target
 or the cluster of ``make cluster`` (``--target kubernetes``), 3 replicas, the offline demo model
-served on 127.0.0.1:
+served on 127.0.0.1, at either size or both side by side (``--model``): ``small`` (the 200 KB
+stand-in) and ``tutorial`` (ResNet-50 v2, about 100 MB like the tutorial's model; each seed's
+tarball is made once, minutes, and kept in ``.cache/demo-models``: not timed):
 
 - **new model**: a model version not seen before (a fresh seed), the whole pipeline;
 - **unchanged**: the same URL again, decided by ``check_for_change`` ("no change", rest skipped).
@@ -12,7 +14,7 @@ task (its wall time, set-up included) and in total (the process's wall time: imp
 parsing and ``dag.test()``'s own bookkeeping included). Local replicas are removed at the end; on the
 cluster the Deployment stays in the demo's namespace.
 
-    .venv/bin/python scripts/bench_serving.py [--runs 3] [--replicas 3] [--target kubernetes]
+    .venv/bin/python scripts/bench_serving.py [--runs 3] [--replicas 3] [--target kubernetes] [--model both]
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--target", choices=["local", "kubernetes"], default="local")
+    parser.add_argument("--model", choices=["small", "tutorial", "both"], default="both", help="stand-in size(s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one run of this conf
     args = parser.parse_args()
     from demo import allow_this_machine  # scripts/demo.py: what this machine's admin allows
@@ -107,28 +110,34 @@ def main() -> int:
         return 0
 
     from demo import use_local_cluster  # scripts/demo.py: the cluster's conf and connection
-    from tfserving_demo import pack_tutorial_tarball, serve_directory
+    from tfserving_demo import SIZES, cached_tarball, serve_directory
 
-    results: dict[str, list[dict]] = {"new model": [], "unchanged": []}
+    sizes = list(SIZES) if args.model == "both" else [args.model]
+    cases = ("new model", "unchanged")
+    results: dict[tuple[str, str], list[dict]] = {(case, size): [] for case in cases for size in sizes}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp, serve_directory(tmp) as base_url:
         try:
-            for seed in range(1, args.runs + 1):
-                tarball = pack_tutorial_tarball(Path(tmp) / f"model-{seed}.tar.gz", seed=seed)
-                conf = {
-                    "model_url": f"{base_url}/{tarball.name}",
-                    "model_name": MODEL,
-                    "serving_base_image": SERVING_BASE,
-                    "image_repository": "127.0.0.1:5000/bench-serving",
-                    "replicas": args.replicas,
-                    "target": args.target,
-                    "expected_class": 286,
-                    "force": False,
-                    **(use_local_cluster() if args.target == "kubernetes" else {}),
-                }
-                print(f"==> run {seed}/{args.runs}: new model ({tarball.stat().st_size / 1e6:.1f} MB)", flush=True)
-                results["new model"].append(run_once(conf))
-                print(f"==> run {seed}/{args.runs}: unchanged", flush=True)
-                results["unchanged"].append(run_once(conf))
+            for size in sizes:
+                for seed in range(1, args.runs + 1):
+                    print(f"==> {size} model, seed {seed}: packing (kept in the cache)", flush=True)
+                    tarball = Path(tmp) / f"model-{size}-{seed}.tar.gz"
+                    tarball.symlink_to(cached_tarball(size=size, seed=seed))
+                    conf = {
+                        "model_url": f"{base_url}/{tarball.name}",
+                        "model_name": MODEL,
+                        "serving_base_image": SERVING_BASE,
+                        "image_repository": "127.0.0.1:5000/bench-serving",
+                        "replicas": args.replicas,
+                        "target": args.target,
+                        "expected_class": 286,
+                        "force": False,
+                        **(use_local_cluster() if args.target == "kubernetes" else {}),
+                    }
+                    mb = tarball.stat().st_size / 1e6
+                    print(f"==> {size} run {seed}/{args.runs}: new model ({mb:.1f} MB)", flush=True)
+                    results["new model", size].append(run_once(conf))
+                    print(f"==> {size} run {seed}/{args.runs}: unchanged", flush=True)
+                    results["unchanged", size].append(run_once(conf))
         finally:
             subprocess.run(
                 f"docker ps -aq --filter label=io.tfserving-deploy.serving-model={MODEL} | xargs -r docker rm -f",
@@ -139,17 +148,23 @@ def main() -> int:
     print(f"\nmodel-to-serving, dag.test(), {args.target}, {args.replicas} replicas, median of {args.runs} (seconds)")
     print("task: the task's own time (its execute); wall: from its start to its end in dag.test(), Airflow's")
     print("set-up included; total: the whole process (imports, parsing, dag.test()'s bookkeeping)")
-    print(f"{'':<20}{'new model':^20}{'unchanged':^20}")
-    print(f"{'task':<20}" + f"{'task':>10}{'wall':>10}" * 2)
+    print("model: small = the 200 KB stand-in; tutorial = ResNet-50 v2, about 100 MB (the tutorial's size)")
+    width = 20 * len(sizes)
+    print(f"{'':<20}" + "".join(f"{case:^{width}}" for case in cases))
+    print(f"{'model':<20}" + "".join(f"{size:^20}" for _ in cases for size in sizes))
+    print(f"{'task':<20}" + f"{'task':>10}{'wall':>10}" * len(results))
 
-    def median(case: str, kind: str, task: str) -> str:
-        values = [r[kind][task] for r in results[case] if task in r[kind]]
+    def median(key: tuple[str, str], kind: str, task: str) -> str:
+        values = [r[kind][task] for r in results[key] if task in r[kind]]
         return f"{statistics.median(values):10.1f}" if values else f"{'-':>10}"
 
-    for task in results["new model"][0]["wall"]:  # the tasks in the order they ran
-        print(f"{task:<20}" + "".join(median(case, kind, task) for case in results for kind in ("task", "wall")))
-    totals = [statistics.median(r["total"] for r in results[case]) for case in results]
-    print(f"{'total':<20}{'':>10}{totals[0]:10.1f}{'':>10}{totals[1]:10.1f}")
+    tasks: dict[str, None] = {}  # the tasks in the order they ran, over every size
+    for size in sizes:
+        tasks.update(dict.fromkeys(results["new model", size][0]["wall"]))
+    for task in tasks:
+        print(f"{task:<20}" + "".join(median(key, kind, task) for key in results for kind in ("task", "wall")))
+    totals = "".join(f"{'':>10}{statistics.median(r['total'] for r in results[key]):10.1f}" for key in results)
+    print(f"{'total':<20}{totals}")
     return 0
 
 

@@ -202,3 +202,26 @@ def test_module_imports_without_tensorflow():
 def test_pack_rejects_bad_top_dir(tmp_path):
     with pytest.raises(ValueError):
         dm.pack_tutorial_tarball(tmp_path / "x.tar.gz", top_dir="../evil")
+
+
+# ----------------------------------------------------------------- tutorial size
+
+
+def test_tutorial_size_has_the_tutorial_signature_and_size():
+    """The tutorial-size stand-in (ResNet-50 v2) goes through the same ``serving_module`` as the
+    small one: the tutorial's signature, and about 100 MB of float32 weights like the tutorial's
+    model. Built without its head fit (minutes, measured in docs/readme-bigmodel.md), not saved."""
+    from tfserving_demo import model, tutorial_model
+
+    head_w, head_b = np.zeros((2048, model.NUM_CLASSES), np.float32), np.zeros(model.NUM_CLASSES, np.float32)
+    backbone = tutorial_model._backbone(seed=0)
+    module = model.serving_module("t", backbone, tutorial_model._features, head_w, head_b, tutorial_model.IMAGE_SIZE)
+    serve = module.serve.get_concrete_function()
+    inputs = tf.nest.flatten(serve.structured_input_signature)
+    assert [(spec.name, spec.dtype, spec.shape.as_list()) for spec in inputs] == [("image_bytes", tf.string, [None])]
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in serve.structured_outputs.items()} == {
+        "classes": (tf.int64, [None]),
+        "probabilities": (tf.float32, [None, 1001]),
+    }
+    weight_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in serve.variables)  # what it reads
+    assert 95e6 < weight_bytes < 110e6

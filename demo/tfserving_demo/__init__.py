@@ -26,25 +26,32 @@ in the same process would differ in ``saved_model.pb``), drops TF's ``fingerprin
 (it holds a random UUID; the tutorial model has none either) and writes the tar with sorted
 members, mtime 0, uid/gid 0 and fixed modes, gzipped with mtime 0.
 
+Two sizes (``size=``): ``small`` (above, about 200 KB: tests, demos) and ``tutorial``
+(``tutorial_model.py``: ResNet-50 v2 at 224x224, about 100 MB, 100+ ms a CPU prediction, like the
+tutorial's model; same signature, same head fit, same answers), for figures at the real size.
+``cached_tarball`` packs either once and keeps it under ``.cache/demo-models``.
+
 CLI::
 
-    PYTHONPATH=demo:include python -m tfserving_demo --out /tmp/resnet_demo.tar.gz
+    PYTHONPATH=demo:include python -m tfserving_demo --out /tmp/resnet_demo.tar.gz [--size tutorial]
 
 This package is the demo's and the tests' stand-in, not part of the pipeline (``tfserving_deploy``):
 it lives in ``demo/``, outside the installed packages and the deployed DAG folder.
 TensorFlow is imported lazily inside functions; nothing here imports Airflow.
 """
 
-from .model import CAT_CLASS, DEFAULT_TOP_DIR, ESPRESSO_CLASS, IMAGES_DIR, TUTORIAL_VERSION, export_demo_model
+from .model import CAT_CLASS, DEFAULT_TOP_DIR, ESPRESSO_CLASS, IMAGES_DIR, SIZES, TUTORIAL_VERSION, export_demo_model
 from .serve import serve_directory
-from .tarball import pack_tutorial_tarball, sha256_file
+from .tarball import cached_tarball, pack_tutorial_tarball, sha256_file
 
 __all__ = [
     "CAT_CLASS",
     "DEFAULT_TOP_DIR",
     "ESPRESSO_CLASS",
     "IMAGES_DIR",
+    "SIZES",
     "TUTORIAL_VERSION",
+    "cached_tarball",
     "export_demo_model",
     "pack_tutorial_tarball",
     "serve_directory",

@@ -71,7 +71,7 @@ def _conv_same_np(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> n
 
 
 def _features_np(images: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
-    """The same backbone as ``_DemoResNet._features`` in numpy float64 (deterministic)."""
+    """The same backbone as ``_small_features`` in numpy float64 (deterministic)."""
     relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
     x = images.astype(np.float64) - 0.5
     x = relu(_conv_same_np(x, w["stem_w"], w["stem_b"], 2))
@@ -87,29 +87,29 @@ def _features_np(images: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------- TF pieces
 
 
-def _preprocess_fn():
+def _preprocess_fn(image_size: int = IMAGE_SIZE):
     import tensorflow as tf
 
     def decode_one(jpeg: tf.Tensor) -> tf.Tensor:
         img = tf.io.decode_jpeg(jpeg, channels=3)
-        img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+        img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, [image_size, image_size], antialias=True)
         return tf.clip_by_value(img, 0.0, 1.0)
 
     def preprocess(image_bytes: tf.Tensor) -> tf.Tensor:
         return tf.map_fn(
             decode_one,
             image_bytes,
-            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
 
     return preprocess
 
 
-def _decode_batch(jpegs: list[bytes]) -> np.ndarray:
-    """JPEG bytes -> (N, 64, 64, 3) float32 in [0, 1], with the served model's own ops."""
+def decode_batch(jpegs: list[bytes], image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """JPEG bytes -> (N, size, size, 3) float32 in [0, 1], with the served model's own ops."""
     import tensorflow as tf
 
-    return _preprocess_fn()(tf.constant(jpegs, dtype=tf.string)).numpy()
+    return _preprocess_fn(image_size)(tf.constant(jpegs, dtype=tf.string)).numpy()
 
 
 def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -118,39 +118,67 @@ def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return tf.io.encode_jpeg(tf.constant(rgb, tf.uint8), quality=int(quality)).numpy()
 
 
-def _build_module(weights: dict[str, np.ndarray], head_w: np.ndarray, head_b: np.ndarray):
+def serving_module(name: str, backbone, features, head_w: np.ndarray, head_b: np.ndarray, image_size: int):
+    """The tutorial's ``serving_default`` around any backbone, for every size of stand-in:
+    ``image_bytes`` (JPEG, DT_STRING [-1]) -> decode + resize to ``image_size`` ->
+    ``features(backbone, images)`` -> dense head -> ``probabilities`` (softmax, [-1, 1001]) and
+    ``classes`` (argmax, int64 [-1]). ``backbone`` is tracked (its variables are saved)."""
     import tensorflow as tf
 
-    preprocess = _preprocess_fn()
+    preprocess = _preprocess_fn(image_size)
 
-    class _DemoResNet(tf.Module):
+    class _StandIn(tf.Module):
         def __init__(self) -> None:
-            super().__init__(name="resnet_demo")
-            self.backbone = {k: tf.Variable(v, trainable=False, name=k) for k, v in sorted(weights.items())}
+            super().__init__(name=name)
+            self.backbone = backbone
             self.head_w = tf.Variable(head_w.astype(np.float32), trainable=False, name="dense_w")
             self.head_b = tf.Variable(head_b.astype(np.float32), trainable=False, name="dense_b")
 
-        def _conv(self, x, name: str, stride: int):
-            w, b = self.backbone[name + "_w"], self.backbone[name + "_b"]
-            return tf.nn.conv2d(x, w, strides=stride, padding="SAME") + b
-
-        def _features(self, images):
-            x = images - 0.5
-            x = tf.nn.relu(self._conv(x, "stem", 2))
-            y = tf.nn.relu(self._conv(x, "b1_conv1", 1))
-            x = tf.nn.relu(x + self._conv(y, "b1_conv2", 1))
-            y = tf.nn.relu(self._conv(x, "b2_conv1", 2))
-            x = tf.nn.relu(self._conv(x, "b2_proj", 2) + self._conv(y, "b2_conv2", 1))
-            return tf.reduce_mean(x, axis=[1, 2])
-
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
-            logits = tf.matmul(self._features(preprocess(image_bytes)), self.head_w) + self.head_b
+            logits = tf.matmul(features(self.backbone, preprocess(image_bytes)), self.head_w) + self.head_b
             probabilities = tf.nn.softmax(logits, axis=-1)
             classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             return {"classes": classes, "probabilities": probabilities}
 
-    return _DemoResNet()
+    return _StandIn()
+
+
+def save_serving_module(module, export_dir: Path) -> Path:
+    """``tf.saved_model.save`` with the tutorial's files only (byte-deterministic in a fresh process)."""
+    import tensorflow as tf
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
+    # TF >= 2.15 writes fingerprint.pb with a random UUID; the tutorial model has none.
+    (export_dir / "fingerprint.pb").unlink(missing_ok=True)
+    assets = export_dir / "assets"
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()  # empty; the tutorial model has none
+    return export_dir
+
+
+def _small_features(backbone, images):
+    """The same backbone as ``_features_np``, in TF."""
+    import tensorflow as tf
+
+    def conv(x, name: str, stride: int):
+        return tf.nn.conv2d(x, backbone[name + "_w"], strides=stride, padding="SAME") + backbone[name + "_b"]
+
+    x = images - 0.5
+    x = tf.nn.relu(conv(x, "stem", 2))
+    y = tf.nn.relu(conv(x, "b1_conv1", 1))
+    x = tf.nn.relu(x + conv(y, "b1_conv2", 1))
+    y = tf.nn.relu(conv(x, "b2_conv1", 2))
+    x = tf.nn.relu(conv(x, "b2_proj", 2) + conv(y, "b2_conv2", 1))
+    return tf.reduce_mean(x, axis=[1, 2])
+
+
+def _build_module(weights: dict[str, np.ndarray], head_w: np.ndarray, head_b: np.ndarray):
+    import tensorflow as tf
+
+    backbone = {k: tf.Variable(v, trainable=False, name=k) for k, v in sorted(weights.items())}
+    return serving_module("resnet_demo", backbone, _small_features, head_w, head_b, IMAGE_SIZE)
 
 
 # --------------------------------------------------------------------------- training data
@@ -194,7 +222,11 @@ def _synthetic(rng: np.random.RandomState) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _training_set(seed: int, images_dir: Path) -> tuple[list[bytes], np.ndarray]:
+def training_set(
+    seed: int, images_dir: Path, *, aug_per_image: int = _AUG_PER_IMAGE, n_background: int = _N_BACKGROUND
+) -> tuple[list[bytes], np.ndarray]:
+    """JPEG bytes and labels the head is fit on: the sample photos (as served, and augmented) and
+    synthetic background images."""
     import tensorflow as tf
 
     rng = np.random.RandomState(seed + 1)
@@ -205,11 +237,11 @@ def _training_set(seed: int, images_dir: Path) -> tuple[list[bytes], np.ndarray]
         rgb = tf.io.decode_jpeg(raw, channels=3).numpy()
         jpegs += [raw] * 4  # the exact served bytes, weighted a little
         labels += [label] * 4
-        for _ in range(_AUG_PER_IMAGE):
+        for _ in range(aug_per_image):
             img, quality = _augment(rgb, rng)
             jpegs.append(_encode_jpeg(img, quality))
             labels.append(label)
-    for _ in range(_N_BACKGROUND):
+    for _ in range(n_background):
         jpegs.append(_encode_jpeg(_synthetic(rng), int(rng.randint(40, 96))))
         labels.append(BACKGROUND_CLASS)
     return jpegs, np.asarray(labels)
@@ -218,7 +250,7 @@ def _training_set(seed: int, images_dir: Path) -> tuple[list[bytes], np.ndarray]
 # --------------------------------------------------------------------------- head fit
 
 
-def _fit_head(feats: np.ndarray, labels: np.ndarray, *, steps: int = 400, l2: float = 1e-3, lr: float = 0.05):
+def fit_head(feats: np.ndarray, labels: np.ndarray, *, steps: int = 400, l2: float = 1e-3, lr: float = 0.05):
     """Full-batch softmax regression (Adam, L2) over all 1001 classes on standardised features;
     the standardisation is folded into the returned (W [d,1001], b [1001]) so the graph keeps a
     plain dense layer.
@@ -266,27 +298,27 @@ def _fit_head(feats: np.ndarray, labels: np.ndarray, *, steps: int = 400, l2: fl
 # --------------------------------------------------------------------------- public API
 
 
-def export_demo_model(export_dir: str | Path, *, seed: int = 0, images_dir: str | Path | None = None) -> Path:
-    """Build, fit and save the stand-in model: ``export_dir/{saved_model.pb,variables/}``.
+SIZES = ("small", "tutorial")  # tutorial: ResNet-50 v2 at 224x224, about 100 MB (tutorial_model.py)
+
+
+def export_demo_model(
+    export_dir: str | Path, *, seed: int = 0, images_dir: str | Path | None = None, size: str = "small"
+) -> Path:
+    """Build, fit and save the stand-in model of ``size``: ``export_dir/{saved_model.pb,variables/}``.
 
     Deterministic for a given seed across fresh processes (see the module docstring for why a
     second export in the same process gets a different ``saved_model.pb``).
     """
-    import tensorflow as tf
-
     export_dir = Path(export_dir)
     images_dir = Path(images_dir) if images_dir else IMAGES_DIR
-    weights = _backbone_weights(seed)
-    jpegs, labels = _training_set(seed, images_dir)
-    feats = _features_np(_decode_batch(jpegs), weights)
-    head_w, head_b = _fit_head(feats, labels)
+    if size == "tutorial":
+        from .tutorial_model import build_tutorial_module
 
-    module = _build_module(weights, head_w, head_b)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
-    # TF >= 2.15 writes fingerprint.pb with a random UUID; the tutorial model has none.
-    (export_dir / "fingerprint.pb").unlink(missing_ok=True)
-    assets = export_dir / "assets"
-    if assets.is_dir() and not any(assets.iterdir()):
-        assets.rmdir()  # empty; the tutorial model has none
-    return export_dir
+        return save_serving_module(build_tutorial_module(seed, images_dir), export_dir)
+    if size != "small":
+        raise ValueError(f"model size {size!r} is not one of {', '.join(SIZES)}: pick one of those")
+    weights = _backbone_weights(seed)
+    jpegs, labels = training_set(seed, images_dir)
+    feats = _features_np(decode_batch(jpegs), weights)
+    head_w, head_b = fit_head(feats, labels)
+    return save_serving_module(_build_module(weights, head_w, head_b), export_dir)

@@ -15,13 +15,13 @@ from tfserving_deploy.image import tarball
 from .model import DEFAULT_TOP_DIR, TUTORIAL_VERSION
 
 
-def _export_in_fresh_process(export_dir: Path, seed: int) -> None:
+def _export_in_fresh_process(export_dir: Path, seed: int, size: str = "small") -> None:
     demo_dir = str(Path(__file__).resolve().parent.parent)  # demo/: tfserving_demo is not installed
     env = dict(os.environ)
     env["PYTHONPATH"] = demo_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     proc = subprocess.run(
-        [sys.executable, "-m", "tfserving_demo", "--export-dir", str(export_dir), "--seed", str(seed)],
+        [sys.executable, "-m", "tfserving_demo", "--export-dir", str(export_dir), "--seed", str(seed), "--size", size],
         env=env,
         capture_output=True,
         text=True,
@@ -49,6 +49,7 @@ def pack_tutorial_tarball(
     version: int = TUTORIAL_VERSION,
     top_dir: str = DEFAULT_TOP_DIR,
     seed: int = 0,
+    size: str = "small",
 ) -> Path:
     """Export the stand-in model and pack it like the tutorial tarball:
     ``./<top_dir>/<version>/{saved_model.pb,variables/...}``, byte-deterministic for the same
@@ -63,9 +64,35 @@ def pack_tutorial_tarball(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="demo_model_") as tmp:
         root = Path(tmp)
-        _export_in_fresh_process(root / top_dir / str(version), seed)
+        _export_in_fresh_process(root / top_dir / str(version), seed, size)
         _deterministic_tar_gz(root, top_dir, version, out_path)
     return out_path
+
+
+def cached_tarball(
+    *,
+    size: str = "small",
+    seed: int = 0,
+    version: int = TUTORIAL_VERSION,
+    top_dir: str = DEFAULT_TOP_DIR,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """``pack_tutorial_tarball``'s tarball, packed once and kept: the tutorial size takes minutes
+    to make. Keyed by the arguments, TensorFlow's version and this package's source, so a change
+    to the builder makes a new one. Under ``$TFSERVING_DEMO_CACHE`` (default: the repository's
+    ``.cache/demo-models``, which git ignores)."""
+    from importlib.metadata import version as installed
+
+    package = Path(__file__).resolve().parent
+    key = hashlib.sha256(installed("tensorflow").encode())
+    for source in sorted(package.glob("*.py")):
+        key.update(source.name.encode() + b"\0" + source.read_bytes())
+    default = package.parents[1] / ".cache" / "demo-models"
+    directory = Path(cache_dir or os.environ.get("TFSERVING_DEMO_CACHE") or default)
+    out = directory / f"{top_dir}-{size}-seed{seed}-v{version}-{key.hexdigest()[:12]}.tar.gz"
+    if not out.is_file():
+        pack_tutorial_tarball(out, version=version, top_dir=top_dir, seed=seed, size=size)
+    return out
 
 
 def sha256_file(path: str | Path) -> str:
