@@ -19,20 +19,42 @@ from .config import BuilderConfig, GkeConfig, TargetConfig
 KUBERNETES_IDENTITIES = ("kube_config_path", "kube_config", "in_cluster")
 
 
-def target_from(config: TargetConfig, *, create_cluster: bool = False):
-    """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
-    ``create_cluster`` (the ensure_cluster task)."""
-    if config.name == "local":
+def target_class(name: str):
+    """The class of the target ``name`` (``TargetConfig.name``), for what it decides without a
+    connection (``check_model_name``). This and ``target_from`` are the one place that decides on
+    a target's name: everything else asks the target."""
+    if name == "local":
         from tfserving_deploy.targets.local.target import LocalDockerTarget
 
-        return LocalDockerTarget(docker_client(config.docker_conn_id, config.docker_url), server=config.server)
+        return LocalDockerTarget
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
+    return KubernetesTarget  # kubernetes, and gke: a GKE cluster made sure of, then plain Kubernetes
+
+
+def target_from(config: TargetConfig, *, create_cluster: bool = False):
+    """The deployment target ``config`` names. ``gke`` creates a missing cluster only with
+    ``create_cluster`` (the ensure_cluster task). A Kubernetes target is told where the triggerer
+    finds the same cluster's credentials (connection ids, a kubeconfig path, the GKE endpoint)."""
+    target = target_class(config.name)
+    if config.name == "local":
+        return target(docker_client(config.docker_conn_id, config.docker_url), server=config.server)
+    access: dict[str, str | None]
     if config.name == "gke":
-        api = gke_api_client(config.gke, create_if_missing=create_cluster)
+        cluster, api = _gke_cluster_and_client(config.gke, create_if_missing=create_cluster)
+        access = {
+            "cluster_url": cluster.url,
+            "ssl_ca_cert": cluster.ca_certificate,
+            "gcp_conn_id": config.gke.gcp_conn_id,
+        }
     else:
         api = kubernetes_api_client(config.kubernetes_conn_id, config.config_file, config.cluster_context)
-    return KubernetesTarget(
+        access = {
+            "kubernetes_conn_id": config.kubernetes_conn_id,
+            "config_file": config.config_file,
+            "cluster_context": config.cluster_context,
+        }
+    return target(
         api,
         namespace=config.namespace,
         manifest_dir=config.manifest_dir,
@@ -42,6 +64,7 @@ def target_from(config: TargetConfig, *, create_cluster: bool = False):
         service_type=config.service_type,
         source_ranges=config.source_ranges,
         server=config.server,
+        access=access,
     )
 
 
@@ -235,12 +258,19 @@ def gke_api_client(config: GkeConfig, *, create_if_missing: bool = False, impers
     The client trusts the cluster's CA and sends a token from the connection's credentials,
     refreshed when it expires; nothing comes from a local kubeconfig.
     """
+    return _gke_cluster_and_client(
+        config, create_if_missing=create_if_missing, impersonation_chain=impersonation_chain
+    )[1]
+
+
+def _gke_cluster_and_client(config: GkeConfig, *, create_if_missing: bool = False, impersonation_chain=None):
+    """(the ensured ``GkeCluster``, a ``kubernetes.client.ApiClient`` for it): see ``gke_api_client``."""
     from tfserving_deploy.targets.gke.cluster import kubernetes_client_for
 
     hook = _gke_hook(config, impersonation_chain)
     cluster = _ensure(hook, config, create_if_missing)
     credentials = hook.get_credentials()
-    return kubernetes_client_for(cluster, lambda: access_token(credentials))
+    return cluster, kubernetes_client_for(cluster, lambda: access_token(credentials))
 
 
 def access_token(credentials) -> str:

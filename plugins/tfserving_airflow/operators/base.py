@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 from tfserving_deploy.errors import InvalidParameter, Permanent
 
 from ..config import BuilderConfig, TargetConfig
-from ..connections import image_builder_from, target_from
+from ..connections import image_builder_from, target_class, target_from
 
 # What each param's default connection must be, for the message that asks to create it.
 CONNECTION_PARAMS = {
@@ -79,6 +79,11 @@ class TargetMixin:
         """The parsed settings; a wrong or not allowlisted one fails the task at once, wherever it is first read."""
         with explained_failures():
             return TargetConfig.parse(self.target_name, self.target_options)
+
+    @property
+    def target_type(self):
+        """The target's class: what it decides without connecting (``check_model_name``)."""
+        return target_class(self.target_config.name)
 
     @cached_property
     def target(self):
