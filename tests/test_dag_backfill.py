@@ -137,7 +137,7 @@ def test_backfill_validates_every_date_and_only_the_newest_promotes(
     assert [tasks["deploy"] for tasks in states.values()] == ["skipped", "skipped", "success"], states
 
     serving = LocalDockerTarget(client).serving_state(MODEL)
-    assert serving["metadata"]["model-version"] == "1003" and serving["replicas"] == 2
+    assert serving.model_version == 1003 and serving.replicas == 2
 
     with create_session() as session:
         images = session.scalars(select(AssetEvent).where(AssetEvent.timestamp >= started)).all()

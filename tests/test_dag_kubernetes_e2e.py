@@ -37,6 +37,7 @@ from test_admission_policy import refusal
 
 from tfserving_deploy.targets.kubernetes.admission import deployer_pod_policy
 from tfserving_deploy.targets.kubernetes.rbac import EXTRAS, deployer_role
+from tfserving_deploy.targets.results import DeployResult
 
 pytestmark = pytest.mark.integration
 
@@ -132,11 +133,11 @@ def test_dag_deploys_to_kubernetes_validates_every_replica_and_converges(
     written = {p.name: yaml.safe_load(p.read_text()) for p in manifest_dir.glob("*.yaml")}
     assert written[f"{MODEL}-deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["image"] == image
     # the resources param wins over the measurement; the startup budget comes from the candidate's load time
-    sizing = return_value(dag, first, "deploy")["sizing"]
+    sizing = DeployResult.from_dict(return_value(dag, first, "deploy")).sizing
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"] == SMALL and sizing["explicit_resources"] is True, sizing
-    assert container["livenessProbe"]["initialDelaySeconds"] == sizing["startup_seconds"]
-    assert sizing["measured"]["peak_mib"] > 50 and sizing["measured"]["load_seconds"] > 0, sizing
+    assert sizing is not None and container["resources"] == SMALL and sizing.explicit_resources is True, sizing
+    assert container["livenessProbe"]["initialDelaySeconds"] == sizing.startup_seconds
+    assert sizing.measured["peak_mib"] > 50 and sizing.measured["load_seconds"] > 0, sizing
 
     # The balancer from the pool first, then every ready pod; each one answered class 286.
     endpoints = return_value(dag, first, "wait_for_endpoint")
@@ -223,9 +224,9 @@ def test_dag_deploys_with_the_minimal_role_held_by_the_admission_policy(
         "port-forward": False,
         "measure": False,
     }
-    sizing = return_value(dag, run, "deploy")["sizing"]
-    assert sizing["measured"]["peak_mib"] is None and sizing["measured"]["load_seconds"] > 0, sizing
-    assert any("(HTTP 403)" in reason and "pods/exec" in reason for reason in sizing["reasons"]), sizing
+    sizing = DeployResult.from_dict(return_value(dag, run, "deploy")).sizing
+    assert sizing is not None and sizing.measured["peak_mib"] is None and sizing.measured["load_seconds"] > 0, sizing
+    assert any("(HTTP 403)" in reason and "pods/exec" in reason for reason in sizing.reasons), sizing
     deployment = read(admin, "deployment", NAME, ns)
     assert deployment["status"]["readyReplicas"] == 1
     spec = deployment["spec"]["template"]["spec"]

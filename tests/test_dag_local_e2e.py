@@ -147,10 +147,12 @@ def assert_sized_from_the_candidate(run_id: str, replicas: list) -> None:
     """deploy's result says what the replicas got from the candidate's measurement, and why; they got it."""
     from test_fail_fast import xcom
 
-    sizing = xcom(run_id, "deploy")["sizing"]
-    assert sizing["measured"]["peak_mib"] > 50 and sizing["measured"]["load_seconds"] > 0, sizing
-    assert "measured on candidate container tfs-dagtest-candidate-" in sizing["reasons"][0], sizing["reasons"]
-    limit = int(sizing["resources"]["limits"]["memory"].removesuffix("Mi")) * 1024 * 1024
+    from tfserving_deploy.targets.results import DeployResult
+
+    sizing = DeployResult.from_dict(xcom(run_id, "deploy")).sizing
+    assert sizing is not None and sizing.measured["peak_mib"] > 50 and sizing.measured["load_seconds"] > 0, sizing
+    assert "measured on candidate container tfs-dagtest-candidate-" in sizing.reasons[0], sizing.reasons
+    limit = int(sizing.resources["limits"]["memory"].removesuffix("Mi")) * 1024 * 1024
     assert {c.attrs["HostConfig"]["Memory"] for c in replicas} == {limit}
     print(f"\ndemo model sizing: {sizing}")
 

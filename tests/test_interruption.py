@@ -189,7 +189,7 @@ def test_a_pod_killed_during_a_kubernetes_rollout_is_seen_within_seconds(cluster
     ):
         target.deploy(images[MODEL, 2], model_name=MODEL, version=2, replicas=1, ready_timeout=300)
     assert killed and time.monotonic() - killed[0] < 30
-    assert target.serving_state(MODEL)["image"] == images[MODEL, 1]
+    assert target.serving_state(MODEL).image == images[MODEL, 1]
 
 
 # -- a worker killed in the middle of deploy ----------------------------------------------------------
@@ -344,8 +344,9 @@ def test_killed_mid_deploy_then_the_retry_validates_the_new_model(killed_deploy)
     assert wait_for(lambda: _rolled_out(admin, ns, image_b), 90, "model B alone serving")
     # and the new revision answers as validation expects, on every pod
     from tfserving_deploy.serving.client import ServingClient
+    from tfserving_deploy.serving.states import ModelState
 
     for pod in pods(admin, ns, "app.kubernetes.io/name=tfserving"):
         with ServingClient(f"{pod['status']['podIP']}:8500") as serving:
             status = serving.model_status(MODEL)
-        assert [(s.version, s.state) for s in status] == [(1600000000, "AVAILABLE")]
+        assert [(s.version, s.state) for s in status] == [(1600000000, ModelState.AVAILABLE)]

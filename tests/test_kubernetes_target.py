@@ -50,6 +50,7 @@ from tfserving_deploy.targets.kubernetes.manifests import (
 )
 from tfserving_deploy.targets.kubernetes.probes import readiness_command
 from tfserving_deploy.targets.kubernetes.rbac import deployer_role
+from tfserving_deploy.targets.results import Change, DeployResult
 
 pytestmark = pytest.mark.integration
 MODEL, NAME = "resnet", "tfs-resnet"
@@ -138,7 +139,7 @@ def image_of(deployment: dict) -> str:
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
-def deploy(target, image, version=1, replicas=1, ready_timeout=120.0) -> dict:
+def deploy(target, image, version=1, replicas=1, ready_timeout=120.0) -> DeployResult:
     return target.deploy(image, model_name=MODEL, version=version, replicas=replicas, ready_timeout=ready_timeout)
 
 
@@ -325,15 +326,15 @@ def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downt
 ):
     target = make_target()
     first = deploy(target, images["A"], replicas=3)
-    assert first == {
-        "deployment": f"{ns}/{NAME}",
-        "image": images["A"],
-        "model_version": 1,
-        "promoted": True,
-        "deployment_change": "created",
-        "service_change": "created",
-        "available_replicas": 3,
-    }
+    assert first == DeployResult(
+        image=images["A"],
+        model_version=1,
+        promoted=True,
+        change=Change.CREATED,
+        replicas=3,
+        revision=f"{ns}/{NAME}",
+        detail=f"Deployment {ns}/{NAME} created, Service created",
+    )
     balancer = answering_balancer(target)
     assert balancer.rsplit(":", 1)[0] in {str(ip) for ip in LB_POOL.hosts()}
     endpoints = target.endpoints(MODEL, images["A"])
@@ -345,7 +346,11 @@ def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downt
     # An identical re-run: not one write.
     before = len(audit())
     again = deploy(target, images["A"], replicas=3)
-    assert (again["deployment_change"], again["service_change"], again["promoted"]) == ("unchanged", "unchanged", False)
+    assert (again.change, again.detail, again.promoted) == (
+        Change.UNCHANGED,
+        f"Deployment {ns}/{NAME} unchanged, Service unchanged",
+        False,
+    )
     assert describe(audit()[before:]) == []
 
     # A -> B under load through the balancer, never below 3 available replicas.
@@ -356,7 +361,7 @@ def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downt
     time.sleep(20)  # the old pods' preStop sleep ends and their servers exit under load
     during_update = load.stop()
     assert min(available.stop()) >= 3
-    assert update["deployment_change"] == "patched" and update["promoted"] is True
+    assert update.change is Change.UPDATED and update.promoted is True
     live = read(admin, "deployment", NAME, ns)
     assert image_of(live) == images["B"] and live["metadata"]["annotations"][ANNOTATION_PREVIOUS_IMAGE] == images["A"]
     assert during_update["failed"] == 0, load.failures[:5]
@@ -372,7 +377,7 @@ def test_three_replicas_behind_a_load_balancer_update_and_rollback_without_downt
     assert said == f"restored {images['A']} (model version 1), 3/3 available"
     assert during_rollback["failed"] == 0, load.failures[:5]
     assert answer(balancer) == (7, 1)
-    assert target.serving_state(MODEL)["image"] == images["A"]
+    assert target.serving_state(MODEL).image == images["A"]
     record_property("zero_downtime", json.dumps({"update": during_update, "rollback": during_rollback}))
     print(f"\nzero-downtime counts: update {during_update}, rollback {during_rollback}")
 
@@ -488,7 +493,7 @@ def test_rollback_after_failed_validation_and_its_repeats(make_target, admin, ns
     assert "nothing older to roll back to" in target.rollback(MODEL, "repeated without an image")
     assert image_of(read(admin, "deployment", NAME, ns)) == images["A"]
     state = target.serving_state(MODEL)
-    assert state["image"] == images["A"] and state["metadata"]["model-version"] == "1"
+    assert state.image == images["A"] and state.model_version == 1
 
 
 def test_rollback_of_a_first_deploy_deletes_it(make_target, admin, ns, images):
@@ -504,14 +509,16 @@ def test_metadata_is_kept_with_its_revision(make_target, ns, images, audit):
     meta_a = {"model-sha256": "aaa", "run-date": "2026-01-01"}
     target.deploy(images["A"], model_name=MODEL, version=1, replicas=1, metadata=meta_a)
     state = target.serving_state(MODEL)
-    assert state["metadata"] == {**meta_a, "model-version": "1"} and state["replicas"] == 1
+    assert (state.metadata, state.model_version, state.replicas) == (meta_a, 1, 1)
     before = len(audit())
     target.deploy(images["A"], model_name=MODEL, version=1, replicas=1, metadata={**meta_a, "run-date": "2026-01-05"})
     assert describe(audit()[before:]) == []  # same revision: its provenance stays, nothing is written
     target.deploy(images["B"], model_name=MODEL, version=2, replicas=1, metadata={"model-sha256": "bbb"})
-    assert target.serving_state(MODEL)["metadata"] == {"model-sha256": "bbb", "model-version": "2"}
+    state = target.serving_state(MODEL)
+    assert (state.metadata, state.model_version) == ({"model-sha256": "bbb"}, 2)
     target.rollback(MODEL, "validation failed", image=images["B"], ready_timeout=120)
-    assert target.serving_state(MODEL)["metadata"] == {**meta_a, "model-version": "1"}
+    state = target.serving_state(MODEL)
+    assert (state.metadata, state.model_version) == (meta_a, 1)
     with pytest.raises(InvalidParameter, match="metadata key 'bad key!'"):
         target.render(images["A"], model_name=MODEL, version=1, replicas=1, metadata={"bad key!": 1})
 
@@ -530,7 +537,7 @@ def test_candidate_gets_no_service_traffic(make_target, admin, ns, images):
     served = {address for s in slices.items for e in s.endpoints or [] for address in e.addresses}
     assert len(served) == 2 and candidate.rsplit(":", 1)[0] not in served
     assert target.endpoints(MODEL, images["B"]) == []
-    assert target.serving_state(MODEL)["image"] == images["A"]
+    assert target.serving_state(MODEL).image == images["A"]
     with target.reachable([candidate]) as dial:
         assert answer(dial[candidate]) == (7, 2)
     assert target.stop_candidate(MODEL) == 1
@@ -569,7 +576,7 @@ def test_a_pod_killed_during_validation_is_named_in_the_report(make_target, admi
         # a timer racing the requests let them finish first on a fast run).
         k8s.CoreV1Api(admin).delete_namespaced_pod(victim["metadata"]["name"], ns, grace_period_seconds=0)
         wait_for(
-            lambda: replica_state(dial[endpoints[1]], MODEL, 1).startswith("not answering"),
+            lambda: str(replica_state(dial[endpoints[1]], MODEL, 1)).startswith("not answering"),
             60,
             "the killed pod to stop answering",
         )
@@ -624,8 +631,8 @@ def test_two_runs_racing_to_create_the_deployment(make_target, admin, ns, images
 
     target.api.apps.read_namespaced_deployment = read_then_lose_the_race
     result = deploy(target, images["A"])
-    assert raced and raced[0]["deployment_change"] == "created"
-    assert result["deployment_change"] == "unchanged" and result["promoted"] is False
+    assert raced and raced[0].change is Change.CREATED
+    assert result.change is Change.UNCHANGED and result.promoted is False
     conflicts = [e for e in audit() if e["verb"] == "create" and e["objectRef"]["resource"] == "deployments"]
     assert [e["responseStatus"]["code"] for e in conflicts] == [201, 409]
 
@@ -645,7 +652,7 @@ def test_transient_429_and_5xx_are_retried_and_a_storm_is_reported(make_target, 
         deploy(target, images["A"])
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 503, times=2)
         proxy.fail("PATCH", rf"/deployments/{NAME}$", 429)
-        assert deploy(target, images["B"], version=2)["deployment_change"] == "patched"
+        assert deploy(target, images["B"], version=2).change is Change.UPDATED
         assert proxy.injected == [
             f"PATCH /apis/apps/v1/namespaces/{target.namespace}/deployments/{NAME} -> {s}" for s in (503, 503, 429)
         ]
@@ -765,16 +772,17 @@ def test_a_rerun_with_another_exposure_replaces_the_old_one(make_target, admin, 
         result = deploy(target, images["A"])
         # what validate's summary warns about, read from the live Service: any address gets in
         warning = target.exposure_warning(MODEL)
-        seen.append((result["service_change"], *live(), warning and warning.split(" (")[0]))
+        service_change = result.detail.rsplit("Service ", 1)[1]
+        seen.append((service_change, *live(), warning and warning.split(" (")[0]))
     internal = {"networking.gke.io/load-balancer-type": "Internal"}
     public = "the model is reachable from any address that routes to its LoadBalancer"
     assert seen == [
         ("created", "LoadBalancer", ["10.0.0.0/8"], internal, None),
-        ("patched", "LoadBalancer", None, None, public),
+        ("updated", "LoadBalancer", None, None, public),
         ("unchanged", "LoadBalancer", None, None, public),
-        ("patched", "ClusterIP", None, None, None),
-        ("patched", "LoadBalancer", ["127.0.0.1/32"], None, None),
-        ("patched", "LoadBalancer", ["127.0.0.1/32", "0.0.0.0/0"], None, public),
+        ("updated", "ClusterIP", None, None, None),
+        ("updated", "LoadBalancer", ["127.0.0.1/32"], None, None),
+        ("updated", "LoadBalancer", ["127.0.0.1/32", "0.0.0.0/0"], None, public),
     ]
 
 

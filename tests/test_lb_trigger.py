@@ -245,25 +245,29 @@ def test_gke_access_goes_through_the_google_providers_async_hook():
 # -- the DAG's wait_for_endpoint: what it does with the trigger ------------------------------------
 
 
-def wait_for_endpoint(**kwargs) -> WaitForEndpointSensor:
+def wait_for_endpoint(namespace: str = "serving", **kwargs) -> WaitForEndpointSensor:
     return WaitForEndpointSensor(
         task_id="wait_for_endpoint",
-        settings={"target": "kubernetes", "namespace": "serving", "model_name": "resnet", "replicas": "2"},
+        settings={"target": "kubernetes", "namespace": namespace, "model_name": "resnet", "replicas": "2"},
         image="127.0.0.1:5000/resnet-serving@sha256:" + "0" * 64,
         model={"version": 1},
         **kwargs,
     )
 
 
-def test_wait_for_endpoint_defers_the_load_balancer_wait_with_its_timeout():
+def test_wait_for_endpoint_defers_the_load_balancer_wait_with_its_timeout(ns, kubeconfig, monkeypatch):
     from tfserving_deploy.targets.kubernetes.manifests import object_name
 
+    monkeypatch.setenv(  # the target it asks whether a balancer exists connects through it
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}}),
+    )
     with pytest.raises(TaskDeferred) as deferred:
-        wait_for_endpoint(timeout=900, poke_interval=20).execute({})
+        wait_for_endpoint(ns, timeout=900, poke_interval=20).execute({})
     trigger = deferred.value.trigger
     assert isinstance(trigger, LoadBalancerTrigger) and deferred.value.method_name == "execute_complete"
     kwargs = trigger.serialize()[1]
-    assert (kwargs["namespace"], kwargs["service_name"], kwargs["port"]) == ("serving", object_name("resnet"), 8500)
+    assert (kwargs["namespace"], kwargs["service_name"], kwargs["port"]) == (ns, object_name("resnet"), 8500)
     assert (kwargs["timeout"], kwargs["poll_interval"], kwargs["kubernetes_conn_id"]) == (900, 20, "kubernetes_default")
     assert deferred.value.timeout.total_seconds() > 900  # a backstop only; the trigger explains its own timeout
 

@@ -16,7 +16,9 @@ from tfserving_deploy.errors import ImageBuildError, RegistryError, RolloutError
 from tfserving_deploy.image.docker_builder import DockerCommitBuilder, ModelFiles
 from tfserving_deploy.serving.client import ServingClient
 from tfserving_deploy.serving.signature import Signature, TensorInfo
+from tfserving_deploy.serving.states import ModelState
 from tfserving_deploy.targets.local.target import LABEL_MODEL, LocalDockerTarget, check_registry
+from tfserving_deploy.targets.results import Change
 from tfserving_deploy.validation.checks import validate_replicas
 
 pytestmark = pytest.mark.integration
@@ -119,16 +121,18 @@ def test_missing_base_image_is_explained(builder, models):
 
 def test_first_deploy_then_identical_redeploy_is_a_no_op(target, client, images):
     result = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
-    assert result["started"] == 2 and result["promoted"] is True
+    assert (result.change, result.promoted, result.replicas) == (Change.CREATED, True, 2)
+    assert result.detail.startswith("2 replica(s) serving: 2 started, 0 kept")
     ids = sorted(c.id for c in _running(client))
     again = target.deploy(images["v1"], model_name=MODEL, version=1, replicas=2, ready_timeout=120)
-    assert again == {**result, "started": 0, "kept": 2, "promoted": False}
+    detail = "2 replica(s) serving: 0 started, 2 kept, 0 previous stopped (kept for rollback)"
+    assert again == replace(result, promoted=False, change=Change.UNCHANGED, detail=detail)
     assert sorted(c.id for c in _running(client)) == ids
     addresses = target.endpoints(MODEL, images["v1"])
     assert len(addresses) == 2
     for address in addresses:
         with ServingClient(address) as serving:
-            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, "AVAILABLE")]
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, ModelState.AVAILABLE)]
 
 
 def test_replicas_run_unprivileged_read_only_and_bounded(target, client, images):
@@ -200,17 +204,18 @@ def test_a_model_that_never_loads_is_rolled_back_and_the_old_one_keeps_serving(t
     assert sorted(c.id for c in _running(client)) == before
     for address in target.endpoints(MODEL, images["v1"]):
         with ServingClient(address) as serving:
-            assert serving.model_status(MODEL)[0].state == "AVAILABLE"
+            assert serving.model_status(MODEL)[0].state is ModelState.AVAILABLE
 
 
 def test_new_version_replaces_the_old_revision_only_when_ready(target, client, images):
     result = target.deploy(images["v2"], model_name=MODEL, version=2, replicas=3, ready_timeout=120)
-    assert (result["started"], result["retired"]) == (3, 2)
+    assert (result.change, result.promoted) == (Change.UPDATED, True)
+    assert result.detail == "3 replica(s) serving: 3 started, 0 kept, 2 previous stopped (kept for rollback)"
     running = _running(client)
     assert len(running) == 3 and {c.labels["io.tfserving-deploy.image"] for c in running} == {images["v2"]}
     for address in target.endpoints(MODEL, images["v2"]):
         with ServingClient(address) as serving:
-            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(2, "AVAILABLE")]
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(2, ModelState.AVAILABLE)]
 
 
 def test_the_same_digest_from_another_repository_is_the_same_revision(target, client, images):
@@ -224,9 +229,9 @@ def test_the_same_digest_from_another_repository_is_the_same_revision(target, cl
     assert mirrored.endswith(digest)
     before = sorted(c.id for c in _running(client))
     result = target.deploy(mirrored, model_name=MODEL, version=2, replicas=3, ready_timeout=120)
-    assert (result["started"], result["kept"], result["promoted"]) == (0, 3, False)
+    assert (result.change, result.promoted, result.replicas) == (Change.UNCHANGED, False, 3)
     assert sorted(c.id for c in _running(client)) == before
-    assert len(target.endpoints(MODEL, mirrored)) == 3 and target.serving_state(MODEL)["replicas"] == 3
+    assert len(target.endpoints(MODEL, mirrored)) == 3 and target.serving_state(MODEL).replicas == 3
 
 
 def test_engine_down_is_explained():
@@ -252,7 +257,7 @@ def test_registry_down_is_explained(builder, models):
 
 def test_rollback_restores_the_previous_revision(target, client, images):
     """After v2 replaced v1 (previous test), a rollback brings v1 back and removes v2."""
-    assert target.serving_state(MODEL)["image"] == images["v2"]
+    assert target.serving_state(MODEL).image == images["v2"]
     assert (
         target.rollback(MODEL, image=images["broken"])
         == f"nothing to roll back: {images['broken']} is not serving {MODEL!r}"
@@ -260,17 +265,17 @@ def test_rollback_restores_the_previous_revision(target, client, images):
     message = target.rollback(MODEL, image=images["v2"], ready_timeout=120)
     assert message == f"restored {images['v1']} (2 replica(s) serving)"
     state = target.serving_state(MODEL)
-    assert (state["image"], state["replicas"], state["metadata"]["model-version"]) == (images["v1"], 2, "1")
-    for address in state["addresses"]:
+    assert (state.image, state.replicas, state.model_version) == (images["v1"], 2, 1)
+    for address in state.addresses:
         with ServingClient(address) as serving:
-            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, "AVAILABLE")]
+            assert [(s.version, s.state) for s in serving.model_status(MODEL)] == [(1, ModelState.AVAILABLE)]
     assert not client.containers.list(all=True, filters={"label": f"io.tfserving-deploy.image={images['v2']}"})
 
 
 def test_candidate_runs_outside_the_serving_set_and_is_torn_down(target, client, images):
     serving_before = target.serving_state(MODEL)
     addresses = target.start_candidate(images["v2"], model_name=MODEL, version=2, ready_timeout=120)
-    assert len(addresses) == 1 and addresses[0] not in serving_before["addresses"]
+    assert len(addresses) == 1 and addresses[0] not in serving_before.addresses
     assert target.start_candidate(images["v2"], model_name=MODEL, version=2, ready_timeout=120) == addresses
     assert target.serving_state(MODEL) == serving_before
     assert target.stop_candidate(MODEL) == 1
@@ -297,7 +302,8 @@ def test_server_settings_reach_the_replicas_and_a_change_is_a_new_revision(clien
         client, server=ServerConfig(grpc_max_connection_age_ms=2000, batching_parameters={"max_batch_size": 8})
     )
     result = batched.deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
-    assert (result["promoted"], result["started"], result["retired"]) == (True, 1, 1)
+    assert (result.promoted, result.change) == (True, Change.UPDATED)
+    assert result.detail == "1 replica(s) serving: 1 started, 0 kept, 1 previous stopped (kept for rollback)"
     (replica,) = _running(client)
     logs = replica.logs().decode()
     assert "batching parameters (accepted" in logs and "'max_batch_size': 8" in logs, logs[-2000:]
@@ -305,4 +311,4 @@ def test_server_settings_reach_the_replicas_and_a_change_is_a_new_revision(clien
     (address,) = batched.endpoints(MODEL, images["v1"])
     assert read_request_metrics(batched.metrics_address(address), MODEL).ok == 0
     again = batched.deploy(images["v1"], model_name=MODEL, version=1, replicas=1, ready_timeout=120)
-    assert (again["promoted"], again["started"], again["kept"]) == (False, 0, 1)
+    assert (again.promoted, again.change) == (False, Change.UNCHANGED)

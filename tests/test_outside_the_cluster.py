@@ -80,8 +80,8 @@ SCRIPT = textwrap.dedent("""
     options = {"target": "kubernetes", "kubernetes_conn_id": "outside", "namespace": args["namespace"]}
     target = target_from(RunSettings(options))
     serving = target.serving_state("resnet")
-    with target.reachable(serving["addresses"]) as dial:
-        report = validate_replicas(serving["addresses"], model_name="resnet", version=1,
+    with target.reachable(list(serving.addresses)) as dial:
+        report = validate_replicas(list(serving.addresses), model_name="resnet", version=1,
                                    signature=read_signature(args["model_dir"]), model_dir=args["model_dir"],
                                    jpeg=b"cat.jpg", requests_per_replica=3, dial=dial)
     check = CheckForChangeOperator(task_id="check_for_change", settings={

@@ -6,8 +6,15 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfserving_airflow.operators import RollbackOperator
+from tfserving_deploy.targets.results import Change, DeployResult
 
 IMAGE = "r/m@sha256:" + "1" * 64
+
+
+def deployed(*, promoted: bool) -> dict:
+    """The deploy task's return value, as it reaches XCom."""
+    change = Change.UPDATED if promoted else Change.UNCHANGED
+    return DeployResult(IMAGE, 1, promoted, change, replicas=2, revision="ns/tfs-m").to_dict()
 
 
 class RecordingTarget:
@@ -43,7 +50,7 @@ def test_rolls_back_what_this_run_promoted_and_fails_the_run():
     with pytest.raises(
         AirflowFailException, match=f"promotion of {IMAGE} failed; rolled back: restored the previous revision of m"
     ):
-        op.execute({"ti": TaskInstance({"promoted": True})})
+        op.execute({"ti": TaskInstance(deployed(promoted=True))})
     assert op.target.rollbacks == [("m", IMAGE)]
 
 
@@ -55,7 +62,7 @@ def test_rolls_back_a_deploy_that_failed_after_it_started_changing_what_serves()
     assert op.target.rollbacks == [("m", IMAGE)]
 
 
-@pytest.mark.parametrize("deploy_result", [{"promoted": False}, None])
+@pytest.mark.parametrize("deploy_result", [deployed(promoted=False), None])
 def test_leaves_alone_what_this_run_did_not_change(deploy_result):
     op = _rollback()
     with pytest.raises(AirflowFailException, match="nothing to roll back: this run did not change what serves"):

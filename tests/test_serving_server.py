@@ -478,14 +478,17 @@ def test_env_defaults(server_module, monkeypatch):
 
 def test_the_tf_free_status_check_reads_the_server_as_the_tf_stubs_do(resnet):
     """``model_status`` (no TensorFlow import) against the live server: same versions, states, errors."""
+    from tfserving_deploy.serving.states import ModelState
     from tfserving_deploy.serving.status import model_status, replica_state
 
     address = f"127.0.0.1:{resnet.grpc_port}"
-    theirs = [(s.version, State.State.Name(s.state)) for s in resnet.status().model_version_status]
-    assert [(s.version, s.state) for s in model_status(address, "resnet")] == theirs == [(STRING_VERSION, "AVAILABLE")]
-    assert replica_state(address, "resnet", STRING_VERSION) == "AVAILABLE"
-    assert replica_state(address, "nope", 1).startswith("model not loaded yet")
-    assert replica_state(address, "resnet", STRING_VERSION + 1).startswith(f"version {STRING_VERSION + 1} not listed")
+    theirs = [(s.version, ModelState[State.State.Name(s.state)]) for s in resnet.status().model_version_status]
+    assert [(s.version, s.state) for s in model_status(address, "resnet")] == theirs
+    assert theirs == [(STRING_VERSION, ModelState.AVAILABLE)]
+    assert replica_state(address, "resnet", STRING_VERSION).available
+    assert str(replica_state(address, "nope", 1)).startswith("model not loaded yet")
+    missing = replica_state(address, "resnet", STRING_VERSION + 1)
+    assert missing.state is ModelState.UNKNOWN and str(missing).startswith(f"version {STRING_VERSION + 1} not listed")
 
 
 def test_the_signature_gate_reads_both_servers_and_names_the_break(server_module, models, tmp_path):

@@ -26,6 +26,7 @@ from tfserving_deploy.targets.kubernetes import KubernetesTarget
 from tfserving_deploy.targets.kubernetes.manifests import object_name
 from tfserving_deploy.targets.kubernetes.rbac import EXTRAS, deployer_role
 from tfserving_deploy.targets.local.target import LABEL_CANDIDATE, LABEL_MODEL, LocalDockerTarget
+from tfserving_deploy.targets.results import Change
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +174,7 @@ def test_a_candidate_pod_measures_itself_and_sizes_the_deployment(admin, ns, mod
         Measurement(load_seconds=measurement.load_seconds + 20, peak_bytes=measurement.peak_bytes + MIB)
     )
     again = target.deploy(image, model_name=K8S, version=1, replicas=1, ready_timeout=120, sizing=remeasured)
-    assert again["deployment_change"] == "unchanged" and again["promoted"] is False
+    assert again.change is Change.UNCHANGED and again.promoted is False
 
     # explicit resources win entirely, the measured startup budget stays
     explicit = choose(measurement, explicit_resources=SMALL)

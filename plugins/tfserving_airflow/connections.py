@@ -25,23 +25,46 @@ if TYPE_CHECKING:
 KUBERNETES_IDENTITIES = ("kube_config_path", "kube_config", "in_cluster")
 
 
-def target_from(config: RunSettings, *, create_cluster: bool = False) -> Target:
-    """The deployment target ``config.deploy.target`` names, built from the typed settings. ``gke``
-    creates a missing cluster only with ``create_cluster`` (the ensure_cluster task)."""
-    name = config.deploy.target
+def target_class(name: str):
+    """The class of the target ``name`` (``DeploySettings.target``), for what it decides without a
+    connection (``check_model_name``). This and ``target_from`` are the one place that decides on
+    a target's name: everything else asks the target."""
     if name == "local":
         from tfserving_deploy.targets.local.target import LocalDockerTarget
 
-        engine = docker_client(config.image.registry_conn_id, config.image.docker_url)
-        return LocalDockerTarget(engine, server=config.server)
+        return LocalDockerTarget
     from tfserving_deploy.targets.kubernetes import KubernetesTarget
 
+    return KubernetesTarget  # kubernetes, and gke: a GKE cluster made sure of, then plain Kubernetes
+
+
+def target_from(config: RunSettings, *, create_cluster: bool = False) -> Target:
+    """The deployment target ``config.deploy.target`` names, built from the typed settings. ``gke``
+    creates a missing cluster only with ``create_cluster`` (the ensure_cluster task). A Kubernetes
+    target is told where the triggerer finds the same cluster's credentials (connection ids, a
+    kubeconfig path, the GKE endpoint)."""
+    name = config.deploy.target
+    target = target_class(name)
+    if name == "local":
+        engine = docker_client(config.image.registry_conn_id, config.image.docker_url)
+        return target(engine, server=config.server)
     kubernetes = config.kubernetes
+    access: dict[str, str | None]
     if name == "gke":
-        api = gke_api_client(config.gke, create_if_missing=create_cluster)
+        cluster, api = _gke_cluster_and_client(config.gke, create_if_missing=create_cluster)
+        access = {
+            "cluster_url": cluster.url,
+            "ssl_ca_cert": cluster.ca_certificate,
+            "gcp_conn_id": config.gke.gcp_conn_id,
+        }
     else:
         api = kubernetes_api_client(kubernetes.kubernetes_conn_id, kubernetes.config_file, kubernetes.cluster_context)
-    return KubernetesTarget(api, settings=kubernetes, server=config.server)
+        access = {
+            "kubernetes_conn_id": kubernetes.kubernetes_conn_id,
+            "config_file": kubernetes.config_file,
+            "cluster_context": kubernetes.cluster_context,
+        }
+    return target(api, settings=kubernetes, server=config.server, access=access)
 
 
 def image_builder_from(config: RunSettings, *, repository: str) -> ImageBuilder:
@@ -231,12 +254,19 @@ def gke_api_client(config: GkeSettings, *, create_if_missing: bool = False, impe
     The client trusts the cluster's CA and sends a token from the connection's credentials,
     refreshed when it expires; nothing comes from a local kubeconfig.
     """
+    return _gke_cluster_and_client(
+        config, create_if_missing=create_if_missing, impersonation_chain=impersonation_chain
+    )[1]
+
+
+def _gke_cluster_and_client(config: GkeSettings, *, create_if_missing: bool = False, impersonation_chain=None):
+    """(the ensured ``GkeCluster``, a ``kubernetes.client.ApiClient`` for it): see ``gke_api_client``."""
     from tfserving_deploy.targets.gke.cluster import kubernetes_client_for
 
     hook = _gke_hook(config, impersonation_chain)
     cluster = _ensure(hook, config, create_if_missing)
     credentials = hook.get_credentials()
-    return kubernetes_client_for(cluster, lambda: access_token(credentials))
+    return cluster, kubernetes_client_for(cluster, lambda: access_token(credentials))
 
 
 def access_token(credentials) -> str:

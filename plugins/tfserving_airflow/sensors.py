@@ -33,10 +33,11 @@ def address_from_event(event: dict[str, Any]) -> str:
 class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
     """Wait until every replica of the image serves the model; returns the addresses to validate.
 
-    ``local``: every replica container reports the version AVAILABLE (a model in END fails at
-    once). Kubernetes: ``deploy`` already waited for ready pods; the LoadBalancer can take
-    minutes, so the wait for its address is deferred to the triggerer. The result is the balancer
-    first, then every ready pod: one gRPC connection through an L4 balancer reaches one pod only.
+    Without a load balancer (``Target.balancer_watch`` None) every replica must report the
+    version AVAILABLE (a model in END fails at once), and the replicas are the result. With one,
+    ``deploy`` already waited for ready replicas; the balancer can take minutes to get an
+    address, so that wait is deferred to the triggerer. The result is then the balancer first,
+    then every ready replica: one gRPC connection through an L4 balancer reaches one pod only.
 
     :param image: the image by digest
     :param model: ``fetch_model``'s result
@@ -62,46 +63,27 @@ class WaitForEndpointSensor(TargetMixin, BaseSensorOperator):
             return PokeReturnValue(is_done=False)
         with explained_failures(), self.target.reachable(addresses) as dial:  # END fails at once
             states = {a: replica_state(dial[a], self.model_name, self.model["version"]) for a in addresses}
-        waiting = {a: s for a, s in states.items() if s != "AVAILABLE"}
+        waiting = {a: str(s) for a, s in states.items() if not s.available}
         if waiting:
             self.log.info("waiting for %s", waiting)
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=addresses)
 
     def execute(self, context):
-        if self.config.deploy.target == "local" or self.config.kubernetes.service_type == "ClusterIP":
-            # local: poke every replica; ClusterIP: no balancer to wait for, the ready pods are the endpoints
+        with explained_failures():
+            watch = self.target.balancer_watch(self.model_name)
+        if watch is None:  # no balancer to wait for: poke every replica, they are the endpoints
             return super().execute(context)
         self.defer(
-            trigger=self._load_balancer_trigger(),
+            trigger=LoadBalancerTrigger(
+                namespace=watch.namespace,
+                service_name=watch.service_name,
+                timeout=float(self.timeout),
+                poll_interval=float(self.poke_interval),
+                **watch.access,
+            ),
             method_name="execute_complete",
             timeout=timedelta(seconds=float(self.timeout) + 60),
-        )
-
-    def _load_balancer_trigger(self) -> LoadBalancerTrigger:
-        from tfserving_deploy.targets.kubernetes.manifests import object_name
-
-        kubernetes = self.config.kubernetes
-        access: dict[str, Any] = {
-            "kubernetes_conn_id": kubernetes.kubernetes_conn_id,
-            "config_file": kubernetes.config_file,
-            "cluster_context": kubernetes.cluster_context,
-        }
-        if self.config.deploy.target == "gke":  # the cluster's endpoint and CA, a token from the connection
-            from .connections import gke_cluster
-
-            cluster = gke_cluster(self.config.gke)  # never creates: ensure_cluster did
-            access = {
-                "cluster_url": cluster.url,
-                "ssl_ca_cert": cluster.ca_certificate,
-                "gcp_conn_id": self.config.gke.gcp_conn_id,
-            }
-        return LoadBalancerTrigger(
-            namespace=kubernetes.namespace,
-            service_name=object_name(self.model_name),
-            timeout=float(self.timeout),
-            poll_interval=float(self.poke_interval),
-            **access,
         )
 
     def execute_complete(self, context, event) -> list[str]:

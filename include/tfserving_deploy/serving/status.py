@@ -17,11 +17,11 @@ import grpc
 
 from ..errors import RolloutError
 from .protos import CLASSES
+from .states import ModelState
 
 log = logging.getLogger(__name__)
 
 METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
-STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
 GetModelStatusRequest = CLASSES["GetModelStatusRequest"]
 GetModelStatusResponse = CLASSES["GetModelStatusResponse"]
 
@@ -29,8 +29,24 @@ GetModelStatusResponse = CLASSES["GetModelStatusResponse"]
 @dataclass(frozen=True)
 class VersionStatus:
     version: int
-    state: str
+    state: ModelState
     error: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """What a replica says of one model version: its state, or (``detail``) why it says none yet
+    (not answering, the model or the version not listed), then UNKNOWN."""
+
+    state: ModelState
+    detail: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.state is ModelState.AVAILABLE
+
+    def __str__(self) -> str:
+        return self.detail or self.state.name
 
 
 def model_status(address: str, model_name: str, *, timeout: float = 10.0) -> list[VersionStatus]:
@@ -45,41 +61,41 @@ def model_status(address: str, model_name: str, *, timeout: float = 10.0) -> lis
         request.model_spec.name = model_name
         response = call(request, timeout=timeout)
     return [
-        VersionStatus(s.version, STATE_NAMES.get(s.state, str(s.state)), s.status.error_message)
-        for s in response.model_version_status
+        VersionStatus(s.version, ModelState.of(s.state), s.status.error_message) for s in response.model_version_status
     ]
 
 
-def replica_state(address: str, model_name: str, version: int) -> str:
-    """The replica's state for ``version`` as a word; raises RolloutError on END."""
+def replica_state(address: str, model_name: str, version: int) -> ReplicaState:
+    """The replica's state for ``version``; raises RolloutError on END."""
+    unknown = ModelState.UNKNOWN
     try:
         statuses = model_status(address, model_name, timeout=5.0)
     except grpc.RpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return f"not answering yet ({exc.code().name})"
+            return ReplicaState(unknown, f"not answering yet ({exc.code().name})")
         if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return f"model not loaded yet ({exc.details()})"
+            return ReplicaState(unknown, f"model not loaded yet ({exc.details()})")
         raise RolloutError(
             f"replica {address} rejected GetModelStatus for {model_name!r}: {exc.code().name}: {exc.details()}"
         ) from exc
     for status in statuses:
         if status.version != version:
             continue
-        if status.state == "END":
+        if status.state is ModelState.END:
             raise RolloutError(
                 f"replica {address}: model {model_name!r} version {version} ended up in state END "
                 f"(failed to load): {status.error or 'no error message'}; the model does not load "
                 "in this serving image"
             )
-        return status.state
-    served = ", ".join(f"{s.version}={s.state}" for s in statuses) or "none"
-    ended = next((s for s in statuses if s.state == "END"), None)
+        return ReplicaState(status.state)
+    served = ", ".join(f"{s.version}={s.state.name}" for s in statuses) or "none"
+    ended = next((s for s in statuses if s.state is ModelState.END), None)
     if ended is not None:  # the server gave up on the model it found (or found none): no wait helps
         raise RolloutError(
             f"replica {address}: model {model_name!r} has no version {version} and ended in state END "
             f"({ended.error or 'no error message'}); the image holds another version, or none"
         )
-    return f"version {version} not listed (serving {served})"
+    return ReplicaState(unknown, f"version {version} not listed (serving {served})")
 
 
 def wait_until_available(
@@ -98,13 +114,13 @@ def wait_until_available(
     replica that is not listening yet counts as still starting. Bounded by ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
-    pending = dict.fromkeys(addresses, "not contacted yet")
+    pending = dict.fromkeys(addresses, ReplicaState(ModelState.UNKNOWN, "not contacted yet"))
     while pending:
         for address in list(pending):
             if alive is not None:
                 alive(address)
             pending[address] = replica_state(address, model_name, version)
-            if pending[address] == "AVAILABLE":
+            if pending[address].available:
                 del pending[address]
                 log.info("replica %s: %s version %d AVAILABLE", address, model_name, version)
         if not pending:

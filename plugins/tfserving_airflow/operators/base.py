@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 from tfserving_deploy.errors import InvalidParameter, Permanent
 
 from ..config import RunSettings
-from ..connections import image_builder_from, target_from
+from ..connections import image_builder_from, target_class, target_from
 
 if TYPE_CHECKING:
     from tfserving_deploy.image.docker_builder import ImageBuilder
@@ -120,6 +120,11 @@ class TargetMixin(SettingsMixin):
     """The deployment target the settings name, built once per task."""
 
     create_cluster = False  # only ensure_cluster may create a GKE cluster
+
+    @cached_property
+    def target_type(self):
+        """The target's class: what it decides without connecting (``check_model_name``)."""
+        return target_class(self.config.deploy.target)
 
     @cached_property
     def target(self) -> Target:

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfserving_deploy.serving.sizing import DEFAULT_READY_SECONDS, Measurement, Sizing, choose
 from tfserving_deploy.targets.kubernetes.manifests import rollout_timeout, run_key
+from tfserving_deploy.targets.results import DeployResult
 
 from .. import lineage
 from .base import TargetMixin, explained_failures, run_date
@@ -131,6 +132,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
         self._endpoint: str | None = None
 
     def execute(self, context) -> dict:
+        """The ``DeployResult`` as XCom (``to_dict``)."""
         date = run_date(context)
         self._refuse_stale_promotion(context, date)
         metadata = {
@@ -155,13 +157,12 @@ class DeployModelOperator(TargetMixin, BaseOperator):
                 on_change=lambda: context["ti"].xcom_push(key=PROMOTED, value=self.image),
                 sizing=sizing,
             )
-        if sizing is not None:
-            result["sizing"] = sizing.to_dict()
-        if not result["promoted"]:  # an earlier try of this run may have made the switch
-            serving = self.target.serving_state(self.model_name) or {}
-            result["promoted"] = serving.get("metadata", {}).get("dag-run") == metadata["dag-run"]
+        if not result.promoted:  # an earlier try of this run may have made the switch
+            serving = self.target.serving_state(self.model_name)
+            if serving is not None and serving.metadata.get("dag-run") == metadata["dag-run"]:
+                result = dataclasses.replace(result, promoted=True)
         self._endpoint = lineage.endpoint_uri(self.config.deploy.target, self.model_name)
-        return result
+        return result.to_dict()
 
     def _sizing(self) -> Sizing | None:
         """``start_candidate``'s sizing, with an explicit ``ready_timeout`` winning; logged."""
@@ -183,7 +184,7 @@ class DeployModelOperator(TargetMixin, BaseOperator):
                 "promote its own model; this run's image is built, validated and recorded"
             )
         serving = self.target.serving_state(self.model_name)
-        serving_date = (serving or {}).get("metadata", {}).get("run-date")
+        serving_date = serving.metadata.get("run-date") if serving else None
         if serving_date and datetime.fromisoformat(serving_date) > date:
             raise AirflowSkipException(
                 f"not promoting {self.image}: the serving model comes from a newer run ({serving_date} > "
@@ -247,8 +248,10 @@ class RollbackOperator(TargetMixin, BaseOperator):
 
     def execute(self, context):
         ti = context["ti"]
-        deployment = ti.xcom_pull(task_ids=self.deploy_task_id) or {}
-        promoted = ti.xcom_pull(task_ids=self.deploy_task_id, key=PROMOTED) or deployment.get("promoted")
+        deployment = ti.xcom_pull(task_ids=self.deploy_task_id)
+        promoted = ti.xcom_pull(task_ids=self.deploy_task_id, key=PROMOTED) or (
+            deployment is not None and DeployResult.from_dict(deployment).promoted
+        )
         if not promoted:
             raise AirflowFailException("a task failed; nothing to roll back: this run did not change what serves")
         restored = self.target.rollback(self.model_name, "a task after the promotion failed", image=self.image)

@@ -64,13 +64,10 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
 
     def _decide(self, context) -> dict:
         from tfserving_deploy.model.artifact import probe_sha256
-        from tfserving_deploy.serving.status import replica_state
-        from tfserving_deploy.targets.kubernetes.manifests import check_model_name
 
         with explained_failures():  # wrong params fail here, before anything is fetched or built
             self.config.check()
-            if self.config.deploy.target in ("kubernetes", "gke"):
-                check_model_name(self.model_name)
+            self.target_type.check_model_name(self.model_name)
         if self.config.deploy.force:
             return {"changed": True, "reason": "force=true"}
         url, pinned = self.model_source(context)
@@ -83,33 +80,38 @@ class CheckForChangeOperator(TargetMixin, ModelSourceMixin, BaseOperator):
         if sha256 is None or serving is None:
             reason = "model not fetched before, or it changed" if sha256 is None else "nothing serving"
             return {"changed": True, "reason": reason, "sha256": sha256}
-        meta = serving["metadata"]
-        if meta.get("model-sha256") != sha256 or serving["replicas"] != self.config.deploy.replicas:
-            reason = f"serving sha256={meta.get('model-sha256')} on {serving['replicas']} replica(s)"
+        meta = serving.metadata
+        if meta.get("model-sha256") != sha256 or serving.replicas != self.config.deploy.replicas:
+            reason = f"serving sha256={meta.get('model-sha256')} on {serving.replicas} replica(s)"
             return {"changed": True, "reason": reason, "sha256": sha256}
         if meta.get("server-config") != self.config.server.fingerprint():
             reason = f"server settings changed: {self.config.server}"
             return {"changed": True, "reason": reason, "sha256": sha256}
-        version = int(meta["model-version"])
-        with self.target.reachable(serving["addresses"]) as dial:
-            unhealthy = [
-                a
-                for a in serving["addresses"]
-                if _state_or_error(replica_state, dial[a], self.model_name, version) != "AVAILABLE"
-            ]
+        if serving.model_version is None:
+            return {"changed": True, "reason": "the serving model's version is not recorded", "sha256": sha256}
+        with self.target.reachable(list(serving.addresses)) as dial:
+            unhealthy = {
+                a: why
+                for a in serving.addresses
+                if (why := _unavailable(dial[a], self.model_name, serving.model_version))
+            }
         if unhealthy:
             return {"changed": True, "reason": f"replicas not AVAILABLE: {unhealthy}", "sha256": sha256}
         raise AirflowSkipException(
-            f"no change: model sha256={sha256} (version {version}) already serves on {serving['replicas']} "
-            f"healthy replica(s) as {serving['image']}; skipping the run (set force=true to redeploy)"
+            f"no change: model sha256={sha256} (version {serving.model_version}) already serves on "
+            f"{serving.replicas} healthy replica(s) as {serving.image}; skipping the run (set force=true to redeploy)"
         )
 
 
-def _state_or_error(probe, *args) -> str:
+def _unavailable(address: str, model_name: str, version: int) -> str | None:
+    """Why the replica at ``address`` does not serve ``version`` AVAILABLE, or None when it does."""
+    from tfserving_deploy.serving.status import replica_state
+
     try:
-        return probe(*args)
+        state = replica_state(address, model_name, version)
     except RolloutError as exc:
         return str(exc)
+    return None if state.available else str(state)
 
 
 class FetchModelOperator(ModelSourceMixin, BaseOperator):

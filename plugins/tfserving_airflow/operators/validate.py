@@ -126,9 +126,9 @@ class ValidateModelOperator(ModelSourceMixin, TargetMixin, BaseOperator):
     def _serving_replica(self) -> str | None:
         """A replica of what serves now, if that is another image than this candidate's."""
         serving = self.target.serving_state(self.model_name)
-        if not serving or not serving["addresses"] or serving["image"] == self.image:
+        if not serving or not serving.addresses or serving.image == self.image:
             return None
-        return serving["addresses"][0]
+        return serving.addresses[0]
 
     def _signature_changes(self, serving: str, signature_name: str, dial) -> list[str]:
         from tfserving_deploy.validation.compatibility import check_signature_change

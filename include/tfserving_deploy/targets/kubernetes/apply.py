@@ -21,6 +21,7 @@ import json
 import logging
 
 from ...errors import TargetError
+from ..results import Change
 from .api import KubernetesApi
 from .manifests import (
     ANNOTATION_META,
@@ -41,8 +42,7 @@ HISTORY_ANNOTATIONS = (ANNOTATION_PREVIOUS_IMAGE, ANNOTATION_PREVIOUS_SPEC, ANNO
 SERVICE_OPTIONAL = {"annotations": dict.fromkeys(INTERNAL_LB_ANNOTATIONS), "spec": {"loadBalancerSourceRanges": None}}
 
 
-def apply_service(api: KubernetesApi, desired: dict) -> str:
-    """``created``, ``patched`` or ``unchanged``."""
+def apply_service(api: KubernetesApi, desired: dict) -> Change:
     core = api.core
     return _apply(
         api,
@@ -54,8 +54,7 @@ def apply_service(api: KubernetesApi, desired: dict) -> str:
     )
 
 
-def apply_disruption_budget(api: KubernetesApi, desired: dict) -> str:
-    """``created``, ``patched`` or ``unchanged``."""
+def apply_disruption_budget(api: KubernetesApi, desired: dict) -> Change:
     policy = api.policy
     return _apply(
         api,
@@ -66,13 +65,13 @@ def apply_disruption_budget(api: KubernetesApi, desired: dict) -> str:
     )
 
 
-def _apply(api: KubernetesApi, desired: dict, read, create, patch, optional: dict | None = None) -> str:
+def _apply(api: KubernetesApi, desired: dict, read, create, patch, optional: dict | None = None) -> Change:
     """Create, or patch the fields this target owns (labels, annotations, spec) when they differ;
     ``optional`` owned fields that ``desired`` leaves out are removed."""
     kind, name = desired["kind"], desired["metadata"]["name"]
     live = _read_or_create(api, kind, desired, read, create)
     if live is None:
-        return "created"
+        return Change.CREATED
     optional = optional or {}
     owned = {
         "metadata": {
@@ -82,20 +81,19 @@ def _apply(api: KubernetesApi, desired: dict, read, create, patch, optional: dic
         "spec": {**optional.get("spec", {}), **desired["spec"]},
     }
     if contains(live, owned):
-        return "unchanged"
+        return Change.UNCHANGED
     api.patch(f"patch {kind} {api.namespace}/{name}", patch, name, owned)
-    return "patched"
+    return Change.UPDATED
 
 
-def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | None, dict]:
-    """("created" | "patched" | "unchanged", what the live Deployment was before a patch, the
-    owned annotations it now carries)."""
+def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[Change, dict | None, dict]:
+    """(what changed, what the live Deployment was before a patch, the owned annotations it now carries)."""
     name = desired["metadata"]["name"]
     live = _read_or_create(
         api, "Deployment", desired, api.apps.read_namespaced_deployment, api.apps.create_namespaced_deployment
     )
     if live is None:
-        return "created", None, desired["metadata"]["annotations"]
+        return Change.CREATED, None, desired["metadata"]["annotations"]
     owned_live = owned_annotations(live)
     wanted = desired["metadata"]["annotations"]
     stale = {k: None for k in owned_live if k.startswith(ANNOTATION_META) and k not in wanted}  # dropped metadata
@@ -114,7 +112,7 @@ def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | Non
         },
     }
     if contains(live, revision):
-        return "unchanged", None, owned_live
+        return Change.UNCHANGED, None, owned_live
     before = {
         "replicas": live["spec"].get("replicas", 1),
         "template": live["spec"]["template"],
@@ -132,7 +130,7 @@ def apply_deployment(api: KubernetesApi, desired: dict) -> tuple[str, dict | Non
             }
         )
     api.patch(f"patch Deployment {api.namespace}/{name}", api.apps.patch_namespaced_deployment, name, patch)
-    return "patched", before, desired["metadata"]["annotations"]
+    return Change.UPDATED, before, desired["metadata"]["annotations"]
 
 
 def _read_or_create(api: KubernetesApi, kind: str, desired: dict, read, create) -> dict | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ...defaults import REST_PORT
+from ...serving.states import ModelState
 
 
 def readiness_command(model_name: str) -> list[str]:
@@ -30,7 +31,7 @@ def readiness_command(model_name: str) -> list[str]:
     return ["bash", "-c", script]
 
 
-_END_STATE = re.compile(r'"state"\s*:\s*"END"')
+_END_STATE = re.compile(rf'"state"\s*:\s*"{ModelState.END.name}"')  # the REST API names the states
 _ERROR_MESSAGE = re.compile(r'"error_message"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 
 from ...errors import RolloutError, TargetError
+from ..results import Change
 from .api import KubernetesApi
 from .manifests import ANNOTATION_PREVIOUS_SPEC, ANNOTATION_RESTORED_FROM, ANNOTATION_VERSION, object_name
 from .objects import image_of, owned_annotations
@@ -24,13 +25,13 @@ class Rollback:
         self.api, self.watch, self.keep_failed_first_deploy = api, watch, keep_failed_first_deploy
 
     def undo(
-        self, failure: RolloutFailed, model_name: str, image: str, change: str, before: dict | None, timeout: float
+        self, failure: RolloutFailed, model_name: str, image: str, change: Change, before: dict | None, timeout: float
     ) -> RolloutError:
         """Undo what a deploy changed; the RolloutError says what failed and what was restored."""
         try:
-            if change == "created":
+            if change is Change.CREATED:
                 restored = self.remove_first_deployment(model_name)
-            elif change == "patched" and before is not None:
+            elif change is Change.UPDATED and before is not None:
                 restored = self.restore_spec(model_name, before, timeout, replaced_image=image)
             else:  # this run wrote nothing: an earlier run left this revision in place
                 restored = self.restore_previous(model_name, timeout, failed_image=image)

@@ -17,14 +17,16 @@ import dataclasses
 import logging
 import math
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from ...defaults import REST_PORT
 from ...errors import TargetError
 from ...image.references import is_loopback, registry_host
 from ...serving.server_config import ServerConfig
 from ...serving.sizing import Measurement, Sizing
+from ..results import BalancerWatch, Change, DeployResult, ServingState
 from . import objects
 from .access import check_access, ensure_namespace
 from .api import KubernetesApi
@@ -36,6 +38,7 @@ from .manifests import (
     LIVENESS_INITIAL_DELAY_SECONDS,
     MANAGED_BY,
     PROGRESS_DEADLINE_SECONDS,
+    check_model_name,
     check_resources,
     deployment_manifest,
     disruption_budget_manifest,
@@ -62,6 +65,8 @@ class KubernetesTarget:
 
     ``unschedulable_grace``: how long a pod may stay Unschedulable before the rollout fails;
     with the cluster autoscaler or GKE Autopilot a pending pod is how new nodes get requested.
+    ``access``: where another process (one that waits for the load balancer) finds this
+    cluster's credentials, by name (``BalancerWatch.access``); never a secret.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class KubernetesTarget:
         api_attempts: int = 5,
         retry_backoff: float = 0.5,
         progress_deadline_seconds: int = PROGRESS_DEADLINE_SECONDS,
+        access: Mapping[str, Any] | None = None,
         **options,
     ):
         """``settings`` (default: the declared defaults), any of its fields replaced by ``options``."""
@@ -94,6 +100,7 @@ class KubernetesTarget:
         self.keep_failed_first_deploy, self.pod_access = settings.keep_failed_first_deploy, settings.pod_access
         self.progress_deadline_seconds = progress_deadline_seconds
         self.server = server or ServerConfig()
+        self.access = dict(access or {})
         self.watch = RolloutWatch(self.api, poll_interval=poll_interval, unschedulable_grace=unschedulable_grace)
         self.candidates = Candidates(self.api, self.watch, self.resources, self.server)
         self.rollbacks = Rollback(self.api, self.watch, keep_failed_first_deploy=settings.keep_failed_first_deploy)
@@ -102,6 +109,11 @@ class KubernetesTarget:
     @property
     def api_host(self) -> str:
         return self.api.host
+
+    @staticmethod
+    def check_model_name(model_name: str) -> None:
+        """It names the Deployment, the Service and their labels (DNS and label grammar)."""
+        check_model_name(model_name)
 
     def ensure_ready(self, image_repository: str, *, model_name: str) -> dict:
         """The API answers, the namespace exists, and the identity holds every verb a deploy of
@@ -195,7 +207,7 @@ class KubernetesTarget:
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
         sizing: Sizing | None = None,
-    ) -> dict:
+    ) -> DeployResult:
         """``metadata`` (e.g. the model's sha256, the run date) is kept in Deployment annotations
         and comes back from ``serving_state``; it is written with a new revision, and a re-deploy
         of the revision already serving keeps the metadata it was deployed with.
@@ -212,28 +224,29 @@ class KubernetesTarget:
         apply_disruption_budget(self.api, budget)
         deployment_change, before, live_annotations = apply_deployment(self.api, deployment)
         name = deployment["metadata"]["name"]
-        log.info("Deployment %s/%s %s, Service %s", self.namespace, name, deployment_change, service_change)
+        detail = f"Deployment {self.namespace}/{name} {deployment_change.value}, Service {service_change.value}"
+        log.info("%s", detail)
         changed_image = before is not None and objects.image_of(before["template"]) != image
         written_by_this_run = bool(metadata) and {
             k: v for k, v in live_annotations.items() if k.startswith(ANNOTATION_META)
         } == metadata_annotations(metadata)
-        promoted = deployment_change == "created" or changed_image or written_by_this_run
+        promoted = deployment_change is Change.CREATED or changed_image or written_by_this_run
         if promoted and on_change:
             on_change()
         try:
             available = self.watch.wait(model_name, image, replicas, ready_timeout)
         except RolloutFailed as failure:
             raise self.rollbacks.undo(failure, model_name, image, deployment_change, before, ready_timeout) from None
-        return {
-            "deployment": f"{self.namespace}/{name}",
-            "image": image,
-            # this run changed what serves: a failed validation may roll back to what served before
-            "promoted": promoted,
-            "model_version": version,
-            "deployment_change": deployment_change,
-            "service_change": service_change,
-            "available_replicas": available,
-        }
+        return DeployResult(
+            image=image,
+            model_version=version,
+            promoted=promoted,
+            change=deployment_change,
+            replicas=available,
+            revision=f"{self.namespace}/{name}",
+            detail=detail,
+            sizing=sizing,
+        )
 
     def _keep_sizing_of_the_serving_revision(self, model_name: str, image: str, sizing: Sizing | None):
         """A re-deploy of the image the Deployment already runs keeps the memory (unless given
@@ -263,7 +276,7 @@ class KubernetesTarget:
         log.warning("rolling back model %r%s", model_name, f": {reason}" if reason else "")
         return self.rollbacks.restore_previous(model_name, ready_timeout, failed_image=image)
 
-    def serving_state(self, model_name: str) -> dict | None:
+    def serving_state(self, model_name: str) -> ServingState | None:
         """What serves ``model_name`` now: image, ready replicas, their addresses and the deploy
         metadata; None when nothing does, or a rollout is caught half-way."""
         deployment = self.api.read_deployment(object_name(model_name))
@@ -271,14 +284,25 @@ class KubernetesTarget:
             return None
         image = objects.image_of(deployment["spec"]["template"])
         ready = [p for p in self.api.pods(selector_labels(model_name)) if objects.is_ready(p)]
-        if not ready or {objects.image_of(p) for p in ready} != {image}:
+        if image is None or not ready or {objects.image_of(p) for p in ready} != {image}:
             return None
         annotations = deployment["metadata"].get("annotations") or {}
         metadata = {k[len(ANNOTATION_META) :]: v for k, v in annotations.items() if k.startswith(ANNOTATION_META)}
-        if annotations.get(ANNOTATION_VERSION):
-            metadata["model-version"] = annotations[ANNOTATION_VERSION]
-        addresses = [objects.pod_grpc_address(p) for p in ready]
-        return {"image": image, "replicas": len(ready), "addresses": addresses, "metadata": metadata}
+        version = str(annotations.get(ANNOTATION_VERSION) or "")
+        return ServingState(
+            image=image,
+            replicas=len(ready),
+            addresses=tuple(objects.pod_grpc_address(p) for p in ready),
+            model_version=int(version) if version.isdigit() else None,
+            metadata=metadata,
+        )
+
+    def balancer_watch(self, model_name: str) -> BalancerWatch | None:
+        """The Service's load balancer (``LoadBalancer``, ``InternalLoadBalancer``); None for a
+        ``ClusterIP`` Service: the ready pods are the endpoints."""
+        if not self.service_type.endswith("LoadBalancer"):
+            return None
+        return BalancerWatch(self.namespace, object_name(model_name), self.access)
 
     def endpoints(self, model_name: str, image: str) -> list[str]:
         """The gRPC address of every ready pod running ``image`` (validate each one: one gRPC
@@ -297,7 +321,7 @@ class KubernetesTarget:
             None,
         )
         if pod is None:
-            if self.service_type.endswith("LoadBalancer") and address == self.load_balancer_address(model_name):
+            if self.balancer_watch(model_name) and address == self.load_balancer_address(model_name):
                 return "the load balancer: see the pods' own lines"
             return f"no pod holds {address} any more: it was deleted or replaced (kill, eviction, scale-down)"
         crashed = objects.last_termination(pod)

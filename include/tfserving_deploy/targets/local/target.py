@@ -2,22 +2,25 @@
 
 A revision is the image digest. ``deploy`` starts the new revision beside the old one, waits
 until every new replica serves the model, and only then retires the old revision: a failed
-rollout removes what it started and leaves the previous model serving.
+rollout removes what it started and leaves the previous model serving. There is no load
+balancer: every replica publishes its own ports, and they are the endpoints.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from ...errors import RegistryError, RolloutError, TargetError
+from ...errors import InvalidParameter, RegistryError, RolloutError, TargetError
 from ...image.references import is_loopback, registry_host, require_digest
 from ...serving.server_config import ServerConfig
 from ...serving.sizing import PEAK_COMMAND, Measurement, Sizing, parse_peak, seconds_between
 from ...serving.status import wait_until_available
 from ..kubernetes.manifests import RUN_AS_USER
+from ..results import BalancerWatch, Change, DeployResult, ServingState
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ LABEL_META = "io.tfserving-deploy.meta."
 LABEL_RUN = "io.tfserving-deploy.run"  # a candidate's run (run_key)
 LABEL_SERVER = "io.tfserving-deploy.server-config"  # ServerConfig.fingerprint: other flags, another revision
 GRPC_PORT, REST_PORT = "8500/tcp", "8501/tcp"
+MODEL_VERSION = "model-version"  # the metadata label that holds the served version
+_CONTAINER_NAME_PART = re.compile(r"[a-zA-Z0-9_.-]{1,100}")  # Docker's name grammar, inside tfs-<model>-...
 
 
 class LocalDockerTarget:
@@ -48,6 +53,15 @@ class LocalDockerTarget:
         self.bind_host = bind_host
         self.memory_limit, self.cpus = memory_limit, cpus
         self.server = server or ServerConfig()
+
+    @staticmethod
+    def check_model_name(model_name: str) -> None:
+        """Containers are named ``tfs-<model_name>-...``: Docker's name characters only."""
+        if not _CONTAINER_NAME_PART.fullmatch(model_name):
+            raise InvalidParameter(
+                f"model_name {model_name!r} cannot name a Docker container (letters, digits, '_', '.', '-', "
+                "at most 100 characters); rename the model"
+            )
 
     # -- ensure_cluster ------------------------------------------------------------------------
 
@@ -128,10 +142,12 @@ class LocalDockerTarget:
         metadata: dict | None = None,
         on_change: Callable[[], None] | None = None,
         sizing: Sizing | None = None,
-    ) -> dict:
-        """The new revision starts beside the old one; ``on_change`` is called when what serves
-        changes: once every new replica is AVAILABLE, before the old revision stops. New
-        replicas get ``sizing``'s memory limit (else the target's)."""
+    ) -> DeployResult:
+        """The new revision starts beside the old one; what serves changes the moment its first
+        container starts (both answer then), so ``on_change`` is called just before that. The
+        old revision stops once every new replica is AVAILABLE. New replicas get ``sizing``'s
+        memory limit (else the target's); a revision's replicas keep the metadata they were
+        started with."""
         revision = f"{require_digest(image).short_digest}-{self.server.fingerprint()[:6]}"
         self._pull(image)
         mine = self._containers(model_name)
@@ -141,13 +157,19 @@ class LocalDockerTarget:
             if _digest(c) == require_digest(image).digest and c.labels.get(LABEL_SERVER) == self.server.fingerprint()
         ]
         others = [c for c in mine if c not in current]
-        promoted = not any(c.status == "running" for c in current)  # this run changes what serves
+        meta = _as_labels({MODEL_VERSION: version, **(metadata or {})})
+        running = [c for c in current if c.status == "running"]
+        written_by_this_run = bool(metadata) and bool(running) and _metadata(running[0]) == meta
+        promoted = not running or written_by_this_run  # this run changes (or an earlier try changed) what serves
         memory_limit = (sizing.memory_limit_bytes() if sizing else None) or self.memory_limit
 
-        keep, started = _keep_running(current, replicas), []
+        keep = _keep_running(current, replicas)
         kept_indexes = {int(c.labels[LABEL_REPLICA]) for c in keep}
-        labels = {LABEL_MODEL: model_name, LABEL_IMAGE: image}
-        labels.update({LABEL_META + k: str(v) for k, v in {"model-version": version, **(metadata or {})}.items()})
+        kept_meta = _metadata(keep[0]) if keep else meta  # a revision keeps the metadata it was deployed with
+        labels = {LABEL_MODEL: model_name, LABEL_IMAGE: image, **{LABEL_META + k: v for k, v in kept_meta.items()}}
+        started: list = []
+        if promoted and on_change:
+            on_change()
         try:
             for index in range(replicas):
                 if index not in kept_indexes:
@@ -162,25 +184,28 @@ class LocalDockerTarget:
         except (RolloutError, TargetError) as exc:
             raise _undo(started, others, image, exc) from exc
 
-        if promoted and on_change:
-            on_change()
         retired = _retire(others)
-        log.info(
-            "revision %s: %d replica(s) serving (%d started, %d kept, %d previous stopped)",
-            revision,
-            len(ready),
-            len(started),
-            len(keep),
-            len(retired),
+        detail = (
+            f"{len(ready)} replica(s) serving: {len(started)} started, {len(keep)} kept, "
+            f"{len(retired)} previous stopped (kept for rollback)"
         )
-        return {
-            "image": image,
-            "revision": revision,
-            "promoted": promoted,
-            "started": len(started),
-            "kept": len(keep),
-            "retired": len(retired),
-        }
+        log.info("revision %s: %s", revision, detail)
+        if not mine:
+            change = Change.CREATED
+        elif started or len(current) != len(keep) or retired:
+            change = Change.UPDATED
+        else:
+            change = Change.UNCHANGED
+        return DeployResult(
+            image=image,
+            model_version=version,
+            promoted=promoted,
+            change=change,
+            replicas=len(ready),
+            revision=f"tfs-{model_name}-{revision}",
+            detail=detail,
+            sizing=sizing,
+        )
 
     def rollback(
         self, model_name: str, reason: str = "", *, image: str | None = None, ready_timeout: float = 300.0
@@ -206,24 +231,30 @@ class LocalDockerTarget:
         for c in previous:
             c.start()
         addresses = self._addresses(previous)
-        version = int(previous[0].labels.get(LABEL_META + "model-version", "0"))
+        version = int(previous[0].labels.get(LABEL_META + MODEL_VERSION, "0"))
         wait_until_available(addresses, model_name, version, timeout=ready_timeout)
         for c in current:
             c.remove(force=True)
         return f"restored {image} ({len(previous)} replica(s) serving)"
 
-    def serving_state(self, model_name: str) -> dict | None:
+    def serving_state(self, model_name: str) -> ServingState | None:
         """What serves ``model_name`` now: image, running replicas and the deploy metadata."""
         running = [c for c in self._containers(model_name) if c.status == "running"]
         if len({_digest(c) for c in running}) != 1:
             return None  # nothing, or a rollout caught half-way
-        meta = {k[len(LABEL_META) :]: v for k, v in running[0].labels.items() if k.startswith(LABEL_META)}
-        return {
-            "image": running[0].labels.get(LABEL_IMAGE),
-            "replicas": len(running),
-            "addresses": self._addresses(running),
-            "metadata": meta,
-        }
+        meta = _metadata(running[0])
+        version = meta.pop(MODEL_VERSION, None)
+        return ServingState(
+            image=running[0].labels.get(LABEL_IMAGE, ""),
+            replicas=len(running),
+            addresses=tuple(self._addresses(running)),
+            model_version=int(version) if version and version.isdigit() else None,
+            metadata=meta,
+        )
+
+    def balancer_watch(self, model_name: str) -> BalancerWatch | None:
+        """No load balancer here: the replicas are the endpoints."""
+        return None
 
     @contextmanager
     def reachable(self, addresses: list[str]) -> Iterator[dict[str, str]]:
@@ -380,6 +411,15 @@ def _retire(others: list) -> list:
             log.info("stopping previous revision container %s (kept for rollback)", c.name)
             c.stop(timeout=5)
     return retired
+
+
+def _metadata(container) -> dict[str, str]:
+    """The deploy metadata a replica was started with (its ``LABEL_META`` labels)."""
+    return {k[len(LABEL_META) :]: v for k, v in container.labels.items() if k.startswith(LABEL_META)}
+
+
+def _as_labels(metadata: dict) -> dict[str, str]:
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def _digest(container) -> str:
