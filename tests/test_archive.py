@@ -197,6 +197,19 @@ def test_model_files_are_never_read_through_a_link(tmp_path, saved_model_dir):
         read_signature(model)
 
 
+def test_a_directory_named_like_the_model_file_is_no_model_file(tmp_path):
+    """Found by the property test: a directory ``saved_model.pb`` beside a text SavedModel. The
+    reader skips what is not a regular file and says what it found, a Permanent fault."""
+    model = tmp_path / "1"
+    (model / "saved_model.pb").mkdir(parents=True)
+    (model / "saved_model.pbtxt").write_bytes(b"")
+    with pytest.raises(InvalidModelError):
+        read_signature(model)
+    (model / "saved_model.pbtxt").unlink()
+    with pytest.raises(InvalidModelError, match=r"holds no saved_model\.pb or saved_model\.pbtxt \(as regular files\)"):
+        read_signature(model)
+
+
 @pytest.mark.parametrize(
     "name, content, where",
     [

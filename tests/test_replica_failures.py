@@ -17,6 +17,7 @@ from savedmodels import make_string_model
 import docker
 from tfserving_deploy.serving.status import wait_until_available
 from tfserving_deploy.targets.local.target import LABEL_MODEL, LocalDockerTarget
+from tfserving_deploy.targets.results import Change
 
 pytestmark = pytest.mark.integration
 MODEL = "afterrun"
@@ -37,7 +38,7 @@ def test_a_local_replica_that_dies_after_a_run(engine, tmp_path):
     target = LocalDockerTarget(engine)
     target.deploy(image, model_name=MODEL, version=1, replicas=2, ready_timeout=120)
     crashing, stopped = engine.containers.list(filters={"label": f"{LABEL_MODEL}={MODEL}", "status": "running"})
-    before = target.serving_state(MODEL)["addresses"]
+    before = target.serving_state(MODEL).addresses
 
     # The server exits by itself (SIGTERM from inside: no `docker stop`): Docker starts it again.
     crashing.exec_run(["python", "-c", "import os, signal; os.kill(1, signal.SIGTERM)"])
@@ -47,9 +48,9 @@ def test_a_local_replica_that_dies_after_a_run(engine, tmp_path):
         time.sleep(0.5)
         crashing.reload()
     state = target.serving_state(MODEL)
-    assert state["replicas"] == 2
-    print(f"\naddresses before the crash {before}, after the restart {state['addresses']}")
-    wait_until_available(state["addresses"], MODEL, 1, timeout=120)
+    assert state.replicas == 2
+    print(f"\naddresses before the crash {before}, after the restart {list(state.addresses)}")
+    wait_until_available(list(state.addresses), MODEL, 1, timeout=120)
 
     # Stopped from outside: it stays down; one replica serves, and the next deploy adds the missing one.
     stopped.kill()
@@ -58,7 +59,8 @@ def test_a_local_replica_that_dies_after_a_run(engine, tmp_path):
         assert time.monotonic() < deadline, f"{stopped.name} still runs after docker kill"
         time.sleep(0.2)
         stopped.reload()
-    assert target.serving_state(MODEL)["replicas"] == 1
+    assert target.serving_state(MODEL).replicas == 1
     again = target.deploy(image, model_name=MODEL, version=1, replicas=2, ready_timeout=120)
-    assert (again["kept"], again["started"], again["promoted"]) == (1, 1, False), again  # not restarted meanwhile
-    assert target.serving_state(MODEL)["replicas"] == 2
+    assert (again.promoted, again.change, again.replicas) == (False, Change.UPDATED, 2), again
+    assert "1 started, 1 kept" in again.detail, again  # the survivor was not restarted meanwhile
+    assert target.serving_state(MODEL).replicas == 2

@@ -77,10 +77,10 @@ def open_regular(directory: Path, *parts: str) -> Iterator[BinaryIO]:
         raise FileNotFoundError(e.errno, f"no regular file {os.path.join(directory, *parts)}") from None
     finally:
         os.close(fd)
-    f = os.fdopen(file_fd, "rb")
-    with f:
-        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
-            raise FileNotFoundError(f"{os.path.join(directory, *parts)} is not a regular file")
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):  # a directory of that name, a fifo...: checked before
+        os.close(file_fd)  # fdopen, which refuses a directory with its own error
+        raise FileNotFoundError(f"{os.path.join(directory, *parts)} is not a regular file")
+    with os.fdopen(file_fd, "rb") as f:
         yield f
 
 
