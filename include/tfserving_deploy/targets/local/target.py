@@ -171,11 +171,10 @@ class LocalDockerTarget:
         if promoted and on_change:
             on_change()
         try:
-            for index in range(replicas):
-                if index not in kept_indexes:
-                    name = f"tfs-{model_name}-{revision}-{index}"
-                    replica = {**labels, LABEL_REPLICA: str(index)}
-                    started.append(self._run(image, name, model_name, replica, memory_limit=memory_limit))
+            for index in sorted(set(range(replicas)) - kept_indexes):
+                name = f"tfs-{model_name}-{revision}-{index}"
+                replica = {**labels, LABEL_REPLICA: str(index)}
+                started.append(self._run(image, name, model_name, replica, memory_limit=memory_limit))
             ready = keep + started
             addresses = self._addresses(ready)
             wait_until_available(
@@ -190,17 +189,11 @@ class LocalDockerTarget:
             f"{len(retired)} previous stopped (kept for rollback)"
         )
         log.info("revision %s: %s", revision, detail)
-        if not mine:
-            change = Change.CREATED
-        elif started or len(current) != len(keep) or retired:
-            change = Change.UPDATED
-        else:
-            change = Change.UNCHANGED
         return DeployResult(
             image=image,
             model_version=version,
             promoted=promoted,
-            change=change,
+            change=_change(existed=bool(mine), wrote=bool(started or retired) or len(current) != len(keep)),
             replicas=len(ready),
             revision=f"tfs-{model_name}-{revision}",
             detail=detail,
@@ -373,6 +366,13 @@ class LocalDockerTarget:
                 )
             addresses.append(f"{self.bind_host}:{bindings[0]['HostPort']}")
         return addresses
+
+
+def _change(*, existed: bool, wrote: bool) -> Change:
+    """What a deploy did to the model's containers: made the first, replaced some, or nothing."""
+    if not existed:
+        return Change.CREATED
+    return Change.UPDATED if wrote else Change.UNCHANGED
 
 
 def _keep_running(current: list, replicas: int) -> list:
